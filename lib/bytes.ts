@@ -1,0 +1,155 @@
+/**
+ * Byte-string helpers shared by the key encoding and the backends. Keys are `Uint8Array`s
+ * compared as unsigned bytes, lexicographically (FoundationDB's order).
+ *
+ * @module
+ */
+
+/** Compares two byte strings lexicographically as unsigned bytes: negative, zero or positive. */
+export function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = a.length < b.length ? a.length : b.length;
+  for (let i = 0; i < n; i++) {
+    const d = a[i]! - b[i]!;
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
+}
+
+/** Whether two byte strings are equal. */
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Concatenates byte strings into a new array. */
+export function concatBytes(...parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Whether `key` starts with `prefix`. */
+export function hasPrefix(key: Uint8Array, prefix: Uint8Array): boolean {
+  if (key.length < prefix.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (key[i] !== prefix[i]) return false;
+  return true;
+}
+
+/**
+ * The first byte string that is greater than every string starting with `prefix`
+ * (FoundationDB's `strinc`): strip trailing 0xff bytes, then increment the last byte.
+ */
+export function strinc(prefix: Uint8Array): Uint8Array {
+  let end = prefix.length;
+  while (end > 0 && prefix[end - 1] === 0xff) end--;
+  if (end === 0) throw new RangeError("Key must contain at least one byte that is not 0xff");
+  const out = prefix.slice(0, end);
+  out[end - 1]!++;
+  return out;
+}
+
+/** The key immediately after `key` in byte order (`key` + 0x00). */
+export function keyAfter(key: Uint8Array): Uint8Array {
+  const out = new Uint8Array(key.length + 1);
+  out.set(key);
+  return out;
+}
+
+/** `[begin, end)` covering every key that starts with `prefix`. */
+export function prefixRange(prefix: Uint8Array): [Uint8Array, Uint8Array] {
+  return [prefix, strinc(prefix)];
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+/** Lower-case hexadecimal form of a byte string. */
+export function toHex(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i++) s += HEX[bytes[i]!];
+  return s;
+}
+
+/** Parses a hexadecimal string into bytes. */
+export function fromHex(hex: string): Uint8Array {
+  if (hex.length % 2 !== 0 || /[^0-9a-fA-F]/.test(hex)) {
+    throw new RangeError(`Expected an even-length hexadecimal string, got "${hex}"`);
+  }
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}
+
+/**
+ * A printable form of a key for error messages: printable ASCII kept, other bytes as `\xNN`
+ * (FoundationDB's `printable`).
+ */
+export function printable(bytes: Uint8Array): string {
+  let s = "";
+  for (const b of bytes) {
+    s += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${HEX[b]}`;
+  }
+  return s;
+}
+
+/**
+ * A string whose UTF-16 code units are the bytes of `bytes` (each 0–255). Such strings
+ * compare with `<` exactly as the bytes do, so they serve as `Map` keys and sort keys.
+ */
+export function bytesToBinaryString(bytes: Uint8Array): string {
+  let s = "";
+  const chunk = 8192;
+  for (let i = 0; i < bytes.length; i += chunk) {
+    s += String.fromCharCode.apply(
+      null,
+      bytes.subarray(i, i + chunk) as unknown as number[],
+    );
+  }
+  return s;
+}
+
+/** The inverse of {@link bytesToBinaryString}. */
+export function binaryStringToBytes(s: string): Uint8Array {
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/** Encodes a signed integer as 8 little-endian bytes (two's complement), as FDB's `add` takes. */
+export function int64LE(n: bigint | number): Uint8Array {
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigInt64(0, BigInt.asIntN(64, BigInt(n)), true);
+  return out;
+}
+
+/**
+ * Reads a little-endian signed integer of up to 8 bytes (shorter values are zero-extended, as
+ * FoundationDB's atomic add does); `undefined` reads as 0.
+ */
+export function readInt64LE(bytes: Uint8Array | undefined): bigint {
+  if (bytes === undefined || bytes.length === 0) return 0n;
+  const buf = new Uint8Array(8);
+  buf.set(bytes.subarray(0, 8));
+  return new DataView(buf.buffer).getBigInt64(0, true);
+}
+
+/**
+ * FoundationDB's atomic add: little-endian addition of `operand` to `existing`, truncated to
+ * the operand's length (a missing value counts as zeros).
+ */
+export function addLittleEndian(existing: Uint8Array | undefined, operand: Uint8Array): Uint8Array {
+  const out = new Uint8Array(operand.length);
+  let carry = 0;
+  for (let i = 0; i < operand.length; i++) {
+    const sum = (existing?.[i] ?? 0) + operand[i]! + carry;
+    out[i] = sum & 0xff;
+    carry = sum >> 8;
+  }
+  return out;
+}
