@@ -51,3 +51,42 @@ export {
   Versionstamp,
 } from "./lib/tuple.ts";
 export { int64LE, readInt64LE } from "./lib/bytes.ts";
+export {
+  type Action,
+  type CallArg,
+  type CallHandler,
+  type CallName,
+  type CallReply,
+  type CastArg,
+  type CastHandler,
+  type CastName,
+  type DeadLetterMessage,
+  defineServer,
+  type From,
+  type HandlerContext,
+  type HandlerResult,
+  lock,
+  type LockedEvent,
+  type LockResult,
+  noreply,
+  type NoreplyResult,
+  reply,
+  type ReplyResult,
+  type ServerDefinition,
+  type ServerSchemas,
+  type ServerSpec,
+  stop,
+  type StopResult,
+  type TxContext,
+} from "./lib/server/definition.ts";
+export {
+  type CallOptions,
+  type CastTuple,
+  type DeadLetter,
+  type DeadLetters,
+  type InstanceStats,
+  type ServerRef,
+  start,
+  type StartOptions,
+} from "./lib/server/instance.ts";
+export { StateConflictError } from "./lib/server/merge.ts";

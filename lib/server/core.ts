@@ -1,0 +1,765 @@
+/**
+ * The transactional core of a server: what one message, one batch, one lock write-back or one
+ * takeover does to state, queue, lock and reply slots, given a transaction. Plain functions
+ * over the storage contract; timers, loops and waiting live in `instance.ts`.
+ *
+ * Nothing here has side effects outside the transaction: handlers may run more than once (a
+ * conflict retries the whole body), so their actions are collected and returned, to run after
+ * commit.
+ *
+ * @module
+ */
+
+import * as v from "valibot";
+import { concatBytes, equalBytes, readInt64LE, strinc } from "../bytes.ts";
+import { CodecError, DGenError, LockLostError, ValidationError } from "../errors.ts";
+import type { StateCodec, StoredState } from "../codec/types.ts";
+import type { Transaction, Watch } from "../storage/types.ts";
+import type { Tenant } from "../tenant.ts";
+import { pack } from "../tuple.ts";
+import { toIssues } from "../validate.ts";
+import {
+  type Action,
+  type From,
+  type HandlerResult,
+  isHandlerResult,
+  type LockedEvent,
+  type ServerDefinition,
+  type TxContext,
+} from "./definition.ts";
+import { ServerKeys } from "./keys.ts";
+import { deepEqual, merge3 } from "./merge.ts";
+import {
+  decodeEnvelope,
+  decodeLock,
+  decodeMeta,
+  decodeReplySlot,
+  encodeRecord,
+  type Envelope,
+  type LockRecord,
+  type MetaRecord,
+  type StoredError,
+  toStoredError,
+} from "./records.ts";
+
+/** The decoded state with what the codec needs to diff against it. */
+export interface CachedState {
+  /** The `sv` versionstamp the state was stored with. */
+  version: Uint8Array;
+  /** What is stored (the codec's `prev`). */
+  stored: { found: true; state: unknown };
+}
+
+/** What one instance knows and is configured with; shared by the core functions. */
+export interface Runtime {
+  /** The definition. */
+  readonly def: ServerDefinition;
+  /** The tenant. */
+  readonly tenant: Tenant;
+  /** The server id. */
+  readonly id: string;
+  /** This instance's id. */
+  readonly instance: string;
+  /** The server's keys. */
+  readonly keys: ServerKeys;
+  /** The state codec. */
+  readonly codec: StateCodec;
+  /** Messages per consume transaction. */
+  readonly batchSize: number;
+  /** Attempts before a failing message is dead-lettered. */
+  readonly deadLetterThreshold: number;
+  /** Lock lease, ms. */
+  readonly lockLease: number;
+  /** Whether to keep the decoded state between transactions. */
+  readonly useCache: boolean;
+  /** Aborted when the instance stops. */
+  readonly signal: AbortSignal;
+  /** The cached state, if any. */
+  cache: CachedState | undefined;
+  /** Wall clock, ms (injectable for tests). */
+  now(): number;
+}
+
+/** The state as loaded in one transaction. */
+export interface Loaded {
+  /** The (frozen) state. */
+  state: unknown;
+  /** What is stored, for the codec's diff. */
+  stored: StoredState;
+  /** The `sv` stamp read, if any. */
+  version: Uint8Array | undefined;
+  /** Whether the cache served it. */
+  cacheHit: boolean;
+  /** Whether a migration produced it (so it must be written). */
+  migrated: boolean;
+}
+
+/** The server does not exist (never started, or killed). */
+export class ServerGoneError extends DGenError {
+  /**
+   * Creates the error.
+   *
+   * @param id The server id.
+   */
+  constructor(id: string) {
+    super("server_gone", `Server '${id}' does not exist (it was killed, or never started)`);
+  }
+}
+
+/** A handler failed (threw, returned something invalid, or its outcome could not be stored). */
+export class HandlerFailure extends Error {
+  /**
+   * Creates the failure.
+   *
+   * @param queueKey The failing message's queue key (undefined for inline and priority).
+   * @param error The underlying error.
+   */
+  constructor(readonly queueKey: Uint8Array | undefined, readonly error: unknown) {
+    super(error instanceof Error ? error.message : String(error), { cause: error });
+  }
+}
+
+/** Everything a transaction body decided, applied after commit. */
+export class TxEffects {
+  /** Actions to run with the committed state, in order. */
+  actions: Action<unknown>[] = [];
+  /** Dead letters to report to `handleDeadLetter`. */
+  deadLetters: Array<{ message: Envelope; attempts: number; error: StoredError }> = [];
+  /** The state after the transaction, if it was written. */
+  written: { found: true; state: unknown } | undefined;
+  /** The state as of the end of the transaction (written or not). */
+  state: unknown;
+  /** The `sv` stamp the transaction read (kept if nothing was written). */
+  readVersion: Uint8Array | undefined;
+  /** The state as read (before this transaction's write), for the cache. */
+  observed: { found: true; state: unknown } | undefined;
+  /** Whether the state was decoded from storage rather than served by the cache. */
+  loadedFromStorage = false;
+  /** Next 2-byte index for versionstamped keys in this transaction. */
+  stampIndex = 0;
+  /** Set when a handler stopped the instance. */
+  stopReason: string | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+/** Loads the state: from the cache when the stored version matches, else through the codec. */
+export async function loadState(tx: Transaction, rt: Runtime): Promise<Loaded> {
+  const version = await tx.get(rt.keys.stateVersion);
+  const cache = rt.cache;
+  if (rt.useCache && cache && version && equalBytes(version, cache.version)) {
+    return {
+      state: cache.stored.state,
+      stored: cache.stored,
+      version,
+      cacheHit: true,
+      migrated: false,
+    };
+  }
+  const meta = await readMeta(tx, rt);
+  if (meta === undefined) throw new ServerGoneError(rt.id);
+  const stored = await rt.codec.read(tx, rt.keys.state);
+  if (!stored.found) {
+    throw new CodecError("Server has a meta record but no state", `server '${rt.id}'`);
+  }
+  let state = stored.state;
+  let migrated = false;
+  if (meta.version < rt.def.version) {
+    state = await rt.def.migrate!(meta.version, state);
+    migrated = true;
+  } else if (meta.version > rt.def.version) {
+    throw new CodecError(
+      `State was written by version ${meta.version} of '${rt.def.name}', newer than this code's ${rt.def.version}`,
+      `server '${rt.id}'`,
+    );
+  }
+  checkState(rt, state);
+  return { state: rt.codec.freeze(state), stored, version, cacheHit: false, migrated };
+}
+
+/** Reads the meta record. */
+export async function readMeta(tx: Transaction, rt: Runtime): Promise<MetaRecord | undefined> {
+  const bytes = await tx.get(rt.keys.meta);
+  return bytes === undefined ? undefined : decodeMeta(bytes, rt.keys.meta);
+}
+
+/** Checks a state against the definition's schema. */
+export function checkState(rt: Runtime, state: unknown): void {
+  const schema = rt.def.schemas?.state;
+  if (schema === undefined) return;
+  const r = v.safeParse(schema, state);
+  if (!r.success) throw new ValidationError(toIssues("state", r.issues));
+}
+
+/**
+ * Writes `next` as a diff against what `loaded` holds; bumps the state version and the change
+ * counters only if something was written.
+ */
+export function writeState(
+  tx: Transaction,
+  rt: Runtime,
+  loaded: Loaded,
+  next: unknown,
+  effects: TxEffects,
+): void {
+  effects.state = next;
+  effects.readVersion = loaded.version;
+  if (loaded.stored.found) effects.observed = loaded.stored;
+  if (!loaded.cacheHit) effects.loadedFromStorage = true;
+  if (next === loaded.state && !loaded.migrated) return;
+  checkState(rt, next);
+  const stats = rt.codec.write(tx, rt.keys.state, loaded.stored, next);
+  const stored = { found: true as const, state: next };
+  loaded.stored = stored;
+  loaded.state = next;
+  if (loaded.migrated) {
+    tx.set(rt.keys.meta, encodeRecord(metaRecord(rt)));
+    loaded.migrated = false;
+  } else if (stats.keysWritten + stats.keysCleared === 0) {
+    return;
+  }
+  tx.setVersionstampedValue(rt.keys.stateVersion, new Uint8Array(0));
+  bumpChange(tx, rt);
+  effects.written = stored;
+}
+
+/** Marks the server as changed (for watchers such as the dashboard). */
+export function bumpChange(tx: Transaction, rt: Runtime): void {
+  tx.add(rt.keys.change, 1);
+  tx.add(rt.keys.tenantChange, 1);
+}
+
+/** The meta record this instance writes. */
+export function metaRecord(rt: Runtime): MetaRecord {
+  return { version: rt.def.version, created: rt.now(), name: rt.def.name };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+/** The context passed to transactional handlers. */
+export function txContext(rt: Runtime, tx: Transaction): TxContext {
+  return { tenant: rt.tenant, id: rt.id, instance: rt.instance, signal: rt.signal, tx };
+}
+
+function badReturn(what: string, got: unknown, expected: string): DGenError {
+  const shown = isHandlerResult(got) ? `${got.kind}(…)` : typeof got;
+  return new DGenError("bad_return", `${what} returned ${shown}; expected ${expected}`);
+}
+
+/**
+ * Runs the handler for a message and checks its result. `path` is `"standard"` (may lock),
+ * `"priority"` (may not lock) or `"locked"` (`handleLocked`, may not lock).
+ */
+export async function runHandler(
+  rt: Runtime,
+  tx: Transaction | undefined,
+  kind: "call" | "cast" | "info",
+  name: string,
+  arg: unknown,
+  from: From | undefined,
+  state: unknown,
+  path: "standard" | "priority",
+): Promise<HandlerResult<unknown>> {
+  const def = rt.def;
+  const ctx = txContext(rt, tx!);
+  let result: unknown;
+  let what: string;
+  if (kind === "call") {
+    const h = def.handleCall?.[name];
+    what = `handleCall.${name}`;
+    if (h === undefined) {
+      throw new DGenError("no_handler", `'${def.name}' has no handleCall.${name}`);
+    }
+    result = await h(arg, from!, state, ctx);
+  } else if (kind === "cast") {
+    const h = def.handleCast?.[name];
+    what = `handleCast.${name}`;
+    if (h === undefined) {
+      throw new DGenError("no_handler", `'${def.name}' has no handleCast.${name}`);
+    }
+    result = await h(arg, state, ctx);
+  } else {
+    what = "handleInfo";
+    if (def.handleInfo === undefined) {
+      throw new DGenError("no_handler", `'${def.name}' has no handleInfo`);
+    }
+    result = await def.handleInfo(arg as never, state, ctx);
+  }
+  if (!isHandlerResult(result)) {
+    throw badReturn(what, result, "reply(…), noreply(…), lock(…) or stop(…)");
+  }
+  if (kind === "call" && result.kind === "noreply") {
+    throw badReturn(what, result, "reply(…), lock(…) or stop(…): a call must be answered");
+  }
+  if (kind !== "call" && result.kind === "reply") {
+    throw badReturn(what, result, "noreply(…), lock(…) or stop(…): nobody waits for a reply");
+  }
+  if (result.kind === "lock") {
+    if (path === "priority") {
+      throw badReturn(what, result, "no lock(…) on the priority path (it skips the lock)");
+    }
+    if (def.handleLocked === undefined) {
+      throw badReturn(what, result, "no lock(…) without a handleLocked");
+    }
+  }
+  if (result.kind === "reply") checkReply(rt, name, result.value);
+  return result;
+}
+
+/** Checks a call's reply against its schema. */
+export function checkReply(rt: Runtime, name: string, value: unknown): void {
+  const schema = rt.def.schemas?.reply?.[name];
+  if (schema === undefined) return;
+  const r = v.safeParse(schema, value);
+  if (!r.success) throw new ValidationError(toIssues(`reply of ${name}`, r.issues));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queue and reply slots
+
+/** A queued message with its key. */
+export interface QueueEntry {
+  /** Its queue key. */
+  key: Uint8Array;
+  /** The message. */
+  message: Envelope;
+}
+
+/** Enqueues `messages` in one transaction (idempotent per request id). */
+export async function enqueue(
+  tx: Transaction,
+  rt: Runtime,
+  messages: readonly Envelope[],
+  effects: TxEffects,
+): Promise<"enqueued" | "duplicate"> {
+  if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
+  // One request id covers the whole batch: if it is recorded, a previous attempt whose commit
+  // result was unknown did apply.
+  const request = messages[0]!.request;
+  const requestKey = rt.keys.request(request);
+  if (await tx.get(requestKey) !== undefined) return "duplicate";
+  tx.set(requestKey, encodeRecord(rt.now()));
+  for (const m of messages) {
+    tx.setVersionstampedKey(
+      rt.keys.queue,
+      ServerKeys.entrySuffix(effects.stampIndex++),
+      encodeRecord(m),
+    );
+  }
+  tx.add(rt.keys.queueLength, messages.length);
+  bumpChange(tx, rt);
+  return "enqueued";
+}
+
+/** The first `limit` queued messages. */
+export async function queueHead(
+  tx: Transaction,
+  rt: Runtime,
+  limit: number,
+): Promise<QueueEntry[]> {
+  const rows = await tx.getRange(rt.keys.queue, rt.keys.queueEnd, { limit });
+  return rows.map((r) => ({ key: r.key, message: decodeEnvelope(r.value, r.key) }));
+}
+
+/** The queue length. */
+export async function queueLength(tx: Transaction, rt: Runtime): Promise<number> {
+  return Number(readInt64LE(await tx.get(rt.keys.queueLength)));
+}
+
+function removeFromQueue(tx: Transaction, rt: Runtime, key: Uint8Array): void {
+  tx.clear(key);
+  tx.add(rt.keys.queueLength, -1);
+}
+
+const REPLY_VALUE = pack(["v"]);
+
+/** Prefix under which a reply value is stored (through the state codec, so any size works). */
+export function replyValuePrefix(rt: Runtime, callId: string): Uint8Array {
+  return concatBytes(rt.keys.reply(callId), REPLY_VALUE);
+}
+
+/** Opens a pending reply slot for a queued call. */
+export function openReplySlot(
+  tx: Transaction,
+  rt: Runtime,
+  callId: string,
+  deadline: number | null,
+): void {
+  tx.set(
+    rt.keys.reply(callId),
+    encodeRecord({ status: "pending", caller: rt.instance, deadline, at: rt.now() }),
+  );
+}
+
+/** Writes a call's outcome into its slot, if the caller still waits. */
+export async function writeReply(
+  tx: Transaction,
+  rt: Runtime,
+  callId: string,
+  outcome: { ok: true; value: unknown } | { ok: false; error: StoredError },
+): Promise<void> {
+  const key = rt.keys.reply(callId);
+  const bytes = await tx.get(key);
+  if (bytes === undefined) return; // the caller timed out or is gone
+  const slot = decodeReplySlot(bytes, key);
+  if (slot.status !== "pending") return;
+  if (outcome.ok) {
+    rt.codec.write(tx, replyValuePrefix(rt, callId), { found: false }, outcome.value);
+    tx.set(key, encodeRecord({ status: "ok", at: rt.now() }));
+  } else {
+    tx.set(key, encodeRecord({ status: "error", error: outcome.error, at: rt.now() }));
+  }
+}
+
+/** Removes a reply slot and its value. */
+export function clearReplySlot(tx: Transaction, rt: Runtime, callId: string): void {
+  const key = rt.keys.reply(callId);
+  tx.clearRange(key, strinc(key));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures and dead letters
+
+/**
+ * Records a failed attempt of `entry`: bumps its attempt count in place, or moves it to the
+ * dead letters once it reaches the threshold (answering a waiting caller).
+ */
+export async function recordFailure(
+  tx: Transaction,
+  rt: Runtime,
+  queueKey: Uint8Array | undefined,
+  message: Envelope,
+  error: unknown,
+  effects: TxEffects,
+): Promise<"retry" | "dead"> {
+  const attempts = message.attempts + 1;
+  const lastError = error instanceof Error ? error.message : String(error);
+  if (attempts >= rt.deadLetterThreshold) {
+    if (queueKey !== undefined) removeFromQueue(tx, rt, queueKey);
+    const stored = toStoredError(error, attempts);
+    tx.setVersionstampedKey(
+      rt.keys.deadLetters,
+      ServerKeys.entrySuffix(effects.stampIndex++),
+      encodeRecord({
+        message: { ...message, attempts, lastError },
+        attempts,
+        error: stored,
+        at: rt.now(),
+      }),
+    );
+    tx.add(rt.keys.deadLetterCount, 1);
+    if (message.kind === "call" && message.callId !== undefined) {
+      await writeReply(tx, rt, message.callId, {
+        ok: false,
+        error: {
+          code: "dead_letter",
+          message:
+            `Message '${message.name}' was dead-lettered after ${attempts} attempts: ${lastError}`,
+          attempts,
+        },
+      });
+    }
+    effects.deadLetters.push({ message, attempts, error: stored });
+    bumpChange(tx, rt);
+    return "dead";
+  }
+  const updated = encodeRecord({ ...message, attempts, lastError });
+  if (queueKey !== undefined) {
+    tx.set(queueKey, updated);
+  }
+  bumpChange(tx, rt);
+  return "retry";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consuming
+
+/** Work left for after the commit of a batch that took the lock. */
+export interface LockedWork {
+  /** The event for `handleLocked`. */
+  event: LockedEvent;
+  /** The state at lock time. */
+  state: unknown;
+  /** The lock taken. */
+  lock: LockRecord;
+}
+
+/** What a consume transaction found or did. */
+export type ConsumeOutcome =
+  | { kind: "idle"; watch: Watch }
+  | { kind: "locked"; watch: Watch; lock: LockRecord }
+  | { kind: "expired"; lock: LockRecord }
+  | { kind: "processed"; count: number; lock?: LockedWork; stopped?: string }
+  | { kind: "failed"; result: "retry" | "dead" };
+
+/** Reads the lock record. */
+export async function readLock(tx: Transaction, rt: Runtime): Promise<LockRecord | undefined> {
+  const bytes = await tx.get(rt.keys.lock);
+  return bytes === undefined ? undefined : decodeLock(bytes, rt.keys.lock);
+}
+
+/**
+ * One consume transaction: if unlocked, applies up to `batchSize` queued messages in order.
+ * A handler failure throws {@link HandlerFailure}; the caller runs the step again with
+ * `failing` set, which applies the messages before it and records its failed attempt, so the
+ * batch commits exactly the messages before the failure with their effects.
+ *
+ * `isExpired` judges another holder's lease (by the observer's own clock).
+ */
+export async function consumeStep(
+  tx: Transaction,
+  rt: Runtime,
+  effects: TxEffects,
+  failing: HandlerFailure | undefined,
+  isExpired: (lock: LockRecord) => boolean,
+): Promise<ConsumeOutcome> {
+  const held = await readLock(tx, rt);
+  if (held !== undefined) {
+    if (held.holder !== rt.instance && isExpired(held)) {
+      await takeOver(tx, rt, held, effects);
+      return { kind: "expired", lock: held };
+    }
+    return { kind: "locked", watch: tx.watch(rt.keys.lock), lock: held };
+  }
+  const entries = await queueHead(tx, rt, rt.batchSize);
+  if (entries.length === 0) {
+    if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
+    return { kind: "idle", watch: tx.watch(rt.keys.queueLength) };
+  }
+  const loaded = await loadState(tx, rt);
+  let state = loaded.state;
+  let count = 0;
+  for (const entry of entries) {
+    const m = entry.message;
+    if (failing?.queueKey !== undefined && equalBytes(failing.queueKey, entry.key)) {
+      // Commit the messages before it, then its failed attempt.
+      writeState(tx, rt, loaded, state, effects);
+      const result = await recordFailure(tx, rt, entry.key, m, failing.error, effects);
+      return count > 0 ? { kind: "processed", count } : { kind: "failed", result };
+    }
+    const from = m.kind === "call" ? { instance: m.sender, callId: m.callId! } : undefined;
+    let result: HandlerResult<unknown>;
+    try {
+      result = await runHandler(rt, tx, m.kind, m.name, m.arg, from, state, "standard");
+      checkState(rt, result.state);
+    } catch (e) {
+      throw new HandlerFailure(entry.key, e);
+    }
+    state = rt.codec.freeze(result.state);
+    count++;
+    removeFromQueue(tx, rt, entry.key);
+    if (result.kind === "reply") {
+      await writeReply(tx, rt, m.callId!, { ok: true, value: result.value });
+    }
+    if (result.kind !== "lock") effects.actions.push(...result.actions);
+    if (result.kind === "lock") {
+      writeState(tx, rt, loaded, state, effects);
+      const lock = await takeLock(tx, rt, entry.key, m);
+      const event: LockedEvent = m.kind === "call"
+        ? { kind: "call", name: m.name, arg: m.arg, from: from! }
+        : { kind: "cast", name: m.name, arg: m.arg };
+      return { kind: "processed", count, lock: { event, state, lock } };
+    }
+    if (result.kind === "stop") {
+      if (m.kind === "call") {
+        await writeReply(tx, rt, m.callId!, {
+          ok: false,
+          error: { code: "server_stopped", message: `Server stopped: ${result.reason}` },
+        });
+      }
+      writeState(tx, rt, loaded, state, effects);
+      effects.stopReason = result.reason;
+      return { kind: "processed", count, stopped: result.reason };
+    }
+  }
+  writeState(tx, rt, loaded, state, effects);
+  return { kind: "processed", count };
+}
+
+/** Takes the lock for the message at `queueKey`, with the next fencing token. */
+async function takeLock(
+  tx: Transaction,
+  rt: Runtime,
+  queueKey: Uint8Array,
+  message: Envelope,
+): Promise<LockRecord> {
+  const token = readInt64LE(await tx.get(rt.keys.fence)) + 1n;
+  const fence = new Uint8Array(8);
+  new DataView(fence.buffer).setBigInt64(0, token, true);
+  tx.set(rt.keys.fence, fence);
+  const now = rt.now();
+  const lock: LockRecord = {
+    holder: rt.instance,
+    token,
+    renewals: 0,
+    since: now,
+    leaseUntil: now + rt.lockLease,
+    lease: rt.lockLease,
+    queueKey,
+    message,
+  };
+  tx.set(rt.keys.lock, encodeRecord(lock));
+  bumpChange(tx, rt);
+  return lock;
+}
+
+/**
+ * Takes over an expired lock: the in-progress message goes back to the head of the queue with
+ * one more attempt (or to the dead letters), and the lock is cleared.
+ */
+export async function takeOver(
+  tx: Transaction,
+  rt: Runtime,
+  held: LockRecord,
+  effects: TxEffects,
+): Promise<void> {
+  tx.clear(rt.keys.lock);
+  const error = new LockLostError(
+    `Lock lease of instance ${held.holder} expired while it handled '${held.message.name}'`,
+  );
+  const result = await recordFailure(tx, rt, undefined, held.message, error, effects);
+  if (result === "retry") {
+    tx.set(
+      held.queueKey,
+      encodeRecord({
+        ...held.message,
+        attempts: held.message.attempts + 1,
+        lastError: error.message,
+      }),
+    );
+    tx.add(rt.keys.queueLength, 1);
+  }
+  bumpChange(tx, rt);
+}
+
+/**
+ * Takes the lock for a call handled inline (never queued): a takeover puts it back at the very
+ * head of the queue (a zero stamp), where it logically was.
+ */
+export async function takeOverInline(
+  tx: Transaction,
+  rt: Runtime,
+  message: Envelope,
+  state: unknown,
+): Promise<LockedWork> {
+  const queueKey = new Uint8Array(rt.keys.queue.length + 12);
+  queueKey.set(rt.keys.queue);
+  const lock = await takeLock(tx, rt, queueKey, message);
+  return {
+    event: {
+      kind: "call",
+      name: message.name,
+      arg: message.arg,
+      from: { instance: message.sender, callId: message.callId! },
+    },
+    state,
+    lock,
+  };
+}
+
+/** Renews this instance's lease; false if the lock is no longer ours. */
+export async function renewLock(tx: Transaction, rt: Runtime, token: bigint): Promise<boolean> {
+  const held = await readLock(tx, rt);
+  if (held === undefined || held.token !== token || held.holder !== rt.instance) return false;
+  const now = rt.now();
+  tx.set(
+    rt.keys.lock,
+    encodeRecord({ ...held, renewals: held.renewals + 1, leaseUntil: now + held.lease }),
+  );
+  return true;
+}
+
+/** Verifies that this instance still holds the lock with `token`; throws LockLostError if not. */
+async function checkHeld(tx: Transaction, rt: Runtime, token: bigint): Promise<LockRecord> {
+  const held = await readLock(tx, rt);
+  if (held === undefined || held.token !== token || held.holder !== rt.instance) {
+    throw new LockLostError(
+      `Instance ${rt.instance} lost the lock (token ${token}) of '${rt.id}' before its write-back`,
+    );
+  }
+  return held;
+}
+
+/**
+ * Commits `handleLocked`'s result: verifies the fencing token, applies the result's state on
+ * top of the current state (three-way merge against the state at lock time when messages on
+ * the priority path changed it meanwhile), answers the caller and releases the lock.
+ */
+export async function writeBack(
+  tx: Transaction,
+  rt: Runtime,
+  work: LockedWork,
+  result: HandlerResult<unknown>,
+  effects: TxEffects,
+): Promise<void> {
+  const held = await checkHeld(tx, rt, work.lock.token);
+  const loaded = await loadState(tx, rt);
+  const next = loaded.state === work.state || deepEqual(loaded.state, work.state)
+    ? result.state
+    : merge3(work.state, result.state, loaded.state);
+  checkState(rt, next);
+  writeState(tx, rt, loaded, rt.codec.freeze(next), effects);
+  const m = held.message;
+  if (m.kind === "call") {
+    if (result.kind === "reply") {
+      await writeReply(tx, rt, m.callId!, { ok: true, value: result.value });
+    } else if (result.kind === "stop") {
+      await writeReply(tx, rt, m.callId!, {
+        ok: false,
+        error: { code: "server_stopped", message: `Server stopped: ${result.reason}` },
+      });
+    }
+  }
+  if (result.kind !== "lock") effects.actions.push(...result.actions);
+  if (result.kind === "stop") effects.stopReason = result.reason;
+  tx.clear(rt.keys.lock);
+  bumpChange(tx, rt);
+}
+
+/** Records that `handleLocked` (or its write-back) failed: requeue or dead-letter, release. */
+export async function lockedFailure(
+  tx: Transaction,
+  rt: Runtime,
+  work: LockedWork,
+  error: unknown,
+  effects: TxEffects,
+): Promise<"retry" | "dead"> {
+  const held = await checkHeld(tx, rt, work.lock.token);
+  tx.clear(rt.keys.lock);
+  const result = await recordFailure(tx, rt, undefined, held.message, error, effects);
+  if (result === "retry") {
+    tx.set(
+      held.queueKey,
+      encodeRecord({
+        ...held.message,
+        attempts: held.message.attempts + 1,
+        lastError: error instanceof Error ? error.message : String(error),
+      }),
+    );
+    tx.add(rt.keys.queueLength, 1);
+  }
+  return result;
+}
+
+/** Checks a handler result returned by `handleLocked`. */
+export function checkLockedResult(
+  rt: Runtime,
+  event: LockedEvent,
+  result: unknown,
+): HandlerResult<unknown> {
+  if (!isHandlerResult(result)) {
+    throw badReturn("handleLocked", result, "reply(…), noreply(…) or stop(…)");
+  }
+  if (result.kind === "lock") throw badReturn("handleLocked", result, "no lock(…) inside a lock");
+  if (event.kind === "call" && result.kind === "noreply") {
+    throw badReturn("handleLocked", result, "reply(…) or stop(…): the call must be answered");
+  }
+  if (event.kind === "cast" && result.kind === "reply") {
+    throw badReturn("handleLocked", result, "noreply(…) or stop(…) for a cast");
+  }
+  if (result.kind === "reply") checkReply(rt, event.name, result.value);
+  checkState(rt, result.state);
+  return result;
+}

@@ -1,0 +1,447 @@
+/**
+ * Server definitions: the value made by {@link defineServer} (init, handler maps, optional
+ * schemas) and the results handlers return, built by {@link reply}, {@link noreply},
+ * {@link lock} and {@link stop}.
+ *
+ * @module
+ */
+
+import * as v from "valibot";
+import { ValidationError } from "../errors.ts";
+import type { Transaction } from "../storage/types.ts";
+import type { Tenant } from "../tenant.ts";
+import { type AnySchema, toIssues } from "../validate.ts";
+
+const RESULT = Symbol.for("dgen.result");
+
+/**
+ * Runs after the transaction that produced it commits, with the committed state; the only
+ * place for side effects. Returning `"halt"` skips the remaining actions.
+ */
+export type Action<S> = (committedState: S) => unknown;
+
+/** A handler's decision to reply to a call and continue with `state`. */
+export interface ReplyResult<R, S> {
+  /** @internal Marks values built by the result helpers. */
+  readonly [RESULT]: true;
+  /** Discriminant. */
+  readonly kind: "reply";
+  /** The reply sent to the caller. */
+  readonly value: R;
+  /** The next state. */
+  readonly state: S;
+  /** Actions to run after commit. */
+  readonly actions: readonly Action<S>[];
+}
+
+/** A handler's decision to continue with `state` without replying. */
+export interface NoreplyResult<S> {
+  /** @internal Marks values built by the result helpers. */
+  readonly [RESULT]: true;
+  /** Discriminant. */
+  readonly kind: "noreply";
+  /** The next state. */
+  readonly state: S;
+  /** Actions to run after commit. */
+  readonly actions: readonly Action<S>[];
+}
+
+/** A handler's decision to commit `state`, take the lock and continue in `handleLocked`. */
+export interface LockResult<S> {
+  /** @internal Marks values built by the result helpers. */
+  readonly [RESULT]: true;
+  /** Discriminant. */
+  readonly kind: "lock";
+  /** The state to commit before `handleLocked` runs. */
+  readonly state: S;
+}
+
+/** A handler's decision to commit `state` and stop the instance that ran it. */
+export interface StopResult<S> {
+  /** @internal Marks values built by the result helpers. */
+  readonly [RESULT]: true;
+  /** Discriminant. */
+  readonly kind: "stop";
+  /** Why the instance stops; a waiting caller gets a `ServerStoppedError` naming it. */
+  readonly reason: string;
+  /** The state to commit. */
+  readonly state: S;
+  /** Actions to run after commit. */
+  readonly actions: readonly Action<S>[];
+}
+
+/** Anything a handler may return. */
+export type HandlerResult<S, R = unknown> =
+  | ReplyResult<R, S>
+  | NoreplyResult<S>
+  | LockResult<S>
+  | StopResult<S>;
+
+function checkActions(actions: unknown): void {
+  if (actions === undefined) return;
+  if (!Array.isArray(actions) || actions.some((a) => typeof a !== "function")) {
+    throw new ValidationError([{ path: "actions", message: "Expected an array of functions" }]);
+  }
+}
+
+/**
+ * Replies `value` to the caller and continues with `state`; `actions` run after commit.
+ *
+ * @example
+ * ```ts
+ * import { reply } from "./definition.ts";
+ * const result = reply("ok", 1);
+ * console.log(result.kind, result.value, result.state); // "reply" "ok" 1
+ * ```
+ */
+export function reply<R, S>(
+  value: R,
+  state: S,
+  actions?: readonly Action<S>[],
+): ReplyResult<R, S> {
+  checkActions(actions);
+  return { [RESULT]: true, kind: "reply", value, state, actions: actions ?? [] };
+}
+
+/**
+ * Continues with `state` without replying; `actions` run after commit.
+ *
+ * @example
+ * ```ts
+ * import { noreply } from "./definition.ts";
+ * console.log(noreply(5).state); // 5
+ * ```
+ */
+export function noreply<S>(state: S, actions?: readonly Action<S>[]): NoreplyResult<S> {
+  checkActions(actions);
+  return { [RESULT]: true, kind: "noreply", state, actions: actions ?? [] };
+}
+
+/**
+ * Commits `state`, takes the server's lock and runs `handleLocked` outside any transaction;
+ * standard messages wait until it finishes.
+ *
+ * @example
+ * ```ts
+ * import { lock } from "./definition.ts";
+ * console.log(lock({ busy: true }).kind); // "lock"
+ * ```
+ */
+export function lock<S>(state: S): LockResult<S> {
+  return { [RESULT]: true, kind: "lock", state };
+}
+
+/**
+ * Commits `state` and stops the instance that ran the handler (the durable server lives on).
+ *
+ * @example
+ * ```ts
+ * import { stop } from "./definition.ts";
+ * console.log(stop("done", 0).reason); // "done"
+ * ```
+ */
+export function stop<S>(reason: string, state: S, actions?: readonly Action<S>[]): StopResult<S> {
+  if (typeof reason !== "string") {
+    throw new ValidationError([{ path: "reason", message: "Expected a string" }]);
+  }
+  checkActions(actions);
+  return { [RESULT]: true, kind: "stop", reason, state, actions: actions ?? [] };
+}
+
+/** Whether `x` was built by one of the result helpers. */
+export function isHandlerResult(x: unknown): x is HandlerResult<unknown> {
+  return typeof x === "object" && x !== null && (x as Record<symbol, unknown>)[RESULT] === true;
+}
+
+/** Identifies the caller of a call: passed to `handleCall`. */
+export interface From {
+  /** The instance the call was made through. */
+  readonly instance: string;
+  /** Unique id of this call. */
+  readonly callId: string;
+}
+
+/** What every handler gets besides the message and the state. */
+export interface HandlerContext {
+  /** The tenant the server lives in. */
+  readonly tenant: Tenant;
+  /** The server id. */
+  readonly id: string;
+  /** The instance running the handler. */
+  readonly instance: string;
+  /** Aborted when the instance stops, or (in `handleLocked`) when the lock's lease is lost. */
+  readonly signal: AbortSignal;
+  /**
+   * The transaction the handler runs in (tenant-scoped keys), to read and write other keys of
+   * the tenant atomically with the state. Absent in `handleLocked`, which runs outside any
+   * transaction. Keys starting with the tuple element `"s"` or `"servers"` belong to dgen.
+   */
+  readonly tx?: Transaction;
+  /**
+   * In `handleLocked`: the lock's fencing token, strictly greater for every new lock of this
+   * server; pass it to external systems so they can refuse a stale holder.
+   */
+  readonly fencingToken?: bigint;
+}
+
+/** A transactional handler's context: `tx` is always present. */
+export interface TxContext extends HandlerContext {
+  /** The transaction the handler runs in. */
+  readonly tx: Transaction;
+}
+
+/** The event `handleLocked` continues: the message that took the lock. */
+export type LockedEvent =
+  | { readonly kind: "call"; readonly name: string; readonly arg: unknown; readonly from: From }
+  | { readonly kind: "cast"; readonly name: string; readonly arg: unknown };
+
+/** A `handleCall` entry. */
+// deno-lint-ignore no-explicit-any
+export type CallHandler<S = any, A = any, R = any> = (
+  arg: A,
+  from: From,
+  state: S,
+  ctx: TxContext,
+) => HandlerResult<S, R> | Promise<HandlerResult<S, R>>;
+
+/** A `handleCast` entry. */
+// deno-lint-ignore no-explicit-any
+export type CastHandler<S = any, A = any> = (
+  arg: A,
+  state: S,
+  ctx: TxContext,
+) => HandlerResult<S, never> | Promise<HandlerResult<S, never>>;
+
+/** A message that was dead-lettered, as `handleDeadLetter` receives it. */
+export interface DeadLetterMessage {
+  /** `"call"` or `"cast"`. */
+  readonly kind: "call" | "cast";
+  /** The message name. */
+  readonly name: string;
+  /** The message argument. */
+  readonly arg: unknown;
+}
+
+/** Schemas validating messages, replies and state; each optional. */
+export interface ServerSchemas {
+  /** Per call name: the argument's schema. */
+  readonly call?: Readonly<Record<string, AnySchema>>;
+  /** Per cast name: the argument's schema. */
+  readonly cast?: Readonly<Record<string, AnySchema>>;
+  /** Schema of `send`'s info messages. */
+  readonly info?: AnySchema;
+  /** Per call name: the reply's schema (checked after the handler; a mismatch is a failure). */
+  readonly reply?: Readonly<Record<string, AnySchema>>;
+  /** Schema of the state (checked after every handler and on load). */
+  readonly state?: AnySchema;
+}
+
+/** What {@link defineServer} takes. */
+export interface ServerSpec<
+  S,
+  Args extends readonly unknown[],
+  // deno-lint-ignore no-explicit-any
+  Calls extends Record<string, CallHandler<S, any, any>>,
+  // deno-lint-ignore no-explicit-any
+  Casts extends Record<string, CastHandler<S, any>>,
+  I,
+> {
+  /** The server's name; the default server id. */
+  readonly name: string;
+  /** Builds the initial state from `start`'s arguments. Runs on every start. */
+  readonly init: (...args: Args) => S | Promise<S>;
+  /** Call handlers by message name. */
+  readonly handleCall?: Calls;
+  /** Cast handlers by message name. */
+  readonly handleCast?: Casts;
+  /** Handles `send`'s info messages. */
+  readonly handleInfo?: (
+    info: I,
+    state: S,
+    ctx: TxContext,
+  ) => HandlerResult<S, never> | Promise<HandlerResult<S, never>>;
+  /**
+   * Continues a message whose handler returned `lock(state)`, outside any transaction; may be
+   * slow and may have side effects, which must be idempotent (it runs again if its lease is
+   * lost). Its result commits on top of the state current at that time (see the README).
+   */
+  readonly handleLocked?: (
+    event: LockedEvent,
+    state: S,
+    ctx: HandlerContext,
+  ) => HandlerResult<S> | Promise<HandlerResult<S>>;
+  /** Runs (after commit) when a message is moved to the dead-letter list. */
+  readonly handleDeadLetter?: (
+    message: DeadLetterMessage,
+    attempts: number,
+    error: unknown,
+  ) => void | Promise<void>;
+  /** Optional valibot schemas. */
+  readonly schemas?: ServerSchemas;
+  /** Version of the state's shape. @default 1 */
+  readonly version?: number;
+  /** Converts a state written by an older `version` of this definition. */
+  readonly migrate?: (fromVersion: number, oldState: unknown) => S | Promise<S>;
+}
+
+/** A server definition, made by {@link defineServer}. */
+export interface ServerDefinition<
+  S = unknown,
+  Args extends readonly unknown[] = readonly unknown[],
+  // deno-lint-ignore no-explicit-any
+  Calls extends Record<string, CallHandler<S, any, any>> = Record<string, CallHandler<S>>,
+  // deno-lint-ignore no-explicit-any
+  Casts extends Record<string, CastHandler<S, any>> = Record<string, CastHandler<S>>,
+  I = unknown,
+> extends ServerSpec<S, Args, Calls, Casts, I> {
+  /** @internal Marks values made by defineServer. */
+  readonly [DEFINITION]: true;
+  /** The state version (defaults applied). */
+  readonly version: number;
+}
+
+const DEFINITION = Symbol.for("dgen.definition");
+
+const nameSchema = v.pipe(v.string(), v.minLength(1, "Expected a non-empty string"));
+const handlerMap = v.optional(
+  v.record(v.string(), v.function("Expected a function")),
+);
+const specSchema = v.object({
+  name: nameSchema,
+  init: v.function("Expected a function"),
+  handleCall: handlerMap,
+  handleCast: handlerMap,
+  handleInfo: v.optional(v.function("Expected a function")),
+  handleLocked: v.optional(v.function("Expected a function")),
+  handleDeadLetter: v.optional(v.function("Expected a function")),
+  schemas: v.optional(v.object({
+    call: v.optional(v.record(v.string(), v.any())),
+    cast: v.optional(v.record(v.string(), v.any())),
+    info: v.optional(v.any()),
+    reply: v.optional(v.record(v.string(), v.any())),
+    state: v.optional(v.any()),
+  })),
+  version: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1))),
+  migrate: v.optional(v.function("Expected a function")),
+});
+
+function isSchema(x: unknown): boolean {
+  return typeof x === "object" && x !== null && (x as { kind?: unknown }).kind === "schema" &&
+    typeof (x as { "~run"?: unknown })["~run"] === "function";
+}
+
+/**
+ * Defines a durable server: `init` plus handlers for calls, casts and info, optional schemas
+ * and a state version with `migrate`. Types flow from the definition to `ServerRef`: a call's
+ * reply type is its handler's reply type, and a wrong message name or argument type is a
+ * compile error.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, reply } from "../../mod.ts";
+ * export const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: {
+ *     increment: (_arg: undefined, _from, n: number) => reply("ok", n + 1),
+ *     value: (_arg: undefined, _from, n: number) => reply(n, n),
+ *   },
+ *   handleCast: {
+ *     bump: (by: number, n: number) => noreply(n + by),
+ *   },
+ * });
+ * ```
+ */
+export function defineServer<
+  S,
+  Args extends readonly unknown[] = [],
+  // deno-lint-ignore no-explicit-any
+  Calls extends Record<string, CallHandler<S, any, any>> = Record<never, never>,
+  // deno-lint-ignore no-explicit-any
+  Casts extends Record<string, CastHandler<S, any>> = Record<never, never>,
+  I = never,
+>(spec: ServerSpec<S, Args, Calls, Casts, I>): ServerDefinition<S, Args, Calls, Casts, I> {
+  const checked = v.safeParse(specSchema, spec);
+  if (!checked.success) {
+    throw new ValidationError(toIssues("spec", checked.issues));
+  }
+  const schemas = spec.schemas ?? {};
+  for (const group of ["call", "cast", "reply"] as const) {
+    for (const [name, schema] of Object.entries(schemas[group] ?? {})) {
+      if (!isSchema(schema)) {
+        throw new ValidationError([{
+          path: `spec.schemas.${group}.${name}`,
+          message: "Expected a valibot schema",
+        }]);
+      }
+    }
+  }
+  for (const key of ["info", "state"] as const) {
+    if (schemas[key] !== undefined && !isSchema(schemas[key])) {
+      throw new ValidationError([{
+        path: `spec.schemas.${key}`,
+        message: "Expected a valibot schema",
+      }]);
+    }
+  }
+  if ((spec.version ?? 1) > 1 && spec.migrate === undefined) {
+    throw new ValidationError([{
+      path: "spec.migrate",
+      message: "Expected a migrate function when version is greater than 1",
+    }]);
+  }
+  return Object.freeze({ ...spec, [DEFINITION]: true as const, version: spec.version ?? 1 });
+}
+
+/** Whether `x` was made by {@link defineServer}. */
+export function isDefinition(x: unknown): x is ServerDefinition {
+  return typeof x === "object" && x !== null && (x as Record<symbol, unknown>)[DEFINITION] === true;
+}
+
+// ---- Types that flow from a definition to ServerRef ----
+
+// deno-lint-ignore no-explicit-any
+type AnyDef = ServerDefinition<any, any, any, any, any>;
+
+/** The state type of a definition. */
+export type StateOf<D> = D extends ServerDefinition<infer S, infer _A, infer _C, infer _K, infer _I>
+  ? S
+  : never;
+/** The `init` argument tuple of a definition. */
+export type InitArgsOf<D> = D extends
+  ServerDefinition<infer _S, infer A, infer _C, infer _K, infer _I> ? A : never;
+/** The call handler map of a definition. */
+export type CallsOf<D> = D extends ServerDefinition<infer _S, infer _A, infer C, infer _K, infer _I>
+  ? C
+  : never;
+/** The cast handler map of a definition. */
+export type CastsOf<D> = D extends ServerDefinition<infer _S, infer _A, infer _C, infer K, infer _I>
+  ? K
+  : never;
+/** The info message type of a definition. */
+export type InfoOf<D> = D extends ServerDefinition<infer _S, infer _A, infer _C, infer _K, infer I>
+  ? I
+  : never;
+
+/** Names of the calls a definition handles. */
+export type CallName<D extends AnyDef> = keyof CallsOf<D> & string;
+/** Names of the casts a definition handles. */
+export type CastName<D extends AnyDef> = keyof CastsOf<D> & string;
+/** The argument type of call `K`. */
+export type CallArg<D extends AnyDef, K extends CallName<D>> = Parameters<CallsOf<D>[K]>[0];
+/** The argument type of cast `K`. */
+export type CastArg<D extends AnyDef, K extends CastName<D>> = Parameters<CastsOf<D>[K]>[0];
+/**
+ * The reply type of call `K`: what its handler passes to `reply`. A handler that may `lock`
+ * replies from `handleLocked`, whose reply type is not known: `unknown` then.
+ */
+export type CallReply<D extends AnyDef, K extends CallName<D>> = ReplyOfResult<
+  Awaited<ReturnType<CallsOf<D>[K]>>
+>;
+type ReplyOfResult<R> = [Extract<R, { kind: "lock" }>] extends [never]
+  ? Extract<R, { kind: "reply" }> extends { value: infer V } ? V : never
+  : unknown;
+
+/** Argument list of a message: optional when its type admits `undefined`. */
+export type MessageArgs<A, O> = undefined extends A ? [arg?: A, options?: O]
+  : [arg: A, options?: O];

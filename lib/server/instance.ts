@@ -1,0 +1,1143 @@
+/**
+ * Instances: `start` and the `ServerRef` it returns. An instance sends messages, runs the
+ * priority and info handlers sent to it, and (when consuming) takes messages from the durable
+ * queue, runs `handleLocked` for the locks it takes, heartbeats its presence and collects
+ * garbage (abandoned reply slots, old enqueue records, stale presence).
+ *
+ * @module
+ */
+
+import * as v from "valibot";
+import { compareBytes, strinc } from "../bytes.ts";
+import {
+  CallTimeoutError,
+  CodecError,
+  DeadLetterError,
+  DGenError,
+  LockLostError,
+  ServerStoppedError,
+  ValidationError,
+} from "../errors.ts";
+import { createInterimCodec } from "../codec/_interim.ts";
+import { pid, runtimeName, type TimerHandle, unrefTimer } from "../runtime/process.ts";
+import type { Transaction, Watch } from "../storage/types.ts";
+import type { Tenant } from "../tenant.ts";
+import { parse, toIssues } from "../validate.ts";
+import {
+  bumpChange,
+  checkLockedResult,
+  checkState,
+  clearReplySlot,
+  consumeStep,
+  enqueue,
+  HandlerFailure,
+  loadState,
+  lockedFailure,
+  type LockedWork,
+  metaRecord,
+  openReplySlot,
+  queueHead,
+  readLock,
+  readMeta,
+  recordFailure,
+  renewLock,
+  replyValuePrefix,
+  runHandler,
+  type Runtime,
+  ServerGoneError,
+  takeOverInline,
+  TxEffects,
+  writeBack,
+  writeState,
+} from "./core.ts";
+import {
+  type CallArg,
+  type CallName,
+  type CallReply,
+  type CastArg,
+  type CastName,
+  type DeadLetterMessage,
+  type InfoOf,
+  type InitArgsOf,
+  isDefinition,
+  type LockedEvent,
+  type MessageArgs,
+  type ServerDefinition,
+} from "./definition.ts";
+import { ServerKeys } from "./keys.ts";
+import {
+  decodeDeadLetter,
+  decodePresence,
+  decodeReplySlot,
+  encodeRecord,
+  type Envelope,
+  type LockRecord,
+  type StoredError,
+  timeOrderedId,
+} from "./records.ts";
+import { encodeValue } from "../codec/_interim.ts";
+import { toHex } from "../bytes.ts";
+
+// deno-lint-ignore no-explicit-any
+type AnyDef = ServerDefinition<any, any, any, any, any>;
+
+/** How often an instance refreshes its presence record, ms. */
+export const HEARTBEAT_INTERVAL = 5_000;
+/** A presence older than this many heartbeats is considered dead. */
+const STALE_HEARTBEATS = 3;
+/** Consuming instances collect garbage every this many heartbeats. */
+const GC_EVERY = 6;
+/** Enqueue records are kept this long for idempotent retries, ms. */
+const REQUEST_TTL = 10 * 60_000;
+/** A reply slot answered but never read is removed after this long, ms. */
+const ANSWERED_SLOT_TTL = 10 * 60_000;
+
+/** Options of {@link start}. */
+export interface StartOptions {
+  /** The tenant the server lives in. */
+  tenant: Tenant;
+  /** The server id. @default the definition's name */
+  id?: string;
+  /** Whether this instance takes messages from the durable queue. @default true */
+  consume?: boolean;
+  /** Replace an existing state with `init`'s. @default false */
+  reset?: boolean;
+  /** Keep the decoded state between transactions (validated by its stored version). @default true */
+  cache?: boolean;
+  /** Messages applied per consume transaction. @default 1 */
+  batchSize?: number;
+  /** Failed attempts after which a message is dead-lettered. @default 5 */
+  deadLetterThreshold?: number;
+  /** Lease of the lock while `handleLocked` runs, ms; renewed at a third of it. @default 10000 */
+  lockLease?: number;
+}
+
+/** Options of `ServerRef.call`. */
+export interface CallOptions {
+  /** Milliseconds to wait for the reply, or `Infinity`. @default 5000 */
+  timeout?: number;
+}
+
+/** A dead-lettered message as listed by `ServerRef.deadLetters.list`. */
+export interface DeadLetter {
+  /** Key to pass to `requeue`. */
+  key: string;
+  /** `"call"` or `"cast"`. */
+  kind: "call" | "cast";
+  /** Message name. */
+  name: string;
+  /** Message argument. */
+  arg: unknown;
+  /** Attempts made. */
+  attempts: number;
+  /** The last failure. */
+  error: StoredError;
+  /** When it was dead-lettered, ms since the epoch. */
+  at: number;
+}
+
+/** The dead-letter list of a server. */
+export interface DeadLetters {
+  /** The dead letters, oldest first. */
+  list(): Promise<DeadLetter[]>;
+  /** Puts a dead letter back at the tail of the queue with its attempts reset; false if gone. */
+  requeue(key: string): Promise<boolean>;
+  /** Removes every dead letter; resolves with how many there were. */
+  purge(): Promise<number>;
+}
+
+/** Counters of one instance. */
+export interface InstanceStats {
+  /** Standard messages this instance applied. */
+  processed: number;
+  /** Actions that threw. */
+  actionErrors: number;
+  /** Messages this instance dead-lettered. */
+  deadLettered: number;
+  /** Write-backs refused because the lock's lease was lost. */
+  lockLost: number;
+}
+
+/** A live instance of a durable server, made by {@link start}. */
+export interface ServerRef<D extends AnyDef = AnyDef> {
+  /** The server id. */
+  readonly id: string;
+  /** The tenant. */
+  readonly tenant: Tenant;
+  /** This instance's id. */
+  readonly instance: string;
+  /** Counters of this instance. */
+  readonly stats: Readonly<InstanceStats>;
+  /** Resolves with the reason when this instance stops. */
+  readonly stopped: Promise<string>;
+  /** Calls the server through its durable queue; resolves with the reply after commit. */
+  call<K extends CallName<D>>(
+    name: K,
+    ...args: MessageArgs<CallArg<D, K>, CallOptions>
+  ): Promise<CallReply<D, K>>;
+  /** Casts to the server; resolves once the message is durably enqueued. */
+  cast<K extends CastName<D>>(name: K, ...args: MessageArgs<CastArg<D, K>, never>): Promise<void>;
+  /** Enqueues several casts atomically (all or none), in order. */
+  castMany(messages: ReadonlyArray<CastTuple<D>>): Promise<void>;
+  /** Runs a call handler now, on this instance, skipping the queue and the lock. */
+  priorityCall<K extends CallName<D>>(
+    name: K,
+    ...args: MessageArgs<CallArg<D, K>, never>
+  ): Promise<CallReply<D, K>>;
+  /** Runs a cast handler now, on this instance, skipping the queue and the lock. */
+  priorityCast<K extends CastName<D>>(
+    name: K,
+    ...args: MessageArgs<CastArg<D, K>, never>
+  ): Promise<void>;
+  /** Runs `handleInfo` now, on this instance. */
+  send(info: InfoOf<D>): Promise<void>;
+  /** Stops this instance; the durable server and other instances live on. */
+  stop(): Promise<void>;
+  /** Erases the durable server (state, queue, dead letters, reply slots, lock) and stops. */
+  kill(): Promise<void>;
+  /** The server's dead letters. */
+  readonly deadLetters: DeadLetters;
+}
+
+/** One cast of `castMany`: `[name, arg]`. */
+export type CastTuple<D extends AnyDef> = {
+  [K in CastName<D>]: undefined extends CastArg<D, K> ? readonly [K, CastArg<D, K>?]
+    : readonly [K, CastArg<D, K>];
+}[CastName<D>];
+
+const positiveInt = v.pipe(v.number(), v.integer(), v.minValue(1));
+const startOptionsSchema = v.strictObject({
+  tenant: v.custom<Tenant>(
+    (t) =>
+      typeof t === "object" && t !== null && typeof (t as Tenant).transact === "function" &&
+      (t as Tenant).prefix instanceof Uint8Array,
+    "Expected a Tenant (from openTenant or sandboxOpen)",
+  ),
+  id: v.optional(
+    v.pipe(v.string(), v.minLength(1, "Expected a non-empty string"), v.maxLength(1000)),
+  ),
+  consume: v.optional(v.boolean()),
+  reset: v.optional(v.boolean()),
+  cache: v.optional(v.boolean()),
+  batchSize: v.optional(v.pipe(positiveInt, v.maxValue(1000))),
+  deadLetterThreshold: v.optional(positiveInt),
+  lockLease: v.optional(v.pipe(positiveInt, v.minValue(50))),
+});
+const timeoutSchema = v.optional(
+  v.strictObject({
+    timeout: v.optional(
+      v.union([v.pipe(v.number(), v.minValue(0), v.maxValue(2 ** 31 - 1)), v.literal(Infinity)]),
+    ),
+  }),
+  {},
+);
+
+/**
+ * Starts an instance of a durable server. The first start of a server id stores `init`'s
+ * state; later starts run `init` but keep the stored state unless `reset` is set (a state of
+ * an older `version` is migrated).
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { increment: (_: undefined, _from, n: number) => reply(n + 1, n + 1) },
+ * });
+ * const backend = openMemoryBackend();
+ * const ref = await start(Counter, [], { tenant: await openTenant(backend, "demo") });
+ * console.log(await ref.call("increment")); // 1
+ * await ref.stop();
+ * await backend.close();
+ * ```
+ */
+export async function start<D extends AnyDef>(
+  definition: D,
+  args: InitArgsOf<D>,
+  options: StartOptions,
+): Promise<ServerRef<D>> {
+  if (!isDefinition(definition)) {
+    throw new ValidationError([{
+      path: "definition",
+      message: "Expected a value made by defineServer",
+    }]);
+  }
+  if (!Array.isArray(args)) {
+    throw new ValidationError([{ path: "args", message: "Expected an array of init arguments" }]);
+  }
+  const opts = parse(startOptionsSchema, options, "options");
+  const instance = new Instance(definition, opts);
+  await instance.init(args);
+  return instance as unknown as ServerRef<D>;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Waits for `watch`, `ms` (if finite) or `signal`, cancelling the watch on the way out. */
+async function waitWatch(
+  watch: Watch,
+  ms: number,
+  signal: AbortSignal,
+): Promise<"fired" | "timeout" | "aborted"> {
+  if (signal.aborted) {
+    watch.cancel();
+    return "aborted";
+  }
+  let timer: TimerHandle | undefined;
+  const onAbort = () => watch.cancel();
+  signal.addEventListener("abort", onAbort, { once: true });
+  const timeout = Number.isFinite(ms)
+    ? new Promise<"timeout">((r) => timer = setTimeout(() => r("timeout"), Math.max(0, ms)))
+    : new Promise<never>(() => {});
+  try {
+    const r = await Promise.race([
+      watch.promise.then((f): "fired" | "aborted" => (f ? "fired" : "aborted")),
+      timeout,
+    ]);
+    if (r === "timeout") watch.cancel();
+    return signal.aborted ? "aborted" : r;
+  } finally {
+    clearTimeout(timer);
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
+function errorFromStored(e: StoredError): Error {
+  if (e.code === "dead_letter") return new DeadLetterError(e.message, e.attempts ?? 0);
+  if (e.code === "server_stopped") return new ServerStoppedError(e.message);
+  return new DGenError(e.code, e.message);
+}
+
+class Instance {
+  readonly id: string;
+  readonly tenant: Tenant;
+  readonly instance: string;
+  readonly stats: InstanceStats = { processed: 0, actionErrors: 0, deadLettered: 0, lockLost: 0 };
+  readonly stopped: Promise<string>;
+  readonly deadLetters: DeadLetters;
+  readonly #def: AnyDef;
+  readonly #rt: Runtime;
+  readonly #abort = new AbortController();
+  readonly #consume: boolean;
+  readonly #reset: boolean;
+  #resolveStopped!: (reason: string) => void;
+  #state: "starting" | "running" | "stopping" | "stopped" = "starting";
+  #loop: Promise<void> | undefined;
+  #heartbeat: TimerHandle | undefined;
+  #beats = 0;
+  readonly #tasks = new Set<Promise<unknown>>();
+  readonly #runningLocks = new Set<bigint>();
+  #lockSeen: { token: bigint; renewals: number; at: number } | undefined;
+  #misses = 0;
+  #since = Date.now();
+
+  constructor(def: AnyDef, opts: v.InferOutput<typeof startOptionsSchema>) {
+    this.#def = def;
+    this.tenant = opts.tenant;
+    this.id = opts.id ?? def.name;
+    this.instance = timeOrderedId();
+    this.#consume = opts.consume ?? true;
+    this.#reset = opts.reset ?? false;
+    this.stopped = new Promise((r) => this.#resolveStopped = r);
+    this.#rt = {
+      def,
+      tenant: opts.tenant,
+      id: this.id,
+      instance: this.instance,
+      keys: new ServerKeys(this.id),
+      codec: createInterimCodec({ maxValueSize: opts.tenant.backend.limits.maxValueSize }),
+      batchSize: opts.batchSize ?? 1,
+      deadLetterThreshold: opts.deadLetterThreshold ?? 5,
+      lockLease: opts.lockLease ?? 10_000,
+      useCache: opts.cache ?? true,
+      signal: this.#abort.signal,
+      cache: undefined,
+      now: () => Date.now(),
+    };
+    this.deadLetters = {
+      list: () => this.#listDeadLetters(),
+      requeue: (key) => this.#requeueDeadLetter(key),
+      purge: () => this.#purgeDeadLetters(),
+    };
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------------------
+
+  async init(args: readonly unknown[]): Promise<void> {
+    const rt = this.#rt;
+    const initial = await this.#def.init(...args);
+    checkState(rt, initial);
+    const frozen = rt.codec.freeze(initial);
+    await this.#transact(async (tx, effects) => {
+      const meta = await readMeta(tx, rt);
+      if (meta === undefined) {
+        tx.set(rt.keys.meta, encodeRecord(metaRecord(rt)));
+        tx.set(rt.keys.index, encodeRecord({ created: rt.now() }));
+        writeState(
+          tx,
+          rt,
+          {
+            state: undefined,
+            stored: { found: false },
+            version: undefined,
+            cacheHit: false,
+            migrated: false,
+          },
+          frozen,
+          effects,
+        );
+      } else {
+        const loaded = await loadState(tx, rt);
+        writeState(tx, rt, loaded, this.#reset ? frozen : loaded.state, effects);
+      }
+      this.#writePresence(tx);
+    });
+    this.#state = "running";
+    this.#heartbeat = setInterval(() => this.#beat(), HEARTBEAT_INTERVAL);
+    // A consuming instance keeps its process alive until stop(); a sending one does not.
+    if (!this.#consume) unrefTimer(this.#heartbeat);
+    if (this.#consume) this.#loop = this.#consumeLoop();
+  }
+
+  #writePresence(tx: Transaction): void {
+    const now = this.#rt.now();
+    tx.set(
+      this.#rt.keys.instance(this.instance),
+      encodeRecord({
+        instance: this.instance,
+        runtime: runtimeName,
+        pid,
+        consuming: this.#consume,
+        since: this.#since,
+        lastSeen: now,
+      }),
+    );
+    bumpChange(tx, this.#rt);
+  }
+
+  #beat(): void {
+    if (this.#state !== "running") return;
+    this.#beats++;
+    const gc = this.#consume && this.#beats % GC_EVERY === 0;
+    this.#track(
+      this.#rt.tenant.transact(async (tx) => {
+        if (await readMeta(tx, this.#rt) === undefined) return;
+        this.#writePresence(tx);
+        if (gc) await this.#collectGarbage(tx);
+      }).catch((e) => {
+        if (e instanceof ServerGoneError) return;
+        console.error(`dgen: heartbeat of ${this.id}/${this.instance} failed:`, e);
+      }),
+    );
+  }
+
+  async #collectGarbage(tx: Transaction): Promise<void> {
+    const rt = this.#rt;
+    const now = rt.now();
+    // Enqueue records are time-ordered: one range clear drops the old ones.
+    tx.clearRange(rt.keys.requests, rt.keys.request(timeOrderedId(now - REQUEST_TTL)));
+    const live = new Set<string>();
+    const stale: Uint8Array[] = [];
+    for (const row of await tx.getRange(rt.keys.instances, strinc(rt.keys.instances))) {
+      const p = decodePresence(row.value, row.key);
+      if (p.lastSeen < now - STALE_HEARTBEATS * HEARTBEAT_INTERVAL) stale.push(row.key);
+      else live.add(p.instance);
+    }
+    for (const key of stale) tx.clear(key);
+    if (stale.length > 0) bumpChange(tx, rt);
+    const slots = await tx.getRange(rt.keys.replies, rt.keys.reply(timeOrderedId(now - 60_000)), {
+      limit: 500,
+    });
+    for (const row of slots) {
+      // Only slot headers (`reply(callId)`), not their value chunks, decode as slots.
+      let slot;
+      try {
+        slot = decodeReplySlot(row.value, row.key);
+      } catch {
+        continue;
+      }
+      const abandoned = slot.status === "pending"
+        ? (slot.deadline !== null && slot.deadline < now - 60_000) || !live.has(slot.caller)
+        : slot.at < now - ANSWERED_SLOT_TTL;
+      if (abandoned) tx.clearRange(row.key, strinc(row.key));
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.#state === "stopped" || this.#state === "stopping") return await this.#finishing();
+    await this.#shutdown("stopped");
+  }
+
+  #finishing(): Promise<void> {
+    return this.stopped.then(() => {});
+  }
+
+  async #shutdown(reason: string, erase = false): Promise<void> {
+    if (this.#state === "stopping" || this.#state === "stopped") return await this.#finishing();
+    this.#state = "stopping";
+    clearInterval(this.#heartbeat);
+    this.#abort.abort(
+      new ServerStoppedError(`Instance ${this.instance} of '${this.id}' stopped: ${reason}`),
+    );
+    await this.#loop;
+    await Promise.allSettled([...this.#tasks]);
+    if (!erase) {
+      try {
+        await this.#rt.tenant.transact((tx) => {
+          tx.clear(this.#rt.keys.instance(this.instance));
+          bumpChange(tx, this.#rt);
+        });
+      } catch (e) {
+        console.error(`dgen: could not remove presence of ${this.instance}:`, e);
+      }
+    }
+    this.#state = "stopped";
+    this.#resolveStopped(reason);
+  }
+
+  async kill(): Promise<void> {
+    this.#checkRunning();
+    const rt = this.#rt;
+    await rt.tenant.transact((tx) => {
+      tx.clearRange(rt.keys.root, strinc(rt.keys.root));
+      tx.clear(rt.keys.index);
+      tx.clear(rt.keys.change);
+      tx.add(rt.keys.tenantChange, 1);
+    });
+    await this.#shutdown("killed", true);
+  }
+
+  #checkRunning(): void {
+    if (this.#state !== "running") {
+      throw new ServerStoppedError(`Instance ${this.instance} of '${this.id}' is ${this.#state}`);
+    }
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#tasks.add(p);
+    p.finally(() => this.#tasks.delete(p)).catch(() => {});
+    return p;
+  }
+
+  // ---- transactions and their aftermath ----------------------------------------------------
+
+  /**
+   * Runs a body in a transaction with fresh effects per attempt; after commit, updates the
+   * cache and runs actions and dead-letter hooks.
+   */
+  async #transact<T>(
+    body: (tx: Transaction, effects: TxEffects) => Promise<T>,
+  ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
+    let effects = new TxEffects();
+    let attempts = 0;
+    let stamp: Promise<Uint8Array> | undefined;
+    const value = await this.#rt.tenant.transact(async (tx) => {
+      attempts++;
+      effects = new TxEffects();
+      const r = await body(tx, effects);
+      stamp = effects.written ? tx.getVersionstamp() : undefined;
+      return r;
+    });
+    await this.#afterCommit(effects, stamp);
+    return { value, effects, attempts };
+  }
+
+  async #afterCommit(effects: TxEffects, stamp: Promise<Uint8Array> | undefined): Promise<void> {
+    const rt = this.#rt;
+    if (effects.written && stamp) {
+      const version = await stamp;
+      if (!rt.cache || compareBytes(version, rt.cache.version) > 0) {
+        rt.cache = { version, stored: effects.written };
+      }
+    } else if (effects.readVersion && effects.observed) {
+      if (!rt.cache || compareBytes(effects.readVersion, rt.cache.version) > 0) {
+        rt.cache = { version: effects.readVersion, stored: effects.observed };
+      }
+    }
+    this.stats.deadLettered += effects.deadLetters.length;
+    for (const d of effects.deadLetters) {
+      const hook = this.#def.handleDeadLetter;
+      if (!hook) continue;
+      const message: DeadLetterMessage = {
+        kind: d.message.kind,
+        name: d.message.name,
+        arg: d.message.arg,
+      };
+      try {
+        await hook(message, d.attempts, errorFromStored(d.error));
+      } catch (e) {
+        this.stats.actionErrors++;
+        console.error(`dgen: handleDeadLetter of '${this.id}' threw:`, e);
+      }
+    }
+    for (const action of effects.actions) {
+      try {
+        if (await action(effects.state) === "halt") break;
+      } catch (e) {
+        this.stats.actionErrors++;
+        console.error(
+          `dgen: an action of '${this.id}' threw; the remaining actions were skipped:`,
+          e,
+        );
+        break;
+      }
+    }
+  }
+
+  // ---- consuming -----------------------------------------------------------------------------
+
+  #isExpired = (lock: LockRecord): boolean => {
+    if (lock.holder === this.instance && this.#runningLocks.has(lock.token)) return false;
+    const now = performance.now();
+    const seen = this.#lockSeen;
+    if (!seen || seen.token !== lock.token || seen.renewals !== lock.renewals) {
+      this.#lockSeen = { token: lock.token, renewals: lock.renewals, at: now };
+      return false;
+    }
+    return now - seen.at > lock.lease;
+  };
+
+  async #consumeLoop(): Promise<void> {
+    const signal = this.#abort.signal;
+    let failing: HandlerFailure | undefined;
+    let transientDelay = 0;
+    while (!signal.aborted) {
+      let outcome;
+      let attempts = 0;
+      let cacheMissed = false;
+      try {
+        const r = await this.#transact(async (tx, effects) => {
+          const hadCache = this.#rt.cache !== undefined;
+          const o = await consumeStep(tx, this.#rt, effects, failing, this.#isExpired);
+          cacheMissed = hadCache && effects.loadedFromStorage;
+          return o;
+        });
+        outcome = r.value;
+        attempts = r.attempts;
+        failing = undefined;
+        transientDelay = 0;
+      } catch (e) {
+        if (signal.aborted) break;
+        if (e instanceof HandlerFailure) {
+          failing = e;
+          continue;
+        }
+        if (e instanceof ServerGoneError) {
+          this.#track(this.#shutdown("killed", true));
+          break;
+        }
+        // Storage unavailable, corrupt stored state, … : report and back off, never spin.
+        console.error(`dgen: consumer of '${this.id}' failed; retrying:`, e);
+        transientDelay = Math.min(5_000, Math.max(50, transientDelay * 2));
+        await sleep(transientDelay, signal);
+        continue;
+      }
+      // Lost races and foreign writes mean another consumer is active: back off a little so one
+      // instance tends to stay active (and keep its cache hot), without starving failover.
+      this.#misses = attempts > 1 || cacheMissed ? Math.min(this.#misses + 1, 10) : 0;
+      switch (outcome.kind) {
+        case "processed":
+          this.stats.processed += outcome.count;
+          if (outcome.lock) await this.#runLocked(outcome.lock);
+          if (outcome.stopped !== undefined) {
+            this.#track(this.#shutdown(outcome.stopped));
+            return;
+          }
+          break;
+        case "failed":
+          // The message stays at the head with one more attempt: pause before retrying it.
+          await sleep(Math.min(1_000, 10 * 2 ** Math.min(this.#misses, 6)), signal);
+          break;
+        case "expired":
+          break;
+        case "idle":
+          await waitWatch(outcome.watch, Infinity, signal);
+          await this.#backoff(signal);
+          break;
+        case "locked": {
+          const seen = this.#lockSeen;
+          const remaining = seen
+            ? outcome.lock.lease - (performance.now() - seen.at) + 5
+            : outcome.lock.lease;
+          await waitWatch(outcome.watch, remaining, signal);
+          await this.#backoff(signal);
+          break;
+        }
+      }
+    }
+  }
+
+  async #backoff(signal: AbortSignal): Promise<void> {
+    if (this.#misses === 0) return;
+    await sleep(Math.random() * Math.min(2 * this.#misses, 20), signal);
+  }
+
+  /** Runs `handleLocked` for a lock this instance took, renewing its lease meanwhile. */
+  async #runLocked(work: LockedWork): Promise<void> {
+    const rt = this.#rt;
+    const token = work.lock.token;
+    this.#runningLocks.add(token);
+    const lost = new AbortController();
+    const onStop = () => lost.abort(this.#abort.signal.reason);
+    this.#abort.signal.addEventListener("abort", onStop, { once: true });
+    const renew = setInterval(() => {
+      this.#track(
+        rt.tenant.transact((tx) => renewLock(tx, rt, token)).then((ok) => {
+          if (!ok) lost.abort(new LockLostError(`Lease of lock ${token} of '${this.id}' was lost`));
+        }).catch(() => {}),
+      );
+    }, Math.max(10, Math.floor(work.lock.lease / 3)));
+    let error: unknown;
+    let result;
+    try {
+      const ctx = {
+        tenant: rt.tenant,
+        id: rt.id,
+        instance: rt.instance,
+        signal: lost.signal,
+        fencingToken: token,
+      };
+      result = checkLockedResult(
+        rt,
+        work.event,
+        await this.#def.handleLocked!(work.event, work.state, ctx),
+      );
+    } catch (e) {
+      error = e;
+    } finally {
+      clearInterval(renew);
+      this.#abort.signal.removeEventListener("abort", onStop);
+    }
+    try {
+      if (error === undefined && !lost.signal.aborted) {
+        try {
+          const r = await this.#transact((tx, effects) =>
+            writeBack(tx, rt, work, result!, effects)
+          );
+          if (r.effects.stopReason !== undefined) this.#track(this.#shutdown(r.effects.stopReason));
+          return;
+        } catch (e) {
+          if (e instanceof LockLostError) throw e;
+          error = e;
+        }
+      }
+      await this.#transact((tx, effects) =>
+        lockedFailure(tx, rt, work, error ?? lost.signal.reason, effects)
+      );
+    } catch (e) {
+      if (e instanceof LockLostError) {
+        this.stats.lockLost++;
+        console.error(`dgen: ${e.message}; its write-back was refused`);
+      } else {
+        console.error(`dgen: handleLocked of '${this.id}' could not be settled:`, e);
+      }
+    } finally {
+      this.#runningLocks.delete(token);
+    }
+  }
+
+  // ---- sending -------------------------------------------------------------------------------
+
+  #checkMessage(kind: "call" | "cast", name: unknown, arg: unknown): void {
+    const def = this.#def;
+    const handlers = kind === "call" ? def.handleCall : def.handleCast;
+    if (typeof name !== "string" || handlers?.[name] === undefined) {
+      const known = Object.keys(handlers ?? {}).map((n) => `'${n}'`).join(", ") || "none";
+      throw new ValidationError([{
+        path: "name",
+        message: `Expected one of the ${kind}s of '${def.name}' (${known}), received ${
+          JSON.stringify(name)
+        }`,
+      }]);
+    }
+    const schema = def.schemas?.[kind]?.[name];
+    if (schema !== undefined) {
+      const r = v.safeParse(schema, arg);
+      if (!r.success) throw new ValidationError(toIssues(`arg of ${kind} '${name}'`, r.issues));
+    }
+    this.#checkEncodable(arg, `arg of ${kind} '${name}'`);
+  }
+
+  #checkEncodable(arg: unknown, path: string): void {
+    let size: number;
+    try {
+      size = encodeValue(arg, path).length;
+    } catch (e) {
+      if (e instanceof CodecError) {
+        throw new ValidationError([{ path, message: e.message }], { cause: e });
+      }
+      throw e;
+    }
+    const max = this.#rt.tenant.backend.limits.maxValueSize - 1_000;
+    if (size > max) {
+      throw new ValidationError([{
+        path,
+        message: `Expected an argument of at most ${max} encoded bytes, got ${size}`,
+      }]);
+    }
+  }
+
+  #envelope(kind: "call" | "cast", name: string, arg: unknown, request: string): Envelope {
+    const m: Envelope = {
+      kind,
+      name,
+      arg,
+      attempts: 0,
+      request,
+      sender: this.instance,
+      at: Date.now(),
+    };
+    if (kind === "call") m.callId = request;
+    return m;
+  }
+
+  async cast(name: string, arg?: unknown): Promise<void> {
+    this.#checkRunning();
+    this.#checkMessage("cast", name, arg);
+    const m = this.#envelope("cast", name, arg, timeOrderedId());
+    await this.#transact((tx, effects) => enqueue(tx, this.#rt, [m], effects));
+  }
+
+  async castMany(messages: ReadonlyArray<readonly [string, unknown?]>): Promise<void> {
+    this.#checkRunning();
+    if (!Array.isArray(messages) || messages.length === 0 || messages.length > 65_535) {
+      throw new ValidationError([{
+        path: "messages",
+        message: "Expected a non-empty array of at most 65535 [name, arg] pairs",
+      }]);
+    }
+    const request = timeOrderedId();
+    const envelopes = messages.map((pair, i) => {
+      if (!Array.isArray(pair) || pair.length < 1 || pair.length > 2) {
+        throw new ValidationError([{
+          path: `messages[${i}]`,
+          message: "Expected a [name, arg] pair",
+        }]);
+      }
+      try {
+        this.#checkMessage("cast", pair[0], pair[1]);
+      } catch (e) {
+        if (e instanceof ValidationError) {
+          throw new ValidationError(
+            e.issues.map((x) => ({ ...x, path: `messages[${i}].${x.path}` })),
+          );
+        }
+        throw e;
+      }
+      return this.#envelope("cast", pair[0], pair[1], request);
+    });
+    await this.#transact((tx, effects) => enqueue(tx, this.#rt, envelopes, effects));
+  }
+
+  async call(name: string, arg?: unknown, options?: CallOptions): Promise<unknown> {
+    this.#checkRunning();
+    this.#checkMessage("call", name, arg);
+    const { timeout = 5_000 } = parse(timeoutSchema, options, "options");
+    const started = performance.now();
+    const deadlineAt = Number.isFinite(timeout) ? Date.now() + timeout : null;
+    const m = this.#envelope("call", name, arg, timeOrderedId());
+    const rt = this.#rt;
+    let watch: Watch | undefined;
+    if (this.#consume) {
+      try {
+        const r = await this.#transact((tx, effects) =>
+          this.#inlineCall(tx, m, deadlineAt, effects)
+        );
+        const outcome = r.value;
+        if (outcome.kind === "replied") return outcome.value;
+        if (outcome.kind === "stopped") {
+          this.#track(this.#shutdown(outcome.reason));
+          throw new ServerStoppedError(`Server stopped: ${outcome.reason}`);
+        }
+        if (outcome.kind === "locked") this.#track(this.#runLocked(outcome.work));
+        watch = outcome.watch;
+      } catch (e) {
+        if (!(e instanceof HandlerFailure)) throw e;
+        // Same outcome as on the queue: the message is queued with one failed attempt.
+        const r = await this.#transact((tx, effects) =>
+          this.#enqueueFailedCall(tx, m, e.error, deadlineAt, effects)
+        );
+        watch = r.value;
+      }
+    } else {
+      const r = await this.#transact(async (tx, effects) => {
+        const done = await enqueue(tx, rt, [m], effects);
+        if (done === "duplicate") return tx.watch(rt.keys.reply(m.callId!));
+        openReplySlot(tx, rt, m.callId!, deadlineAt);
+        return tx.watch(rt.keys.reply(m.callId!));
+      });
+      watch = r.value;
+    }
+    return await this.#awaitReply(m.callId!, watch, timeout, started, name);
+  }
+
+  async #enqueueFailedCall(
+    tx: Transaction,
+    m: Envelope,
+    error: unknown,
+    deadlineAt: number | null,
+    effects: TxEffects,
+  ): Promise<Watch> {
+    const rt = this.#rt;
+    openReplySlot(tx, rt, m.callId!, deadlineAt);
+    const result = await recordFailure(tx, rt, undefined, m, error, effects);
+    if (result === "retry") {
+      const failed = {
+        ...m,
+        attempts: 1,
+        lastError: error instanceof Error ? error.message : String(error),
+      };
+      await enqueue(tx, rt, [failed], effects);
+    }
+    return tx.watch(rt.keys.reply(m.callId!));
+  }
+
+  /** The inline fast path: handle a call in the caller's own transaction when the queue is idle. */
+  async #inlineCall(
+    tx: Transaction,
+    m: Envelope,
+    deadlineAt: number | null,
+    effects: TxEffects,
+  ): Promise<
+    | { kind: "replied"; value: unknown }
+    | { kind: "queued"; watch: Watch }
+    | { kind: "locked"; watch: Watch; work: LockedWork }
+    | { kind: "stopped"; reason: string }
+  > {
+    const rt = this.#rt;
+    const queueIt = async () => {
+      await enqueue(tx, rt, [m], effects);
+      openReplySlot(tx, rt, m.callId!, deadlineAt);
+      return { kind: "queued" as const, watch: tx.watch(rt.keys.reply(m.callId!)) };
+    };
+    if (await readLock(tx, rt) !== undefined) return await queueIt();
+    if ((await queueHead(tx, rt, 1)).length > 0) return await queueIt();
+    const loaded = await loadState(tx, rt);
+    const from = { instance: this.instance, callId: m.callId! };
+    let result;
+    try {
+      result = await runHandler(rt, tx, "call", m.name, m.arg, from, loaded.state, "standard");
+      checkState(rt, result.state);
+    } catch (e) {
+      throw new HandlerFailure(undefined, e);
+    }
+    const state = rt.codec.freeze(result.state);
+    writeState(tx, rt, loaded, state, effects);
+    if (result.kind === "reply") {
+      effects.actions.push(...result.actions);
+      return { kind: "replied", value: result.value };
+    }
+    if (result.kind === "stop") {
+      effects.actions.push(...result.actions);
+      return { kind: "stopped", reason: result.reason };
+    }
+    // lock: the call becomes an in-progress message with a reply slot, like a queued one.
+    openReplySlot(tx, rt, m.callId!, deadlineAt);
+    const work = await takeOverInline(tx, rt, m, state);
+    return { kind: "locked", watch: tx.watch(rt.keys.reply(m.callId!)), work };
+  }
+
+  async #awaitReply(
+    callId: string,
+    first: Watch,
+    timeout: number,
+    started: number,
+    name: string,
+  ): Promise<unknown> {
+    const rt = this.#rt;
+    const key = rt.keys.reply(callId);
+    let watch = first;
+    for (;;) {
+      const left = timeout - (performance.now() - started);
+      const r = await waitWatch(watch, left, this.#abort.signal);
+      const timedOut = r === "timeout" || (Number.isFinite(timeout) && left <= 0);
+      const read = await rt.tenant.transact(async (tx) => {
+        const bytes = await tx.get(key);
+        if (bytes === undefined) {
+          return { kind: "missing" as const, gone: await readMeta(tx, rt) === undefined };
+        }
+        const slot = decodeReplySlot(bytes, key);
+        if (slot.status === "pending") {
+          if (timedOut || r === "aborted") {
+            clearReplySlot(tx, rt, callId);
+            return { kind: "abandoned" as const };
+          }
+          return { kind: "pending" as const, watch: tx.watch(key) };
+        }
+        const stored = slot.status === "ok"
+          ? await rt.codec.read(tx, replyValuePrefix(rt, callId))
+          : undefined;
+        clearReplySlot(tx, rt, callId);
+        if (slot.status === "error") return { kind: "error" as const, error: slot.error };
+        return { kind: "ok" as const, value: stored?.found ? stored.state : undefined };
+      });
+      switch (read.kind) {
+        case "ok":
+          return read.value;
+        case "error":
+          throw errorFromStored(read.error);
+        case "missing":
+          throw new ServerStoppedError(
+            read.gone
+              ? `Server '${this.id}' was killed before replying to '${name}'`
+              : `The reply slot of call '${name}' to '${this.id}' disappeared`,
+          );
+        case "abandoned":
+          if (r === "aborted") {
+            throw new ServerStoppedError(
+              `Instance ${this.instance} stopped before '${name}' was answered`,
+            );
+          }
+          throw new CallTimeoutError(
+            `Call '${name}' to '${this.id}' timed out after ${timeout} ms (it may still be handled later)`,
+          );
+        case "pending":
+          watch = read.watch;
+      }
+    }
+  }
+
+  async #priority(kind: "call" | "cast" | "info", name: string, arg: unknown): Promise<unknown> {
+    this.#checkRunning();
+    const rt = this.#rt;
+    const r = await this.#transact(async (tx, effects) => {
+      const loaded = await loadState(tx, rt);
+      const from = { instance: this.instance, callId: timeOrderedId() };
+      const result = await runHandler(
+        rt,
+        tx,
+        kind,
+        name,
+        arg,
+        kind === "call" ? from : undefined,
+        loaded.state,
+        "priority",
+      );
+      checkState(rt, result.state);
+      writeState(tx, rt, loaded, rt.codec.freeze(result.state), effects);
+      if (result.kind === "lock") return undefined; // runHandler refuses lock on this path
+      effects.actions.push(...result.actions);
+      if (result.kind === "stop") effects.stopReason = result.reason;
+      return result.kind === "reply" ? result.value : undefined;
+    });
+    if (r.effects.stopReason !== undefined) {
+      this.#track(this.#shutdown(r.effects.stopReason));
+      if (kind === "call") throw new ServerStoppedError(`Server stopped: ${r.effects.stopReason}`);
+    }
+    return r.value;
+  }
+
+  priorityCall(name: string, arg?: unknown): Promise<unknown> {
+    try {
+      this.#checkMessage("call", name, arg);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#priority("call", name, arg);
+  }
+
+  priorityCast(name: string, arg?: unknown): Promise<void> {
+    try {
+      this.#checkMessage("cast", name, arg);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#priority("cast", name, arg).then(() => {});
+  }
+
+  send(info: unknown): Promise<void> {
+    try {
+      const schema = this.#def.schemas?.info;
+      if (schema !== undefined) {
+        const r = v.safeParse(schema, info);
+        if (!r.success) throw new ValidationError(toIssues("info", r.issues));
+      }
+      if (this.#def.handleInfo === undefined) {
+        throw new ValidationError([{
+          path: "info",
+          message: `'${this.#def.name}' has no handleInfo`,
+        }]);
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#priority("info", "info", info).then(() => {});
+  }
+
+  // ---- dead letters --------------------------------------------------------------------------
+
+  async #listDeadLetters(): Promise<DeadLetter[]> {
+    const rt = this.#rt;
+    const rows = await rt.tenant.transact(
+      (tx) => tx.getRange(rt.keys.deadLetters, rt.keys.deadLettersEnd),
+      { readOnly: true },
+    );
+    return rows.map((row) => {
+      const d = decodeDeadLetter(row.value, row.key);
+      return {
+        key: toHex(row.key.subarray(rt.keys.deadLetters.length)),
+        kind: d.message.kind,
+        name: d.message.name,
+        arg: d.message.arg,
+        attempts: d.attempts,
+        error: d.error,
+        at: d.at,
+      };
+    });
+  }
+
+  async #requeueDeadLetter(key: string): Promise<boolean> {
+    if (typeof key !== "string" || !/^[0-9a-f]{24}$/.test(key)) {
+      throw new ValidationError([{
+        path: "key",
+        message: "Expected a dead-letter key from list()",
+      }]);
+    }
+    const rt = this.#rt;
+    const bytes = new Uint8Array(rt.keys.deadLetters.length + 12);
+    bytes.set(rt.keys.deadLetters);
+    for (let i = 0; i < 12; i++) {
+      bytes[rt.keys.deadLetters.length + i] = parseInt(key.slice(i * 2, i * 2 + 2), 16);
+    }
+    const r = await this.#transact(async (tx, effects) => {
+      const value = await tx.get(bytes);
+      if (value === undefined) return false;
+      const d = decodeDeadLetter(value, bytes);
+      tx.clear(bytes);
+      tx.add(rt.keys.deadLetterCount, -1);
+      // A requeued call's caller was already answered (DeadLetterError): its reply slot is gone,
+      // so the reply of the retry is dropped.
+      const message: Envelope = { ...d.message, attempts: 0, request: timeOrderedId() };
+      delete message.lastError;
+      await enqueue(tx, rt, [message], effects);
+      return true;
+    });
+    return r.value;
+  }
+
+  async #purgeDeadLetters(): Promise<number> {
+    const rt = this.#rt;
+    return await rt.tenant.transact(async (tx) => {
+      const rows = await tx.getRange(rt.keys.deadLetters, rt.keys.deadLettersEnd);
+      tx.clearRange(rt.keys.deadLetters, rt.keys.deadLettersEnd);
+      tx.clear(rt.keys.deadLetterCount);
+      if (rows.length > 0) bumpChange(tx, rt);
+      return rows.length;
+    });
+  }
+}
+
+/** Keeps the definition's type parameter of a ref (for `LockedEvent` consumers). */
+export type { LockedEvent };

@@ -1,0 +1,127 @@
+/**
+ * The one place that builds dgen's keys inside a tenant. Everything of server `id` lives
+ * under `("s", id)`; the tenant-wide index of servers and change counters under
+ * `("servers", id)` and `("chg", id)`.
+ *
+ * | key (tuple, relative to the tenant)   | value                                          |
+ * |---------------------------------------|------------------------------------------------|
+ * | `("servers", id)`                     | server index entry (creation time)             |
+ * | `("chg", id)`                         | change counter of the server (atomic add)      |
+ * | `("tchg")`                            | change counter of the tenant (atomic add)      |
+ * | `("s", id, "meta")`                   | meta: state version, creation time             |
+ * | `("s", id, "st", …)`                  | the state, laid out by the state codec          |
+ * | `("s", id, "sv")`                     | versionstamp of the last state write           |
+ * | `("s", id, "q", stamp)`               | queued message (12-byte stamp: commit, index)  |
+ * | `("s", id, "qn")`                     | queue length (atomic add)                      |
+ * | `("s", id, "lock")`                   | lock record with the in-progress message       |
+ * | `("s", id, "fence")`                  | last fencing token                             |
+ * | `("s", id, "dl", stamp)`              | dead letters                                   |
+ * | `("s", id, "dln")`                    | dead-letter count (atomic add)                 |
+ * | `("s", id, "r", callId, …)`           | reply slot of a queued call                    |
+ * | `("s", id, "req", requestId)`         | enqueue record (idempotent retries)            |
+ * | `("s", id, "in", instance)`           | presence of an instance                        |
+ *
+ * @module
+ */
+
+import { concatBytes, strinc } from "../bytes.ts";
+import { pack } from "../tuple.ts";
+
+/** Keys of one server, all relative to its tenant. */
+export class ServerKeys {
+  /** Prefix of everything of the server. */
+  readonly root: Uint8Array;
+  /** Server index entry. */
+  readonly index: Uint8Array;
+  /** Change counter of the server. */
+  readonly change: Uint8Array;
+  /** Change counter of the tenant. */
+  readonly tenantChange: Uint8Array;
+  /** Meta record. */
+  readonly meta: Uint8Array;
+  /** State subspace prefix (for the codec). */
+  readonly state: Uint8Array;
+  /** Versionstamp of the last state write. */
+  readonly stateVersion: Uint8Array;
+  /** Queue prefix; entries are `queue ‖ 10-byte stamp ‖ 2-byte index`. */
+  readonly queue: Uint8Array;
+  /** End of the queue range. */
+  readonly queueEnd: Uint8Array;
+  /** Queue length counter. */
+  readonly queueLength: Uint8Array;
+  /** Lock record. */
+  readonly lock: Uint8Array;
+  /** Last fencing token. */
+  readonly fence: Uint8Array;
+  /** Dead-letter prefix. */
+  readonly deadLetters: Uint8Array;
+  /** End of the dead-letter range. */
+  readonly deadLettersEnd: Uint8Array;
+  /** Dead-letter counter. */
+  readonly deadLetterCount: Uint8Array;
+  /** Reply-slot prefix. */
+  readonly replies: Uint8Array;
+  /** Enqueue-record prefix. */
+  readonly requests: Uint8Array;
+  /** Presence prefix. */
+  readonly instances: Uint8Array;
+
+  /** @param id The server id. */
+  constructor(readonly id: string) {
+    this.root = pack(["s", id]);
+    this.index = pack(["servers", id]);
+    this.change = pack(["chg", id]);
+    this.tenantChange = TENANT_CHANGE;
+    const sub = (name: string) => concatBytes(this.root, pack([name]));
+    this.meta = sub("meta");
+    this.state = sub("st");
+    this.stateVersion = sub("sv");
+    this.queue = VERSIONSTAMP_TYPE(sub("q"));
+    this.queueEnd = strinc(sub("q"));
+    this.queueLength = sub("qn");
+    this.lock = sub("lock");
+    this.fence = sub("fence");
+    this.deadLetters = VERSIONSTAMP_TYPE(sub("dl"));
+    this.deadLettersEnd = strinc(sub("dl"));
+    this.deadLetterCount = sub("dln");
+    this.replies = sub("r");
+    this.requests = sub("req");
+    this.instances = sub("in");
+  }
+
+  /** Reply slot of call `callId` (chunked values live under it). */
+  reply(callId: string): Uint8Array {
+    return concatBytes(this.replies, pack([callId]));
+  }
+
+  /** Enqueue record of request `requestId`. */
+  request(requestId: string): Uint8Array {
+    return concatBytes(this.requests, pack([requestId]));
+  }
+
+  /** Presence record of `instance`. */
+  instance(instance: string): Uint8Array {
+    return concatBytes(this.instances, pack([instance]));
+  }
+
+  /** The 2-byte user version after the stamp of message `n` of one commit. */
+  static entrySuffix(n: number): Uint8Array {
+    return new Uint8Array([n >> 8, n & 0xff]);
+  }
+}
+
+/** The tenant-wide change counter. */
+const TENANT_CHANGE = pack(["tchg"]);
+
+/** Prefix of the server index. */
+export const SERVER_INDEX = pack(["servers"]);
+/** Prefix of the per-server change counters. */
+export const CHANGE_INDEX = pack(["chg"]);
+
+/**
+ * Appends the versionstamp type code (0x33) to a prefix, so `prefix ‖ 10-byte stamp ‖ 2-byte
+ * user version` is a tuple element. dgen writes the 2-byte user version as part of the suffix.
+ */
+function VERSIONSTAMP_TYPE(prefix: Uint8Array): Uint8Array {
+  return concatBytes(prefix, new Uint8Array([0x33]));
+}

@@ -1,0 +1,227 @@
+/**
+ * The records dgen stores besides the state: queued messages, the lock, reply slots, meta,
+ * presence and dead letters. Each is encoded with the value encoding and checked against a
+ * valibot schema when read, so corrupt data is reported (`CodecError` naming the key) rather
+ * than misread.
+ *
+ * @module
+ */
+
+import * as v from "valibot";
+import { printable } from "../bytes.ts";
+import { CodecError } from "../errors.ts";
+import { decodeValue, encodeValue } from "../codec/_interim.ts";
+
+/** A queued message. */
+export interface Envelope {
+  /** Standard-path message kind. */
+  kind: "call" | "cast";
+  /** Handler name. */
+  name: string;
+  /** Argument. */
+  arg: unknown;
+  /** Failed attempts so far. */
+  attempts: number;
+  /** Request id: makes enqueue idempotent under retried unknown commits. */
+  request: string;
+  /** For calls: the reply slot's id. */
+  callId?: string;
+  /** Instance the message was sent through. */
+  sender: string;
+  /** Enqueue time, ms since the epoch. */
+  at: number;
+  /** Message of the last failure, if any. */
+  lastError?: string;
+}
+
+const envelopeSchema = v.object({
+  kind: v.picklist(["call", "cast"]),
+  name: v.string(),
+  arg: v.unknown(),
+  attempts: v.pipe(v.number(), v.integer(), v.minValue(0)),
+  request: v.string(),
+  callId: v.optional(v.string()),
+  sender: v.string(),
+  at: v.number(),
+  lastError: v.optional(v.string()),
+});
+
+/** The lock, with the message that took it. */
+export interface LockRecord {
+  /** Instance holding the lock. */
+  holder: string;
+  /** Fencing token: strictly increasing per server. */
+  token: bigint;
+  /** Renewals so far; observers judge the lease by its progress on their own clock. */
+  renewals: number;
+  /** When the lock was taken (holder's clock, ms since the epoch; for display). */
+  since: number;
+  /** When the lease ends unless renewed (holder's clock; for display). */
+  leaseUntil: number;
+  /** Lease length, ms. */
+  lease: number;
+  /** The queue key the message had, so a takeover puts it back at the head. */
+  queueKey: Uint8Array;
+  /** The message being handled. */
+  message: Envelope;
+}
+
+const lockSchema = v.object({
+  holder: v.string(),
+  token: v.bigint(),
+  renewals: v.pipe(v.number(), v.integer(), v.minValue(0)),
+  since: v.number(),
+  leaseUntil: v.number(),
+  lease: v.pipe(v.number(), v.minValue(1)),
+  queueKey: v.instance(Uint8Array),
+  message: envelopeSchema,
+});
+
+/** An error as stored in a reply slot or dead letter. */
+export interface StoredError {
+  /** The `DGenError` code, or `"handler"` for other errors. */
+  code: string;
+  /** Its message. */
+  message: string;
+  /** For dead letters: attempts made. */
+  attempts?: number;
+}
+
+const storedErrorSchema = v.object({
+  code: v.string(),
+  message: v.string(),
+  attempts: v.optional(v.number()),
+});
+
+/** A reply slot: pending until the consumer writes the outcome. */
+export type ReplySlot =
+  | { status: "pending"; caller: string; deadline: number | null; at: number }
+  | { status: "ok"; at: number }
+  | { status: "error"; error: StoredError; at: number };
+
+const replySlotSchema = v.variant("status", [
+  v.object({
+    status: v.literal("pending"),
+    caller: v.string(),
+    deadline: v.nullable(v.number()),
+    at: v.number(),
+  }),
+  v.object({ status: v.literal("ok"), at: v.number() }),
+  v.object({ status: v.literal("error"), error: storedErrorSchema, at: v.number() }),
+]);
+
+/** Meta record of a server. */
+export interface MetaRecord {
+  /** Version of the state's shape (the definition's `version`). */
+  version: number;
+  /** Creation time, ms since the epoch. */
+  created: number;
+  /** The definition's name. */
+  name: string;
+}
+
+const metaSchema = v.object({
+  version: v.pipe(v.number(), v.integer(), v.minValue(1)),
+  created: v.number(),
+  name: v.string(),
+});
+
+/** Presence of an instance. */
+export interface PresenceRecord {
+  /** Instance id. */
+  instance: string;
+  /** `"deno"`, `"bun"` or `"node"`. */
+  runtime: string;
+  /** OS process id. */
+  pid: number;
+  /** Whether it consumes the queue. */
+  consuming: boolean;
+  /** Start time, ms since the epoch. */
+  since: number;
+  /** Last heartbeat, ms since the epoch. */
+  lastSeen: number;
+}
+
+const presenceSchema = v.object({
+  instance: v.string(),
+  runtime: v.string(),
+  pid: v.number(),
+  consuming: v.boolean(),
+  since: v.number(),
+  lastSeen: v.number(),
+});
+
+/** A dead-lettered message. */
+export interface DeadLetterRecord {
+  /** The message. */
+  message: Envelope;
+  /** Attempts made. */
+  attempts: number;
+  /** The last failure. */
+  error: StoredError;
+  /** When it was dead-lettered. */
+  at: number;
+}
+
+const deadLetterSchema = v.object({
+  message: envelopeSchema,
+  attempts: v.number(),
+  error: storedErrorSchema,
+  at: v.number(),
+});
+
+function decoder<T>(schema: v.GenericSchema<unknown, T>, what: string) {
+  return (bytes: Uint8Array, key: Uint8Array): T => {
+    const where = printable(key);
+    const value = decodeValue(bytes, where);
+    const r = v.safeParse(schema, value);
+    if (!r.success) {
+      throw new CodecError(`Stored ${what} is malformed: ${r.issues[0]?.message}`, where);
+    }
+    return r.output;
+  };
+}
+
+/** Encodes any record. */
+export const encodeRecord = (record: unknown): Uint8Array => encodeValue(record, "record");
+/** Decodes a queued message. */
+export const decodeEnvelope = decoder(envelopeSchema, "message");
+/** Decodes a lock record. */
+export const decodeLock = decoder(lockSchema, "lock");
+/** Decodes a reply slot. */
+export const decodeReplySlot = decoder(
+  replySlotSchema as v.GenericSchema<unknown, ReplySlot>,
+  "reply slot",
+);
+/** Decodes a meta record. */
+export const decodeMeta = decoder(metaSchema, "meta record");
+/** Decodes a presence record. */
+export const decodePresence = decoder(presenceSchema, "presence record");
+/** Decodes a dead letter. */
+export const decodeDeadLetter = decoder(deadLetterSchema, "dead letter");
+
+let counter = 0;
+/**
+ * A unique id whose string order follows creation time (ms, base 36), so records keyed by it
+ * can be garbage-collected with one range clear.
+ */
+export function timeOrderedId(now = Date.now()): string {
+  counter = (counter + 1) % 1_679_616;
+  const rand = crypto.getRandomValues(new Uint32Array(2));
+  return now.toString(36).padStart(9, "0") + counter.toString(36).padStart(4, "0") +
+    rand[0]!.toString(36).padStart(7, "0") + rand[1]!.toString(36).padStart(7, "0");
+}
+
+/** The creation time encoded in a {@link timeOrderedId}. */
+export function idTime(id: string): number {
+  return parseInt(id.slice(0, 9), 36);
+}
+
+/** Converts an error into its stored form. */
+export function toStoredError(e: unknown, attempts?: number): StoredError {
+  const code = typeof (e as { code?: unknown })?.code === "string"
+    ? (e as { code: string }).code
+    : "handler";
+  const message = e instanceof Error ? e.message : String(e);
+  return attempts === undefined ? { code, message } : { code, message, attempts };
+}
