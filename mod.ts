@@ -53,28 +53,36 @@ export {
 export { int64LE, readInt64LE } from "./lib/bytes.ts";
 export {
   type Action,
+  type AnyServerDefinition,
   type CallArg,
   type CallHandler,
   type CallName,
   type CallReply,
+  type CallsOf,
   type CastArg,
   type CastHandler,
   type CastName,
+  type CastsOf,
   type DeadLetterMessage,
   defineServer,
   type From,
   type HandlerContext,
   type HandlerResult,
+  type InfoOf,
+  type InitArgsOf,
   lock,
   type LockedEvent,
   type LockResult,
+  type MessageArgs,
   noreply,
   type NoreplyResult,
   reply,
+  type ReplyOf,
   type ReplyResult,
   type ServerDefinition,
   type ServerSchemas,
   type ServerSpec,
+  type StateOf,
   stop,
   type StopResult,
   type TxContext,
@@ -90,3 +98,5 @@ export {
   type StartOptions,
 } from "./lib/server/instance.ts";
 export { StateConflictError } from "./lib/server/merge.ts";
+export type { StoredError } from "./lib/server/records.ts";
+export type { AnySchema } from "./lib/validate.ts";

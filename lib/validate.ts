@@ -8,8 +8,26 @@
 import * as v from "valibot";
 import { ValidationError, type ValidationIssue } from "./errors.ts";
 
-/** Any valibot schema. */
-export type AnySchema = v.GenericSchema<unknown, unknown>;
+/**
+ * A valibot schema, as user definitions pass them (structurally typed so dgen's public types do
+ * not expose valibot's internals).
+ */
+export interface AnySchema {
+  /** valibot's marker of schemas. */
+  readonly kind: "schema";
+  /** The schema type, e.g. `"number"`. */
+  readonly type: string;
+  /** The Standard Schema interface valibot implements. */
+  readonly "~standard": unknown;
+}
+
+/** Validates `input` against a user-supplied schema. */
+export function safeParseUser(
+  schema: AnySchema,
+  input: unknown,
+): v.SafeParseResult<v.GenericSchema> {
+  return v.safeParse(schema as unknown as v.GenericSchema, input);
+}
 
 function issuePath(root: string, issue: v.BaseIssue<unknown>): string {
   let path = root;
@@ -46,7 +64,7 @@ export function toIssues(root: string, issues: readonly v.BaseIssue<unknown>[]):
  * Parses `input` with `schema`; throws {@link ValidationError} naming the fields at fault
  * (rooted at `root`), or returns the typed output.
  */
-export function parse<S extends AnySchema>(
+export function parse<S extends v.GenericSchema<unknown, unknown>>(
   schema: S,
   input: unknown,
   root: string,

@@ -17,7 +17,7 @@ import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
 import { pack } from "../tuple.ts";
-import { toIssues } from "../validate.ts";
+import { safeParseUser, toIssues } from "../validate.ts";
 import {
   type Action,
   type From,
@@ -188,7 +188,7 @@ export async function readMeta(tx: Transaction, rt: Runtime): Promise<MetaRecord
 export function checkState(rt: Runtime, state: unknown): void {
   const schema = rt.def.schemas?.state;
   if (schema === undefined) return;
-  const r = v.safeParse(schema, state);
+  const r = safeParseUser(schema, state);
   if (!r.success) throw new ValidationError(toIssues("state", r.issues));
 }
 
@@ -312,7 +312,7 @@ export async function runHandler(
 export function checkReply(rt: Runtime, name: string, value: unknown): void {
   const schema = rt.def.schemas?.reply?.[name];
   if (schema === undefined) return;
-  const r = v.safeParse(schema, value);
+  const r = safeParseUser(schema, value);
   if (!r.success) throw new ValidationError(toIssues(`reply of ${name}`, r.issues));
 }
 
@@ -494,6 +494,15 @@ export type ConsumeOutcome =
   | { kind: "processed"; count: number; lock?: LockedWork; stopped?: string }
   | { kind: "failed"; result: "retry" | "dead" };
 
+/** A watch that fires when any of `watches` fires; cancelling cancels them all. */
+export function anyWatch(...watches: Watch[]): Watch {
+  const promise = Promise.race(watches.map((w) => w.promise)).then((fired) => {
+    for (const w of watches) w.cancel();
+    return fired;
+  });
+  return { promise, cancel: () => watches.forEach((w) => w.cancel()) };
+}
+
 /** Reads the lock record. */
 export async function readLock(tx: Transaction, rt: Runtime): Promise<LockRecord | undefined> {
   const bytes = await tx.get(rt.keys.lock);
@@ -526,7 +535,11 @@ export async function consumeStep(
   const entries = await queueHead(tx, rt, rt.batchSize);
   if (entries.length === 0) {
     if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
-    return { kind: "idle", watch: tx.watch(rt.keys.queueLength) };
+    // The meta key too: a kill clears it, and an idle consumer must notice.
+    return {
+      kind: "idle",
+      watch: anyWatch(tx.watch(rt.keys.queueLength), tx.watch(rt.keys.meta)),
+    };
   }
   const loaded = await loadState(tx, rt);
   let state = loaded.state;

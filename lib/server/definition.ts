@@ -250,16 +250,18 @@ export interface ServerSpec<
   readonly name: string;
   /** Builds the initial state from `start`'s arguments. Runs on every start. */
   readonly init: (...args: Args) => S | Promise<S>;
+  // The intersections give handlers their contextual parameter types (`from`, `ctx`) while
+  // `Calls`/`Casts` are inferred from the literal, so reply and argument types flow to refs.
   /** Call handlers by message name. */
-  readonly handleCall?: Calls;
+  readonly handleCall?: Calls & Record<string, CallHandler<S>>;
   /** Cast handlers by message name. */
-  readonly handleCast?: Casts;
+  readonly handleCast?: Casts & Record<string, CastHandler<S>>;
   /** Handles `send`'s info messages. */
-  readonly handleInfo?: (
+  handleInfo?(
     info: I,
     state: S,
     ctx: TxContext,
-  ) => HandlerResult<S, never> | Promise<HandlerResult<S, never>>;
+  ): HandlerResult<S, never> | Promise<HandlerResult<S, never>>;
   /**
    * Continues a message whose handler returned `lock(state)`, outside any transaction; may be
    * slow and may have side effects, which must be idempotent (it runs again if its lease is
@@ -298,6 +300,14 @@ export interface ServerDefinition<
   readonly [DEFINITION]: true;
   /** The state version (defaults applied). */
   readonly version: number;
+  /** Carries the definition's types to `ServerRef`; never set at run time. */
+  readonly "~types"?: {
+    readonly state: S;
+    readonly args: Args;
+    readonly calls: Calls;
+    readonly casts: Casts;
+    readonly info: I;
+  };
 }
 
 const DEFINITION = Symbol.for("dgen.definition");
@@ -400,45 +410,43 @@ export function isDefinition(x: unknown): x is ServerDefinition {
 
 // ---- Types that flow from a definition to ServerRef ----
 
+/** Any server definition. */
 // deno-lint-ignore no-explicit-any
-type AnyDef = ServerDefinition<any, any, any, any, any>;
+export type AnyServerDefinition = ServerDefinition<any, any, any, any, any>;
 
+type Types<D extends AnyServerDefinition> = NonNullable<D["~types"]>;
 /** The state type of a definition. */
-export type StateOf<D> = D extends ServerDefinition<infer S, infer _A, infer _C, infer _K, infer _I>
-  ? S
-  : never;
+export type StateOf<D extends AnyServerDefinition> = Types<D>["state"];
 /** The `init` argument tuple of a definition. */
-export type InitArgsOf<D> = D extends
-  ServerDefinition<infer _S, infer A, infer _C, infer _K, infer _I> ? A : never;
+export type InitArgsOf<D extends AnyServerDefinition> = Types<D>["args"];
 /** The call handler map of a definition. */
-export type CallsOf<D> = D extends ServerDefinition<infer _S, infer _A, infer C, infer _K, infer _I>
-  ? C
-  : never;
+export type CallsOf<D extends AnyServerDefinition> = Types<D>["calls"];
 /** The cast handler map of a definition. */
-export type CastsOf<D> = D extends ServerDefinition<infer _S, infer _A, infer _C, infer K, infer _I>
-  ? K
-  : never;
+export type CastsOf<D extends AnyServerDefinition> = Types<D>["casts"];
 /** The info message type of a definition. */
-export type InfoOf<D> = D extends ServerDefinition<infer _S, infer _A, infer _C, infer _K, infer I>
-  ? I
-  : never;
+export type InfoOf<D extends AnyServerDefinition> = Types<D>["info"];
 
 /** Names of the calls a definition handles. */
-export type CallName<D extends AnyDef> = keyof CallsOf<D> & string;
+export type CallName<D extends AnyServerDefinition> = keyof CallsOf<D> & string;
 /** Names of the casts a definition handles. */
-export type CastName<D extends AnyDef> = keyof CastsOf<D> & string;
+export type CastName<D extends AnyServerDefinition> = keyof CastsOf<D> & string;
 /** The argument type of call `K`. */
-export type CallArg<D extends AnyDef, K extends CallName<D>> = Parameters<CallsOf<D>[K]>[0];
+export type CallArg<D extends AnyServerDefinition, K extends CallName<D>> = Parameters<
+  CallsOf<D>[K]
+>[0];
 /** The argument type of cast `K`. */
-export type CastArg<D extends AnyDef, K extends CastName<D>> = Parameters<CastsOf<D>[K]>[0];
+export type CastArg<D extends AnyServerDefinition, K extends CastName<D>> = Parameters<
+  CastsOf<D>[K]
+>[0];
 /**
  * The reply type of call `K`: what its handler passes to `reply`. A handler that may `lock`
  * replies from `handleLocked`, whose reply type is not known: `unknown` then.
  */
-export type CallReply<D extends AnyDef, K extends CallName<D>> = ReplyOfResult<
+export type CallReply<D extends AnyServerDefinition, K extends CallName<D>> = ReplyOf<
   Awaited<ReturnType<CallsOf<D>[K]>>
 >;
-type ReplyOfResult<R> = [Extract<R, { kind: "lock" }>] extends [never]
+/** The reply type carried by a handler result type `R` (`unknown` if it may lock). */
+export type ReplyOf<R> = [Extract<R, { kind: "lock" }>] extends [never]
   ? Extract<R, { kind: "reply" }> extends { value: infer V } ? V : never
   : unknown;
 

@@ -22,7 +22,7 @@ import { createInterimCodec } from "../codec/_interim.ts";
 import { pid, runtimeName, type TimerHandle, unrefTimer } from "../runtime/process.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
-import { parse, toIssues } from "../validate.ts";
+import { parse, safeParseUser, toIssues } from "../validate.ts";
 import {
   bumpChange,
   checkLockedResult,
@@ -51,6 +51,7 @@ import {
   writeState,
 } from "./core.ts";
 import {
+  type AnyServerDefinition,
   type CallArg,
   type CallName,
   type CallReply,
@@ -78,8 +79,19 @@ import {
 import { encodeValue } from "../codec/_interim.ts";
 import { toHex } from "../bytes.ts";
 
-// deno-lint-ignore no-explicit-any
-type AnyDef = ServerDefinition<any, any, any, any, any>;
+/**
+ * Test hooks (not exported from mod.ts): simulate an instance whose process froze or died, as
+ * seen from the backend.
+ */
+export const TEST_HOOKS: unique symbol = Symbol("dgen.testHooks");
+
+/** What {@link TEST_HOOKS} controls. */
+export interface TestHooks {
+  /** When false, lock leases are not renewed (a frozen holder). */
+  renewLeases: boolean;
+  /** Makes every further transaction of the instance fail, and stops its loops and timers. */
+  crash(): void;
+}
 
 /** How often an instance refreshes its presence record, ms. */
 export const HEARTBEAT_INTERVAL = 5_000;
@@ -159,7 +171,7 @@ export interface InstanceStats {
 }
 
 /** A live instance of a durable server, made by {@link start}. */
-export interface ServerRef<D extends AnyDef = AnyDef> {
+export interface ServerRef<D extends AnyServerDefinition = AnyServerDefinition> {
   /** The server id. */
   readonly id: string;
   /** The tenant. */
@@ -200,7 +212,7 @@ export interface ServerRef<D extends AnyDef = AnyDef> {
 }
 
 /** One cast of `castMany`: `[name, arg]`. */
-export type CastTuple<D extends AnyDef> = {
+export type CastTuple<D extends AnyServerDefinition> = {
   [K in CastName<D>]: undefined extends CastArg<D, K> ? readonly [K, CastArg<D, K>?]
     : readonly [K, CastArg<D, K>];
 }[CastName<D>];
@@ -252,7 +264,7 @@ const timeoutSchema = v.optional(
  * await backend.close();
  * ```
  */
-export async function start<D extends AnyDef>(
+export async function start<D extends AnyServerDefinition>(
   definition: D,
   args: InitArgsOf<D>,
   options: StartOptions,
@@ -327,7 +339,7 @@ class Instance {
   readonly stats: InstanceStats = { processed: 0, actionErrors: 0, deadLettered: 0, lockLost: 0 };
   readonly stopped: Promise<string>;
   readonly deadLetters: DeadLetters;
-  readonly #def: AnyDef;
+  readonly #def: AnyServerDefinition;
   readonly #rt: Runtime;
   readonly #abort = new AbortController();
   readonly #consume: boolean;
@@ -342,8 +354,19 @@ class Instance {
   #lockSeen: { token: bigint; renewals: number; at: number } | undefined;
   #misses = 0;
   #since = Date.now();
+  #crashed = false;
+  readonly [TEST_HOOKS]: TestHooks = {
+    renewLeases: true,
+    crash: () => {
+      this.#crashed = true;
+      this.#state = "stopped";
+      clearInterval(this.#heartbeat);
+      this.#abort.abort(new ServerStoppedError("crashed"));
+      this.#resolveStopped("crashed");
+    },
+  };
 
-  constructor(def: AnyDef, opts: v.InferOutput<typeof startOptionsSchema>) {
+  constructor(def: AnyServerDefinition, opts: v.InferOutput<typeof startOptionsSchema>) {
     this.#def = def;
     this.tenant = opts.tenant;
     this.id = opts.id ?? def.name;
@@ -544,6 +567,7 @@ class Instance {
     let attempts = 0;
     let stamp: Promise<Uint8Array> | undefined;
     const value = await this.#rt.tenant.transact(async (tx) => {
+      if (this.#crashed) throw new ServerStoppedError("Instance crashed (test hook)");
       attempts++;
       effects = new TxEffects();
       const r = await body(tx, effects);
@@ -635,7 +659,7 @@ class Instance {
           continue;
         }
         if (e instanceof ServerGoneError) {
-          this.#track(this.#shutdown("killed", true));
+          void this.#shutdown("killed", true);
           break;
         }
         // Storage unavailable, corrupt stored state, … : report and back off, never spin.
@@ -652,7 +676,7 @@ class Instance {
           this.stats.processed += outcome.count;
           if (outcome.lock) await this.#runLocked(outcome.lock);
           if (outcome.stopped !== undefined) {
-            this.#track(this.#shutdown(outcome.stopped));
+            void this.#shutdown(outcome.stopped);
             return;
           }
           break;
@@ -690,9 +714,12 @@ class Instance {
     const token = work.lock.token;
     this.#runningLocks.add(token);
     const lost = new AbortController();
-    const onStop = () => lost.abort(this.#abort.signal.reason);
+    const onStop = () => {
+      if (!this.#crashed) lost.abort(this.#abort.signal.reason);
+    };
     this.#abort.signal.addEventListener("abort", onStop, { once: true });
     const renew = setInterval(() => {
+      if (!this[TEST_HOOKS].renewLeases || this.#crashed) return;
       this.#track(
         rt.tenant.transact((tx) => renewLock(tx, rt, token)).then((ok) => {
           if (!ok) lost.abort(new LockLostError(`Lease of lock ${token} of '${this.id}' was lost`));
@@ -726,7 +753,7 @@ class Instance {
           const r = await this.#transact((tx, effects) =>
             writeBack(tx, rt, work, result!, effects)
           );
-          if (r.effects.stopReason !== undefined) this.#track(this.#shutdown(r.effects.stopReason));
+          if (r.effects.stopReason !== undefined) void this.#shutdown(r.effects.stopReason);
           return;
         } catch (e) {
           if (e instanceof LockLostError) throw e;
@@ -764,7 +791,7 @@ class Instance {
     }
     const schema = def.schemas?.[kind]?.[name];
     if (schema !== undefined) {
-      const r = v.safeParse(schema, arg);
+      const r = safeParseUser(schema, arg);
       if (!r.success) throw new ValidationError(toIssues(`arg of ${kind} '${name}'`, r.issues));
     }
     this.#checkEncodable(arg, `arg of ${kind} '${name}'`);
@@ -850,6 +877,7 @@ class Instance {
     const m = this.#envelope("call", name, arg, timeOrderedId());
     const rt = this.#rt;
     let watch: Watch | undefined;
+    let checkFirst = false;
     if (this.#consume) {
       try {
         const r = await this.#transact((tx, effects) =>
@@ -858,7 +886,7 @@ class Instance {
         const outcome = r.value;
         if (outcome.kind === "replied") return outcome.value;
         if (outcome.kind === "stopped") {
-          this.#track(this.#shutdown(outcome.reason));
+          void this.#shutdown(outcome.reason);
           throw new ServerStoppedError(`Server stopped: ${outcome.reason}`);
         }
         if (outcome.kind === "locked") this.#track(this.#runLocked(outcome.work));
@@ -870,6 +898,9 @@ class Instance {
           this.#enqueueFailedCall(tx, m, e.error, deadlineAt, effects)
         );
         watch = r.value;
+        // The slot may already hold the answer (dead-lettered at once): the watch, made in the
+        // transaction that wrote it, would not fire for that write.
+        checkFirst = true;
       }
     } else {
       const r = await this.#transact(async (tx, effects) => {
@@ -880,7 +911,7 @@ class Instance {
       });
       watch = r.value;
     }
-    return await this.#awaitReply(m.callId!, watch, timeout, started, name);
+    return await this.#awaitReply(m.callId!, watch, timeout, started, name, checkFirst);
   }
 
   async #enqueueFailedCall(
@@ -955,13 +986,20 @@ class Instance {
     timeout: number,
     started: number,
     name: string,
+    checkFirst: boolean,
   ): Promise<unknown> {
     const rt = this.#rt;
     const key = rt.keys.reply(callId);
     let watch = first;
     for (;;) {
       const left = timeout - (performance.now() - started);
-      const r = await waitWatch(watch, left, this.#abort.signal);
+      let r: "fired" | "timeout" | "aborted" = "fired";
+      if (checkFirst) {
+        watch.cancel();
+        checkFirst = false;
+      } else {
+        r = await waitWatch(watch, left, this.#abort.signal);
+      }
       const timedOut = r === "timeout" || (Number.isFinite(timeout) && left <= 0);
       const read = await rt.tenant.transact(async (tx) => {
         const bytes = await tx.get(key);
@@ -1033,7 +1071,7 @@ class Instance {
       return result.kind === "reply" ? result.value : undefined;
     });
     if (r.effects.stopReason !== undefined) {
-      this.#track(this.#shutdown(r.effects.stopReason));
+      void this.#shutdown(r.effects.stopReason);
       if (kind === "call") throw new ServerStoppedError(`Server stopped: ${r.effects.stopReason}`);
     }
     return r.value;
@@ -1061,7 +1099,7 @@ class Instance {
     try {
       const schema = this.#def.schemas?.info;
       if (schema !== undefined) {
-        const r = v.safeParse(schema, info);
+        const r = safeParseUser(schema, info);
         if (!r.success) throw new ValidationError(toIssues("info", r.issues));
       }
       if (this.#def.handleInfo === undefined) {

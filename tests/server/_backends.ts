@@ -1,0 +1,28 @@
+/**
+ * The backends the server-runtime suite runs on. Each test file registers its scenarios once
+ * per entry; a backend that cannot run here carries a skip reason that is printed.
+ */
+import { type Backend, openMemoryBackend, openTenant, type Tenant } from "../../mod.ts";
+
+/** A backend the suite runs on. */
+export interface TestBackend {
+  /** Name shown in test titles. */
+  name: string;
+  /** Opens a fresh, empty backend. */
+  open(): Promise<Backend>;
+  /** Why it cannot run here, if it cannot. */
+  skip?: string;
+}
+
+/** Every backend of the server-runtime suite. */
+export const backends: TestBackend[] = [
+  { name: "memory", open: () => Promise.resolve(openMemoryBackend()) },
+];
+
+let n = 0;
+/** Opens a backend and a fresh tenant on it; `close` closes the backend. */
+export async function fresh(b: TestBackend): Promise<{ backend: Backend; tenant: Tenant }> {
+  const backend = await b.open();
+  const tenant = await openTenant(backend, `test-${++n}`);
+  return { backend, tenant };
+}

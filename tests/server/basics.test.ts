@@ -1,0 +1,359 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import {
+  defineServer,
+  noreply,
+  reply,
+  ServerStoppedError,
+  start,
+  ValidationError,
+} from "../../mod.ts";
+import { ServerKeys } from "../../lib/server/keys.ts";
+import { backends, fresh } from "./_backends.ts";
+import { Counter, Ledger, Typed } from "./_defs.ts";
+
+for (const b of backends) {
+  describe(`server basics on ${b.name}`, { skip: b.skip }, () => {
+    it("keeps state across instances: the seed's counter example", async () => {
+      const { backend, tenant } = await fresh(b);
+      const c = await start(Counter, [], { tenant });
+      assert.equal(await c.call("increment"), "ok");
+      assert.equal(await c.call("increment"), "ok");
+      assert.equal(await c.call("value"), 2);
+      await c.stop();
+      const c2 = await start(Counter, [], { tenant });
+      assert.equal(await c2.call("value"), 2);
+      await c2.stop();
+      await backend.close();
+    });
+
+    it("runs init on restart but keeps the stored state unless reset", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [5], { tenant });
+      assert.equal(await a.call("value"), 5);
+      await a.call("add", 1);
+      await a.stop();
+      const b2 = await start(Counter, [100], { tenant });
+      assert.equal(await b2.call("value"), 6);
+      await b2.stop();
+      const c = await start(Counter, [100], { tenant, reset: true });
+      assert.equal(await c.call("value"), 100);
+      await c.stop();
+      await backend.close();
+    });
+
+    it("persists nothing when init throws on first start", async () => {
+      const { backend, tenant } = await fresh(b);
+      const Broken = defineServer({
+        name: "broken",
+        init: (): number => {
+          throw new Error("init failed");
+        },
+      });
+      await assert.rejects(start(Broken, [], { tenant }), /init failed/);
+      const rows = await tenant.transact((tx) =>
+        tx.getRange(new Uint8Array([0]), new Uint8Array())
+      );
+      assert.deepEqual(rows, []);
+      await backend.close();
+    });
+
+    it("resolves cast only once the message is durably queued, and applies it", async () => {
+      const { backend, tenant } = await fresh(b);
+      const sender = await start(Counter, [], { tenant, consume: false });
+      await sender.cast("bump", 3);
+      // Nothing consumes yet: the message must be in the durable queue.
+      const keys = new ServerKeys("counter");
+      const queued = await tenant.transact((tx) => tx.getRange(keys.queue, keys.queueEnd));
+      assert.equal(queued.length, 1);
+      const consumer = await start(Counter, [], { tenant });
+      assert.equal(await sender.call("value"), 3);
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("enqueues castMany atomically and applies it in order", async () => {
+      const { backend, tenant } = await fresh(b);
+      const l = await start(Ledger, [], { tenant });
+      await l.castMany([["record", "a"], ["record", "b"], ["record", "c"]]);
+      await l.cast("record", "d");
+      assert.equal(await l.call("total"), 4);
+      const state = await l.priorityCall("total");
+      assert.equal(state, 4);
+      await assert.rejects(
+        l.castMany([["record", "e"], ["nope" as "record", "f"]]),
+        (e) => e instanceof ValidationError && /messages\[1\]\.name/.test(e.message),
+      );
+      assert.equal(await l.call("total"), 4, "nothing of a rejected castMany is enqueued");
+      await l.stop();
+      await backend.close();
+    });
+
+    it("calls through a non-consuming instance travel through the backend", async () => {
+      const { backend, tenant } = await fresh(b);
+      const consumer = await start(Counter, [], { tenant });
+      const sender = await start(Counter, [], { tenant, consume: false });
+      assert.equal(await sender.call("add", 10), 10);
+      assert.equal(await consumer.call("value"), 10);
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("serves a server id other than the definition's name", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [], { tenant, id: "a" });
+      const bb = await start(Counter, [], { tenant, id: "b" });
+      await a.call("add", 1);
+      await bb.call("add", 2);
+      assert.equal(await a.call("value"), 1);
+      assert.equal(await bb.call("value"), 2);
+      assert.equal(a.id, "a");
+      await a.stop();
+      await bb.stop();
+      await backend.close();
+    });
+
+    it("rejects invalid input at the call site and enqueues nothing", async () => {
+      const { backend, tenant } = await fresh(b);
+      const t = await start(Typed, [], { tenant, consume: false });
+      await assert.rejects(
+        t.call("rename", ""),
+        (e) => e instanceof ValidationError && /arg of call 'rename'/.test(e.message),
+      );
+      await assert.rejects(t.cast("setN", "3" as unknown as number), ValidationError);
+      await assert.rejects(
+        t.call("nope" as "rename", "x"),
+        (e) =>
+          e instanceof ValidationError && /'rename'/.test(e.message) && /"nope"/.test(e.message),
+      );
+      await assert.rejects(
+        t.cast("setN", (() => 1) as unknown as number),
+        ValidationError,
+      );
+      const keys = new ServerKeys("typed");
+      const queued = await tenant.transact((tx) => tx.getRange(keys.queue, keys.queueEnd));
+      assert.equal(queued.length, 0);
+      await t.stop();
+      await backend.close();
+    });
+
+    it("validates start's arguments, naming the field", async () => {
+      const { backend, tenant } = await fresh(b);
+      await assert.rejects(
+        start(Counter, [], { tenant, batchSize: 0 }),
+        (e) => e instanceof ValidationError && /options\.batchSize/.test(e.message),
+      );
+      await assert.rejects(
+        start(Counter, [], { tenant, bogus: 1 } as never),
+        (e) => e instanceof ValidationError && /options\.bogus/.test(e.message),
+      );
+      await assert.rejects(
+        start(Counter, [], {} as never),
+        (e) => e instanceof ValidationError && /options\.tenant/.test(e.message),
+      );
+      await assert.rejects(
+        start({} as typeof Counter, [], { tenant }),
+        (e) => e instanceof ValidationError && /definition/.test(e.message),
+      );
+      await assert.rejects(
+        start(Counter, 5 as never, { tenant }),
+        (e) => e instanceof ValidationError && /args/.test(e.message),
+      );
+      await assert.rejects(start(Counter, [], { tenant, lockLease: 1.5 }), ValidationError);
+      await backend.close();
+    });
+
+    it("validates definitions, naming the field", () => {
+      assert.throws(
+        () => defineServer({ name: "", init: () => 0 }),
+        (e) => e instanceof ValidationError && /spec\.name/.test(e.message),
+      );
+      assert.throws(
+        () => defineServer({ name: "x", init: () => 0, handleCall: { a: 5 as never } }),
+        (e) => e instanceof ValidationError && /spec\.handleCall\.a/.test(e.message),
+      );
+      assert.throws(
+        () => defineServer({ name: "x", init: () => 0, schemas: { state: {} as never } }),
+        (e) => e instanceof ValidationError && /spec\.schemas\.state/.test(e.message),
+      );
+      assert.throws(
+        () => defineServer({ name: "x", init: () => 0, version: 2 }),
+        (e) => e instanceof ValidationError && /spec\.migrate/.test(e.message),
+      );
+    });
+
+    it("fails a handler whose state or reply breaks its schema, without writing", async () => {
+      const { backend, tenant } = await fresh(b);
+      const t = await start(Typed, [], { tenant, deadLetterThreshold: 1 });
+      await assert.rejects(t.call("broken"), { code: "dead_letter" });
+      await assert.rejects(t.call("corrupt"), { code: "dead_letter" });
+      assert.equal(await t.call("rename", "y"), "x");
+      await t.stop();
+      await backend.close();
+    });
+
+    it("migrates state written by an older version", async () => {
+      const { backend, tenant } = await fresh(b);
+      const V1 = defineServer({
+        name: "m",
+        init: () => 7,
+        handleCall: { get: (_: undefined, _f, s: number) => reply(s, s) },
+      });
+      const v1 = await start(V1, [], { tenant });
+      await v1.stop();
+      const V2 = defineServer({
+        name: "m",
+        version: 2,
+        init: () => ({ count: 0 }),
+        migrate: (from, old) => ({ count: from === 1 ? (old as number) * 10 : 0 }),
+        handleCall: {
+          get: (_: undefined, _f, s: { count: number }) => reply(s.count, s),
+        },
+      });
+      const v2 = await start(V2, [], { tenant });
+      assert.equal(await v2.call("get"), 70);
+      await v2.stop();
+      const again = await start(V2, [], { tenant });
+      assert.equal(await again.call("get"), 70, "migrated once, stored with the new version");
+      await again.stop();
+      await assert.rejects(start(V1, [], { tenant }), { code: "codec" });
+      await backend.close();
+    });
+
+    it("stop ends this instance only; kill erases the durable server", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [], { tenant });
+      const other = await start(Counter, [], { tenant });
+      await a.call("add", 4);
+      await a.stop();
+      assert.equal(await a.stopped, "stopped");
+      await assert.rejects(a.call("value"), ServerStoppedError);
+      assert.equal(await other.call("value"), 4);
+      await other.cast("bump", 1);
+      await other.kill();
+      const rows = await tenant.transact((tx) =>
+        tx.getRange(new Uint8Array([0]), new Uint8Array())
+      );
+      const leftovers = rows.filter((r) => !(r.key[0] === 0x02 && r.key[1] === 0x74)); // "tchg"
+      assert.deepEqual(leftovers, [], "nothing of the server is left");
+      const c = await start(Counter, [9], { tenant });
+      assert.equal(await c.call("value"), 9, "a killed server starts afresh");
+      await c.stop();
+      await backend.close();
+    });
+
+    it("stops other instances of a killed server, and fails their callers", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [], { tenant });
+      const sender = await start(Counter, [], { tenant, consume: false });
+      const killer = await start(Counter, [], { tenant, consume: false });
+      await killer.kill();
+      assert.equal(await a.stopped, "killed");
+      await assert.rejects(
+        sender.call("value"),
+        (e) => e instanceof ServerStoppedError || (e as { code?: string }).code === "server_gone",
+      );
+      await sender.stop();
+      await backend.close();
+    });
+
+    it("runs actions after commit with the committed state, in order, honouring halt", async () => {
+      const { backend, tenant } = await fresh(b);
+      const seen: unknown[] = [];
+      const A = defineServer({
+        name: "actions",
+        init: () => 0,
+        handleCall: {
+          go: (_: undefined, _f, n: number) =>
+            reply("done", n + 1, [
+              (s) => seen.push(["first", s]),
+              () => "halt",
+              () => seen.push("never"),
+            ]),
+          boom: (_: undefined, _f, n: number) =>
+            reply("done", n + 1, [() => {
+              throw new Error("action failed");
+            }, () => seen.push("skipped")]),
+        },
+      });
+      const ref = await start(A, [], { tenant });
+      await ref.call("go");
+      assert.deepEqual(seen, [["first", 1]]);
+      const errors = console.error;
+      console.error = () => {};
+      try {
+        assert.equal(await ref.call("boom"), "done");
+      } finally {
+        console.error = errors;
+      }
+      assert.equal(ref.stats.actionErrors, 1);
+      assert.deepEqual(seen, [["first", 1]]);
+      assert.equal(await ref.priorityCall("go"), "done");
+      assert.deepEqual(seen.at(-1), ["first", 3], "state committed despite the failing action");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("gives handlers ctx with tenant, id, signal and the transaction", async () => {
+      const { backend, tenant } = await fresh(b);
+      const key = new TextEncoder().encode("side-table");
+      const T = defineServer({
+        name: "txer",
+        init: () => 0,
+        handleCall: {
+          write: async (value: string, _f, n: number, ctx) => {
+            assert.equal(ctx.id, "txer");
+            assert.equal(ctx.tenant, tenant);
+            assert.ok(ctx.signal instanceof AbortSignal);
+            ctx.tx.set(key, new TextEncoder().encode(value));
+            const back = await ctx.tx.get(key);
+            return reply(new TextDecoder().decode(back), n + 1);
+          },
+        },
+      });
+      const ref = await start(T, [], { tenant });
+      assert.equal(await ref.call("write", "hello"), "hello");
+      const stored = await tenant.transact((tx) => tx.get(key));
+      assert.equal(new TextDecoder().decode(stored), "hello");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("runs priority messages and info on the receiving instance, even a sender", async () => {
+      const { backend, tenant } = await fresh(b);
+      const I = defineServer({
+        name: "info",
+        init: () => [] as string[],
+        handleCall: { log: (_: undefined, _f, s: string[]) => reply(s, s) },
+        handleCast: { push: (x: string, s: string[]) => noreply([...s, x]) },
+        handleInfo: (info: string, s: string[]) => noreply([...s, `info:${info}`]),
+      });
+      const sender = await start(I, [], { tenant, consume: false });
+      await sender.send("hello");
+      await sender.priorityCast("push", "p");
+      assert.deepEqual(await sender.priorityCall("log"), ["info:hello", "p"]);
+      await sender.stop();
+      await backend.close();
+    });
+
+    it("lists the tenant's servers and records each instance's presence", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [], { tenant, id: "p1" });
+      const s = await start(Counter, [], { tenant, id: "p1", consume: false });
+      const keys = new ServerKeys("p1");
+      const presence = await tenant.transact((tx) =>
+        tx.getRange(keys.instances, new Uint8Array([...keys.instances, 0xff]))
+      );
+      assert.equal(presence.length, 2);
+      await s.stop();
+      const after = await tenant.transact((tx) =>
+        tx.getRange(keys.instances, new Uint8Array([...keys.instances, 0xff]))
+      );
+      assert.equal(after.length, 1);
+      await a.stop();
+      await backend.close();
+    });
+  });
+}
