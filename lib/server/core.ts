@@ -10,7 +10,6 @@
  * @module
  */
 
-import * as v from "valibot";
 import { concatBytes, equalBytes, readInt64LE, strinc } from "../bytes.ts";
 import { CodecError, DGenError, LockLostError, ValidationError } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";

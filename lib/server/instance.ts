@@ -63,7 +63,6 @@ import {
   isDefinition,
   type LockedEvent,
   type MessageArgs,
-  type ServerDefinition,
 } from "./definition.ts";
 import { ServerKeys } from "./keys.ts";
 import {
