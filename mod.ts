@@ -86,6 +86,7 @@ export {
   stop,
   type StopResult,
   type TxContext,
+  type TypesOf,
 } from "./lib/server/definition.ts";
 export {
   type CallOptions,

@@ -414,17 +414,18 @@ export function isDefinition(x: unknown): x is ServerDefinition {
 // deno-lint-ignore no-explicit-any
 export type AnyServerDefinition = ServerDefinition<any, any, any, any, any>;
 
-type Types<D extends AnyServerDefinition> = NonNullable<D["~types"]>;
+/** The types a definition carries (see `ServerDefinition["~types"]`). */
+export type TypesOf<D extends AnyServerDefinition> = NonNullable<D["~types"]>;
 /** The state type of a definition. */
-export type StateOf<D extends AnyServerDefinition> = Types<D>["state"];
+export type StateOf<D extends AnyServerDefinition> = TypesOf<D>["state"];
 /** The `init` argument tuple of a definition. */
-export type InitArgsOf<D extends AnyServerDefinition> = Types<D>["args"];
+export type InitArgsOf<D extends AnyServerDefinition> = TypesOf<D>["args"];
 /** The call handler map of a definition. */
-export type CallsOf<D extends AnyServerDefinition> = Types<D>["calls"];
+export type CallsOf<D extends AnyServerDefinition> = TypesOf<D>["calls"];
 /** The cast handler map of a definition. */
-export type CastsOf<D extends AnyServerDefinition> = Types<D>["casts"];
+export type CastsOf<D extends AnyServerDefinition> = TypesOf<D>["casts"];
 /** The info message type of a definition. */
-export type InfoOf<D extends AnyServerDefinition> = Types<D>["info"];
+export type InfoOf<D extends AnyServerDefinition> = TypesOf<D>["info"];
 
 /** Names of the calls a definition handles. */
 export type CallName<D extends AnyServerDefinition> = keyof CallsOf<D> & string;

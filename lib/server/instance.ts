@@ -92,6 +92,11 @@ export interface TestHooks {
   crash(): void;
 }
 
+/** The test hooks of an instance. */
+export function testHooks(ref: ServerRef): TestHooks {
+  return (ref as unknown as { [TEST_HOOKS]: TestHooks })[TEST_HOOKS];
+}
+
 /** How often an instance refreshes its presence record, ms. */
 export const HEARTBEAT_INTERVAL = 5_000;
 /** A presence older than this many heartbeats is considered dead. */

@@ -1,0 +1,192 @@
+import { beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import {
+  DeadLetterError,
+  defineServer,
+  noreply,
+  reply,
+  ServerStoppedError,
+  start,
+} from "../../mod.ts";
+import { backends, fresh } from "./_backends.ts";
+import { Flaky, flaky } from "./_defs.ts";
+import { waitFor } from "../_helpers.ts";
+
+function quietly<T>(fn: () => Promise<T>): Promise<T> {
+  const error = console.error;
+  console.error = () => {};
+  return fn().finally(() => console.error = error);
+}
+
+for (const b of backends) {
+  describe(`server failures on ${b.name}`, { skip: b.skip }, () => {
+    beforeEach(() => {
+      flaky.poison.clear();
+      flaky.runs.length = 0;
+      flaky.deadLetters.length = 0;
+    });
+
+    it("retries a throwing message, then dead-letters it; later messages proceed", async () => {
+      const { backend, tenant } = await fresh(b);
+      const sender = await start(Flaky, [], { tenant, consume: false });
+      flaky.poison.add("bad");
+      await sender.cast("apply", "a");
+      const doomed = sender.call("apply", "bad", { timeout: 10_000 });
+      await sender.cast("apply", "c");
+      const consumer = await start(Flaky, [], { tenant, deadLetterThreshold: 3 });
+      await assert.rejects(doomed, (e) => e instanceof DeadLetterError && e.attempts === 3);
+      assert.deepEqual(await sender.call("applied"), ["a", "c"]);
+      assert.equal(flaky.runs.filter((r) => r === "bad").length, 3);
+      assert.deepEqual(flaky.deadLetters, ["bad"]);
+      const letters = await consumer.deadLetters.list();
+      assert.equal(letters.length, 1);
+      assert.equal(letters[0]!.name, "apply");
+      assert.equal(letters[0]!.arg, "bad");
+      assert.equal(letters[0]!.attempts, 3);
+      assert.match(letters[0]!.error.message, /poison bad/);
+      assert.equal(consumer.stats.deadLettered, 1);
+      // Requeue after fixing the cause: applied at the tail.
+      flaky.poison.clear();
+      assert.equal(await consumer.deadLetters.requeue(letters[0]!.key), true);
+      assert.equal(await consumer.deadLetters.requeue(letters[0]!.key), false);
+      await waitFor(
+        async () => (await sender.call("applied") as string[]).length === 3,
+        5000,
+        "requeued message not applied",
+      );
+      assert.deepEqual(await sender.call("applied"), ["a", "c", "bad"]);
+      assert.equal(await consumer.deadLetters.purge(), 0);
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("purges dead letters", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Flaky, [], { tenant, deadLetterThreshold: 1 });
+      flaky.poison.add("x");
+      flaky.poison.add("y");
+      await ref.cast("apply", "x");
+      await ref.cast("apply", "y");
+      await waitFor(
+        async () => (await ref.deadLetters.list()).length === 2,
+        5000,
+        "not dead-lettered",
+      );
+      assert.equal(await ref.deadLetters.purge(), 2);
+      assert.deepEqual(await ref.deadLetters.list(), []);
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("treats a bad return as a failure, and reports what was expected", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Flaky, [], { tenant, deadLetterThreshold: 1 });
+      await assert.rejects(
+        ref.call("bad"),
+        (e) =>
+          e instanceof DeadLetterError &&
+          /handleCall\.bad returned object; expected reply/.test(e.message),
+      );
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("loses a throwing priority message: the caller gets the error, the state is unchanged", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Flaky, [], { tenant });
+      flaky.poison.add("p");
+      await assert.rejects(ref.priorityCall("apply", "p"), /poison p/);
+      await assert.rejects(ref.priorityCast("apply", "p"), /poison p/);
+      assert.deepEqual(await ref.call("applied"), []);
+      assert.equal(flaky.runs.filter((r) => r === "p").length, 2, "never retried");
+      assert.deepEqual(await ref.deadLetters.list(), []);
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("stop from a call commits, answers ServerStoppedError and stops only that instance", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Flaky, [], { tenant });
+      await a.call("apply", "before");
+      await assert.rejects(
+        a.call("quit"),
+        (e) => e instanceof ServerStoppedError && /asked to/.test(e.message),
+      );
+      assert.equal(await a.stopped, "asked to");
+      const b2 = await start(Flaky, [], { tenant });
+      assert.deepEqual(await b2.call("applied"), ["before"]);
+      await b2.cast("quit");
+      assert.equal(await b2.stopped, "asked to");
+      const c = await start(Flaky, [], { tenant });
+      assert.deepEqual(await c.call("applied"), ["before"]);
+      await c.stop();
+      await backend.close();
+    });
+
+    it("handles a throw from an inline call like a queued one: retried, then dead-lettered", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Flaky, [], { tenant, deadLetterThreshold: 2 });
+      flaky.poison.add("inline");
+      await assert.rejects(
+        ref.call("apply", "inline"),
+        (e) => e instanceof DeadLetterError && e.attempts === 2,
+      );
+      assert.equal(flaky.runs.filter((r) => r === "inline").length, 2);
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("never wedges on a message whose handler is missing", async () => {
+      const { backend, tenant } = await fresh(b);
+      const Old = defineServer({
+        name: "evolving",
+        init: () => 0,
+        handleCast: {
+          gone: (_: undefined, n: number) => noreply(n),
+          keep: (_: undefined, n: number) => noreply(n + 1),
+        },
+      });
+      const New = defineServer({
+        name: "evolving",
+        init: () => 0,
+        handleCast: { keep: (_: undefined, n: number) => noreply(n + 1) },
+        handleCall: { get: (_: undefined, _f, n: number) => reply(n, n) },
+      });
+      const old = await start(Old, [], { tenant, consume: false });
+      await old.cast("gone");
+      await old.cast("keep");
+      await old.stop();
+      const fresh2 = await start(New, [], { tenant, deadLetterThreshold: 2 });
+      await waitFor(async () => await fresh2.call("get") === 1, 5000, "queue wedged");
+      const letters = await fresh2.deadLetters.list();
+      assert.equal(letters[0]?.name, "gone");
+      assert.equal(letters[0]?.error.code, "no_handler");
+      await fresh2.stop();
+      await backend.close();
+    });
+
+    it("keeps the state committed when an action throws, and counts it", async () => {
+      const { backend, tenant } = await fresh(b);
+      const A = defineServer({
+        name: "act",
+        init: () => 0,
+        handleCast: {
+          go: (_: undefined, n: number) =>
+            noreply(n + 1, [() => {
+              throw new Error("side effect failed");
+            }]),
+        },
+        handleCall: { get: (_: undefined, _f, n: number) => reply(n, n) },
+      });
+      const ref = await start(A, [], { tenant });
+      await quietly(async () => {
+        await ref.cast("go");
+        await waitFor(() => ref.stats.actionErrors === 1, 5000, "action error not counted");
+      });
+      assert.equal(await ref.call("get"), 1, "applied once, not retried");
+      await ref.stop();
+      await backend.close();
+    });
+  });
+}

@@ -1,0 +1,214 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { defineServer, lock, noreply, reply, start } from "../../mod.ts";
+import { testHooks } from "../../lib/server/instance.ts";
+import { ServerKeys } from "../../lib/server/keys.ts";
+import { decodeLock } from "../../lib/server/records.ts";
+import { backends, fresh } from "./_backends.ts";
+import { deadline, waitFor } from "../_helpers.ts";
+
+interface Job {
+  status: string;
+  notes: string[];
+  results: string[];
+}
+
+/** A server whose `work` call locks; `handleLocked` waits on a gate the test opens. */
+function jobServer() {
+  const gates: PromiseWithResolvers<void>[] = [];
+  const started: string[] = [];
+  const tokens: bigint[] = [];
+  const signals: AbortSignal[] = [];
+  const def = defineServer({
+    name: "job",
+    init: (): Job => ({ status: "idle", notes: [], results: [] }),
+    handleCall: {
+      work: (task: string, _from, s: Job) =>
+        task === "quick" ? reply("quick", s) : lock({ ...s, status: `running ${task}` }),
+      get: (_: undefined, _from, s: Job) => reply(s, s),
+      note: (n: string, _from, s: Job) => reply("noted", { ...s, notes: [...s.notes, n] }),
+      status: (st: string, _from, s: Job) => reply("set", { ...s, status: st }),
+    },
+    handleCast: {
+      note: (n: string, s: Job) => noreply({ ...s, notes: [...s.notes, n] }),
+    },
+    handleLocked: async (event, s: Job, ctx) => {
+      started.push(ctx.instance);
+      tokens.push(ctx.fencingToken!);
+      signals.push(ctx.signal);
+      const gate = Promise.withResolvers<void>();
+      gates.push(gate);
+      await gate.promise;
+      const task = event.arg as string;
+      return reply(`done ${task}`, { ...s, status: "idle", results: [...s.results, task] });
+    },
+  });
+  return { def, gates, started, tokens, signals };
+}
+
+const keys = new ServerKeys("job");
+
+for (const b of backends) {
+  describe(`lock on ${b.name}`, { skip: b.skip }, () => {
+    it("runs handleLocked outside the transaction, replies, and releases the lock", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const ref = await start(j.def, [], { tenant });
+      const done = ref.call("work", "t1");
+      await waitFor(() => j.gates.length === 1, 5000, "handleLocked not started");
+      const held = await tenant.transact((tx) => tx.get(keys.lock));
+      const rec = decodeLock(held!, keys.lock);
+      assert.equal(rec.holder, ref.instance);
+      assert.equal(rec.message.name, "work");
+      assert.equal(
+        (await ref.priorityCall("get")).status,
+        "running t1",
+        "lock state committed first",
+      );
+      j.gates[0]!.resolve();
+      assert.equal(await done, "done t1");
+      assert.equal(await tenant.transact((tx) => tx.get(keys.lock)), undefined);
+      const s = await ref.call("get");
+      assert.deepEqual(s.results, ["t1"]);
+      assert.equal(s.status, "idle");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("makes standard messages wait while priority messages run", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const ref = await start(j.def, [], { tenant });
+      const done = ref.call("work", "t1");
+      await waitFor(() => j.gates.length === 1, 5000, "handleLocked not started");
+      let queuedAnswered = false;
+      const queued = ref.call("note", "queued").then((r) => {
+        queuedAnswered = true;
+        return r;
+      });
+      assert.equal(await ref.priorityCall("note", "priority"), "noted");
+      assert.equal(queuedAnswered, false, "a standard call ran during the lock");
+      j.gates[0]!.resolve();
+      assert.equal(await done, "done t1");
+      assert.equal(await queued, "noted");
+      const s = await ref.call("get");
+      assert.deepEqual(
+        s.notes,
+        ["priority", "queued"],
+        "the priority change survived the write-back",
+      );
+      assert.deepEqual(s.results, ["t1"]);
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("fails the write-back loudly when handleLocked and a priority message both changed a field", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const ref = await start(j.def, [], { tenant, deadLetterThreshold: 1 });
+      const errors = console.error;
+      console.error = () => {};
+      try {
+        const done = ref.call("work", "t1");
+        await waitFor(() => j.gates.length === 1, 5000, "handleLocked not started");
+        await ref.priorityCall("status", "paused by operator");
+        j.gates[0]!.resolve();
+        await assert.rejects(
+          done,
+          (e) => (e as Error).message.includes("both changed state.status"),
+        );
+      } finally {
+        console.error = errors;
+      }
+      const s = await ref.call("get");
+      assert.equal(s.status, "paused by operator", "the priority write was not overwritten");
+      assert.deepEqual(s.results, []);
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("takes over a stalled holder's lock after its lease and fences its write-back", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const a = await start(j.def, [], { tenant, lockLease: 200 });
+      const done = a.call("work", "t1", { timeout: 20_000 });
+      await waitFor(() => j.gates.length === 1, 5000, "handleLocked not started on A");
+      testHooks(a).renewLeases = false; // A stalls: no renewals reach the backend
+      const bRef = await start(j.def, [], { tenant, lockLease: 200 });
+      await waitFor(() => j.gates.length === 2, 5000, "B did not take over");
+      assert.equal(j.started[1], bRef.instance);
+      assert.ok(j.tokens[1]! > j.tokens[0]!, "fencing tokens increase");
+      const rec = decodeLock((await tenant.transact((tx) => tx.get(keys.lock)))!, keys.lock);
+      assert.equal(
+        rec.message.attempts,
+        1,
+        "the in-progress message was requeued with one more attempt",
+      );
+      // A resumes and tries to write back: refused.
+      const errors = console.error;
+      console.error = () => {};
+      try {
+        j.gates[0]!.resolve();
+        await waitFor(() => a.stats.lockLost === 1, 5000, "A's stale write-back was not refused");
+      } finally {
+        console.error = errors;
+      }
+      j.gates[1]!.resolve();
+      assert.equal(await deadline(done, 10_000, "caller not answered"), "done t1");
+      const s = await bRef.call("get");
+      assert.deepEqual(s.results, ["t1"], "applied exactly once");
+      await a.stop();
+      await bRef.stop();
+      await backend.close();
+    });
+
+    it("recovers the lock of a crashed holder", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const a = await start(j.def, [], { tenant, lockLease: 150 });
+      const sender = await start(j.def, [], { tenant, consume: false });
+      const done = sender.call("work", "t2", { timeout: 20_000 });
+      await waitFor(() => j.gates.length === 1, 5000, "handleLocked not started on A");
+      testHooks(a).crash();
+      const bRef = await start(j.def, [], { tenant, lockLease: 150 });
+      await waitFor(() => j.gates.length === 2, 5000, "B did not take over");
+      const errors = console.error;
+      console.error = () => {}; // the crashed holder's settle attempt is refused, and says so
+      j.gates[0]!.resolve();
+      j.gates[1]!.resolve();
+      assert.equal(await deadline(done, 10_000, "caller not answered"), "done t2");
+      console.error = errors;
+      assert.deepEqual((await bRef.call("get")).results, ["t2"]);
+      await sender.stop();
+      await bRef.stop();
+      await backend.close();
+    });
+
+    it("aborts ctx.signal when the instance stops during handleLocked", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const ref = await start(j.def, [], { tenant });
+      ref.call("work", "t3").catch(() => {});
+      await waitFor(() => j.signals.length === 1, 5000, "handleLocked not started");
+      const stopping = ref.stop();
+      await waitFor(() => j.signals[0]!.aborted, 5000, "signal not aborted");
+      j.gates[0]!.resolve();
+      await stopping;
+      await backend.close();
+    });
+
+    it("refuses lock on the priority path and without handleLocked", async () => {
+      const { backend, tenant } = await fresh(b);
+      const NoLock = defineServer({
+        name: "nolock",
+        init: () => 0,
+        handleCall: { l: (_: undefined, _f, n: number) => lock(n) },
+      });
+      const ref = await start(NoLock, [], { tenant, deadLetterThreshold: 1 });
+      await assert.rejects(ref.priorityCall("l"), /no lock/);
+      await assert.rejects(ref.call("l"), /without a handleLocked/);
+      await ref.stop();
+      await backend.close();
+    });
+  });
+}
