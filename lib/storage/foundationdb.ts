@@ -185,7 +185,11 @@ function describeLoadFailure(e: unknown): { reason: string; install: boolean } {
       install: true,
     };
   }
-  if (/Cannot find (module|package)|ERR_MODULE_NOT_FOUND|not found/i.test(message)) {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (
+    code === "ERR_MODULE_NOT_FOUND" ||
+    /Cannot find (module|package) ['"]foundationdb|Could not resolve "foundationdb"/.test(message)
+  ) {
     return {
       reason: "the npm package `foundationdb` is not installed: run `npm install` (it is a " +
         `dependency in package.json) (${message})`,
@@ -496,10 +500,6 @@ class FdbTransactionAdapter implements Transaction {
       get: (key) => this.#get(snap, key),
       getRange: (b, e, o) => this.#getRange(snap, b, e, o, false),
     };
-  }
-
-  get state(): AttemptState {
-    return this.#state;
   }
 
   /** Throws if the attempt is over, the backend closed, or the time limit passed. */

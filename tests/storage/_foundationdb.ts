@@ -16,10 +16,16 @@ import {
 } from "../../lib/storage/foundationdb.ts";
 import { runtime } from "../_helpers.ts";
 
-/** Why FoundationDB suites are skipped here, or `undefined` when a cluster is configured. */
-export const FDB_SKIP_REASON: string | undefined = process.env.FDB_CLUSTER_FILE
-  ? undefined
-  : "FDB_CLUSTER_FILE not set: no FoundationDB cluster on this machine";
+/**
+ * Why FoundationDB suites are skipped here, or `undefined` when they run: they need a cluster
+ * (`FDB_CLUSTER_FILE`), and a runtime that can run npm:foundationdb's addon (Deno, not Bun:
+ * see docs/foundationdb.md).
+ */
+export const FDB_SKIP_REASON: string | undefined = !process.env.FDB_CLUSTER_FILE
+  ? "FDB_CLUSTER_FILE not set: no FoundationDB cluster on this machine"
+  : runtime === "bun"
+  ? "npm:foundationdb cannot run under Bun (see docs/foundationdb.md): FoundationDB suites run under Deno"
+  : undefined;
 
 /** Root directory of every test partition, so leftovers of crashed runs are easy to find. */
 export const TEST_DIRECTORY = "dgen-test";

@@ -20,7 +20,7 @@ import {
   ValidationError,
 } from "../../mod.ts";
 import { hasPrefix } from "../../lib/bytes.ts";
-import { openFoundationdbBackendWith } from "../../lib/storage/foundationdb.ts";
+import { createDriver, openFoundationdbBackendWith } from "../../lib/storage/foundationdb.ts";
 import { runtime } from "../_helpers.ts";
 import { registerConformance } from "./conformance.ts";
 import { createSimulation, type Simulation } from "./_simulated_fdb.ts";
@@ -121,6 +121,68 @@ describe("FoundationDB API version", () => {
       openFoundationdbBackendWith(sim.driver),
       (e) => e instanceof ValidationError && /already 700/.test(e.message),
     );
+  });
+});
+
+describe("loading the bindings", () => {
+  const failing = (e: Error) => createDriver(() => Promise.reject(e));
+  const cases: Array<[string, Error, RegExp[]]> = [
+    [
+      "a missing client library",
+      new Error("libfdb_c.so: cannot open shared object file: No such file or directory"),
+      [/libfdb_c could not be loaded/, /foundationdb-clients_/, /npm rebuild foundationdb/],
+    ],
+    [
+      "a platform without a prebuilt addon",
+      new Error("No native build was found for platform=linux arch=arm64 runtime=node abi=115"),
+      [/no native addon built for this platform/, /npm rebuild foundationdb --ignore-scripts/],
+    ],
+    [
+      "a package that is not installed",
+      Object.assign(new TypeError('Could not resolve "foundationdb", but found it'), {
+        code: "ERR_MODULE_NOT_FOUND",
+      }),
+      [/not installed: run `npm install`/],
+    ],
+    [
+      "Deno permissions withheld",
+      Object.assign(new Error('Requires ffi access to "node.napi.node"'), { name: "NotCapable" }),
+      [/--allow-ffi/],
+    ],
+  ];
+  for (const [what, error, hints] of cases) {
+    it(`explains ${what}, keeping the loader's error as cause`, async () => {
+      await assert.rejects(failing(error).load(720), (e) => {
+        assert.ok(e instanceof BackendUnavailableError);
+        for (const hint of hints) assert.match(e.message, hint);
+        assert.equal(e.cause, error);
+        return true;
+      });
+    });
+  }
+
+  it("tries the import again after a failure", async () => {
+    const sim = createSimulation();
+    let calls = 0;
+    const driver = createDriver(() =>
+      ++calls === 1
+        ? Promise.reject(new Error("libfdb_c.so: missing"))
+        : Promise.resolve(sim.bindings)
+    );
+    await assert.rejects(driver.load(720), BackendUnavailableError);
+    await driver.load(720);
+    assert.equal(calls, 2);
+  });
+
+  it("refuses a runtime that cannot run the bindings without selecting a version", async () => {
+    const sim = createSimulation();
+    const driver = createDriver(() => Promise.resolve(sim.bindings), "Not on this runtime.");
+    await assert.rejects(
+      driver.load(720),
+      (e) => e instanceof BackendUnavailableError && /Not on this runtime\./.test(e.message),
+    );
+    // The version is still free: nothing was selected.
+    sim.bindings.setAPIVersion(710);
   });
 });
 
