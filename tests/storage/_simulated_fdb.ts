@@ -111,6 +111,7 @@ class Cluster {
   readonly onErrorCodes: number[] = [];
   unreachable = false;
   transactions = 0;
+  lastOptions: FdbTransactionOptions | undefined;
 }
 
 /** State of one simulated transaction, shared with its snapshot view. */
@@ -135,6 +136,7 @@ class SimTransaction implements FdbTransaction {
 
   static begin(cluster: Cluster, opts: FdbTransactionOptions = {}): SimTransaction {
     cluster.transactions++;
+    cluster.lastOptions = opts;
     const gate = Promise.withResolvers<boolean>();
     let mtx: Transaction | undefined;
     // The memory backend runs the body synchronously up to its first await, so the
@@ -457,6 +459,8 @@ export interface Simulation {
   readonly onErrorCodes: readonly number[];
   /** Transactions created so far. */
   readonly transactions: number;
+  /** Options of the last transaction created. */
+  readonly lastOptions: FdbTransactionOptions | undefined;
   /** Makes the next commit fail with FoundationDB error `code`, applied or not. */
   failNextCommit(code: number, applied?: boolean): void;
   /** Whether the cluster answers (a read version) at all. */
@@ -497,6 +501,9 @@ export function createSimulation(options: SimulationOptions = {}): Simulation {
     },
     get transactions() {
       return cluster.transactions;
+    },
+    get lastOptions() {
+      return cluster.lastOptions;
     },
     failNextCommit(code, applied = false) {
       cluster.injected.push({ code, applied });
