@@ -35,6 +35,10 @@ export type {
 export { FOUNDATIONDB_LIMITS } from "./lib/storage/types.ts";
 export { type MemoryBackendOptions, openMemoryBackend } from "./lib/storage/memory.ts";
 export {
+  type FoundationdbBackendOptions,
+  openFoundationdbBackend,
+} from "./lib/storage/foundationdb.ts";
+export {
   type FaultOptions,
   type FaultStats,
   type FaultyBackend,
