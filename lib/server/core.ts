@@ -33,6 +33,7 @@ import {
   decodeLock,
   decodeMeta,
   decodeReplySlot,
+  decodeRequest,
   encodeRecord,
   type Envelope,
   type LockRecord,
@@ -326,6 +327,53 @@ export interface QueueEntry {
   message: Envelope;
 }
 
+/**
+ * What a request (an enqueue, an inline call, a priority message) did, recorded in the same
+ * transaction so that a retry after an unknown commit result finds it instead of applying the
+ * request twice, and a retried call gets its original reply.
+ */
+export interface RequestRecord {
+  /** When, ms since the epoch. */
+  at: number;
+  /** The outcome. */
+  outcome: "queued" | "reply" | "noreply" | "stop";
+  /** For `stop`: the reason. */
+  reason?: string;
+}
+
+/** Reads the record of request `id`, if any. */
+export async function readRequest(
+  tx: Transaction,
+  rt: Runtime,
+  id: string,
+): Promise<{ record: RequestRecord; reply: unknown } | undefined> {
+  const key = rt.keys.request(id);
+  const bytes = await tx.get(key);
+  if (bytes === undefined) return undefined;
+  const record = decodeRequest(bytes, key);
+  let value: unknown;
+  if (record.outcome === "reply") {
+    const stored = await rt.codec.read(tx, concatBytes(key, REPLY_VALUE));
+    value = stored.found ? stored.state : undefined;
+  }
+  return { record, reply: value };
+}
+
+/** Records request `id`'s outcome (and reply) in the current transaction. */
+export function writeRequest(
+  tx: Transaction,
+  rt: Runtime,
+  id: string,
+  record: RequestRecord,
+  reply?: unknown,
+): void {
+  const key = rt.keys.request(id);
+  tx.set(key, encodeRecord(record));
+  if (record.outcome === "reply") {
+    rt.codec.write(tx, concatBytes(key, REPLY_VALUE), { found: false }, reply);
+  }
+}
+
 /** Enqueues `messages` in one transaction (idempotent per request id). */
 export async function enqueue(
   tx: Transaction,
@@ -337,9 +385,8 @@ export async function enqueue(
   // One request id covers the whole batch: if it is recorded, a previous attempt whose commit
   // result was unknown did apply.
   const request = messages[0]!.request;
-  const requestKey = rt.keys.request(request);
-  if (await tx.get(requestKey) !== undefined) return "duplicate";
-  tx.set(requestKey, encodeRecord(rt.now()));
+  if (await tx.get(rt.keys.request(request)) !== undefined) return "duplicate";
+  writeRequest(tx, rt, request, { at: rt.now(), outcome: "queued" });
   for (const m of messages) {
     tx.setVersionstampedKey(
       rt.keys.queue,
@@ -659,16 +706,16 @@ export async function takeOverInline(
   const queueKey = new Uint8Array(rt.keys.queue.length + 12);
   queueKey.set(rt.keys.queue);
   const lock = await takeLock(tx, rt, queueKey, message);
-  return {
-    event: {
-      kind: "call",
-      name: message.name,
-      arg: message.arg,
-      from: { instance: message.sender, callId: message.callId! },
-    },
-    state,
-    lock,
-  };
+  return lockedWork(lock, state);
+}
+
+/** The work `handleLocked` continues for `lock`, with the state at lock time. */
+export function lockedWork(lock: LockRecord, state: unknown): LockedWork {
+  const m = lock.message;
+  const event: LockedEvent = m.kind === "call"
+    ? { kind: "call", name: m.name, arg: m.arg, from: { instance: m.sender, callId: m.callId! } }
+    : { kind: "cast", name: m.name, arg: m.arg };
+  return { event, state, lock };
 }
 
 /** Renews this instance's lease; false if the lock is no longer ours. */

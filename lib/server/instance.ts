@@ -34,11 +34,13 @@ import {
   loadState,
   lockedFailure,
   type LockedWork,
+  lockedWork,
   metaRecord,
   openReplySlot,
   queueHead,
   readLock,
   readMeta,
+  readRequest,
   recordFailure,
   renewLock,
   replyValuePrefix,
@@ -48,6 +50,7 @@ import {
   takeOverInline,
   TxEffects,
   writeBack,
+  writeRequest,
   writeState,
 } from "./core.ts";
 import {
@@ -926,15 +929,15 @@ class Instance {
     effects: TxEffects,
   ): Promise<Watch> {
     const rt = this.#rt;
-    openReplySlot(tx, rt, m.callId!, deadlineAt);
-    const result = await recordFailure(tx, rt, undefined, m, error, effects);
-    if (result === "retry") {
-      const failed = {
-        ...m,
-        attempts: 1,
-        lastError: error instanceof Error ? error.message : String(error),
-      };
-      await enqueue(tx, rt, [failed], effects);
+    if (await readRequest(tx, rt, m.request) === undefined) {
+      openReplySlot(tx, rt, m.callId!, deadlineAt);
+      const result = await recordFailure(tx, rt, undefined, m, error, effects);
+      if (result === "retry") {
+        const lastError = error instanceof Error ? error.message : String(error);
+        await enqueue(tx, rt, [{ ...m, attempts: 1, lastError }], effects);
+      } else {
+        writeRequest(tx, rt, m.request, { at: rt.now(), outcome: "queued" });
+      }
     }
     return tx.watch(rt.keys.reply(m.callId!));
   }
@@ -952,10 +955,31 @@ class Instance {
     | { kind: "stopped"; reason: string }
   > {
     const rt = this.#rt;
+    const slotWatch = () => ({
+      kind: "queued" as const,
+      watch: tx.watch(rt.keys.reply(m.callId!)),
+    });
+    // A retry after an unknown commit result: the first attempt may have applied.
+    const prior = await readRequest(tx, rt, m.request);
+    if (prior !== undefined) {
+      const { record } = prior;
+      if (record.outcome === "reply") return { kind: "replied", value: prior.reply };
+      if (record.outcome === "stop") return { kind: "stopped", reason: record.reason ?? "stopped" };
+      const held = await readLock(tx, rt);
+      if (held?.holder === this.instance && held.message.callId === m.callId) {
+        const loaded = await loadState(tx, rt);
+        return {
+          kind: "locked",
+          watch: tx.watch(rt.keys.reply(m.callId!)),
+          work: lockedWork(held, loaded.state),
+        };
+      }
+      return slotWatch();
+    }
     const queueIt = async () => {
       await enqueue(tx, rt, [m], effects);
       openReplySlot(tx, rt, m.callId!, deadlineAt);
-      return { kind: "queued" as const, watch: tx.watch(rt.keys.reply(m.callId!)) };
+      return slotWatch();
     };
     if (await readLock(tx, rt) !== undefined) return await queueIt();
     if ((await queueHead(tx, rt, 1)).length > 0) return await queueIt();
@@ -970,15 +994,19 @@ class Instance {
     }
     const state = rt.codec.freeze(result.state);
     writeState(tx, rt, loaded, state, effects);
+    const at = rt.now();
     if (result.kind === "reply") {
       effects.actions.push(...result.actions);
+      writeRequest(tx, rt, m.request, { at, outcome: "reply" }, result.value);
       return { kind: "replied", value: result.value };
     }
     if (result.kind === "stop") {
       effects.actions.push(...result.actions);
+      writeRequest(tx, rt, m.request, { at, outcome: "stop", reason: result.reason });
       return { kind: "stopped", reason: result.reason };
     }
     // lock: the call becomes an in-progress message with a reply slot, like a queued one.
+    writeRequest(tx, rt, m.request, { at, outcome: "queued" });
     openReplySlot(tx, rt, m.callId!, deadlineAt);
     const work = await takeOverInline(tx, rt, m, state);
     return { kind: "locked", watch: tx.watch(rt.keys.reply(m.callId!)), work };
@@ -1005,6 +1033,8 @@ class Instance {
         r = await waitWatch(watch, left, this.#abort.signal);
       }
       const timedOut = r === "timeout" || (Number.isFinite(timeout) && left <= 0);
+      // Read without writing, so that a retry after an unknown commit result still finds the
+      // reply; the slot is cleared afterwards (idempotently).
       const read = await rt.tenant.transact(async (tx) => {
         const bytes = await tx.get(key);
         if (bytes === undefined) {
@@ -1012,19 +1042,32 @@ class Instance {
         }
         const slot = decodeReplySlot(bytes, key);
         if (slot.status === "pending") {
-          if (timedOut || r === "aborted") {
-            clearReplySlot(tx, rt, callId);
-            return { kind: "abandoned" as const };
-          }
+          if (timedOut || r === "aborted") return { kind: "abandoned" as const };
           return { kind: "pending" as const, watch: tx.watch(key) };
         }
-        const stored = slot.status === "ok"
-          ? await rt.codec.read(tx, replyValuePrefix(rt, callId))
-          : undefined;
-        clearReplySlot(tx, rt, callId);
         if (slot.status === "error") return { kind: "error" as const, error: slot.error };
-        return { kind: "ok" as const, value: stored?.found ? stored.state : undefined };
-      });
+        const stored = await rt.codec.read(tx, replyValuePrefix(rt, callId));
+        return { kind: "ok" as const, value: stored.found ? stored.state : undefined };
+      }, { readOnly: true });
+      if (read.kind !== "pending" && read.kind !== "missing") {
+        // An abandoned slot is cleared only if still pending: a reply may have just landed.
+        const late = await rt.tenant.transact(async (tx) => {
+          const bytes = await tx.get(key);
+          if (bytes === undefined) return undefined;
+          const slot = decodeReplySlot(bytes, key);
+          const value = read.kind === "abandoned" && slot.status === "ok"
+            ? await rt.codec.read(tx, replyValuePrefix(rt, callId))
+            : undefined;
+          clearReplySlot(tx, rt, callId);
+          return read.kind === "abandoned" && slot.status !== "pending"
+            ? { slot, value }
+            : undefined;
+        });
+        if (late !== undefined) {
+          if (late.slot.status === "error") throw errorFromStored(late.slot.error);
+          return late.value?.found ? late.value.state : undefined;
+        }
+      }
       switch (read.kind) {
         case "ok":
           return read.value;
@@ -1054,9 +1097,15 @@ class Instance {
   async #priority(kind: "call" | "cast" | "info", name: string, arg: unknown): Promise<unknown> {
     this.#checkRunning();
     const rt = this.#rt;
+    const request = timeOrderedId();
     const r = await this.#transact(async (tx, effects) => {
+      const prior = await readRequest(tx, rt, request);
+      if (prior !== undefined) {
+        if (prior.record.outcome === "stop") effects.stopReason = prior.record.reason;
+        return prior.reply;
+      }
       const loaded = await loadState(tx, rt);
-      const from = { instance: this.instance, callId: timeOrderedId() };
+      const from = { instance: this.instance, callId: request };
       const result = await runHandler(
         rt,
         tx,
@@ -1072,6 +1121,15 @@ class Instance {
       if (result.kind === "lock") return undefined; // runHandler refuses lock on this path
       effects.actions.push(...result.actions);
       if (result.kind === "stop") effects.stopReason = result.reason;
+      writeRequest(
+        tx,
+        rt,
+        request,
+        result.kind === "stop"
+          ? { at: rt.now(), outcome: "stop", reason: result.reason }
+          : { at: rt.now(), outcome: result.kind },
+        result.kind === "reply" ? result.value : undefined,
+      );
       return result.kind === "reply" ? result.value : undefined;
     });
     if (r.effects.stopReason !== undefined) {

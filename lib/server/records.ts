@@ -110,6 +110,12 @@ const replySlotSchema = v.variant("status", [
   v.object({ status: v.literal("error"), error: storedErrorSchema, at: v.number() }),
 ]);
 
+const requestSchema = v.object({
+  at: v.number(),
+  outcome: v.picklist(["queued", "reply", "noreply", "stop"]),
+  reason: v.optional(v.string()),
+});
+
 /** Meta record of a server. */
 export interface MetaRecord {
   /** Version of the state's shape (the definition's `version`). */
@@ -193,6 +199,8 @@ export const decodeReplySlot = decoder(
   replySlotSchema as v.GenericSchema<unknown, ReplySlot>,
   "reply slot",
 );
+/** Decodes a request record. */
+export const decodeRequest = decoder(requestSchema, "request record");
 /** Decodes a meta record. */
 export const decodeMeta = decoder(metaSchema, "meta record");
 /** Decodes a presence record. */

@@ -1,0 +1,150 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { CallTimeoutError, defineServer, noreply, reply, start, withFaults } from "../../mod.ts";
+import { openTenant } from "../../mod.ts";
+import { ServerKeys } from "../../lib/server/keys.ts";
+import { strinc } from "../../lib/bytes.ts";
+import { backends, fresh } from "./_backends.ts";
+import { Counter, Ledger } from "./_defs.ts";
+import { waitFor } from "../_helpers.ts";
+
+const Big = defineServer({
+  name: "big",
+  init: () => 0,
+  handleCall: {
+    blob: (size: number, _from, n: number) => reply(new Uint8Array(size).fill(7), n + 1),
+  },
+});
+
+async function replySlots(tenant: Awaited<ReturnType<typeof fresh>>["tenant"], id: string) {
+  const keys = new ServerKeys(id);
+  return await tenant.transact((tx) => tx.getRange(keys.replies, strinc(keys.replies)));
+}
+
+for (const b of backends) {
+  describe(`calls on ${b.name}`, { skip: b.skip }, () => {
+    it("times out with CallTimeoutError and cleans its reply slot", async () => {
+      const { backend, tenant } = await fresh(b);
+      const sender = await start(Counter, [], { tenant, consume: false });
+      const t0 = performance.now();
+      await assert.rejects(sender.call("value", undefined, { timeout: 50 }), CallTimeoutError);
+      assert.ok(performance.now() - t0 >= 45);
+      assert.deepEqual(await replySlots(tenant, "counter"), []);
+      // The call is still queued, as with gen_server: it runs later, and its reply is dropped.
+      const consumer = await start(Counter, [], { tenant });
+      await consumer.call("add", 1);
+      assert.deepEqual(await replySlots(tenant, "counter"), []);
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("waits without limit with timeout Infinity", async () => {
+      const { backend, tenant } = await fresh(b);
+      const sender = await start(Counter, [], { tenant, consume: false });
+      const p = sender.call("add", 5, { timeout: Infinity });
+      const consumer = await start(Counter, [], { tenant });
+      assert.equal(await p, 5);
+      await assert.rejects(sender.call("value", undefined, { timeout: -1 }), /options\.timeout/);
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("carries a 1 MB reply through the backend, chunked to its value limit", async () => {
+      const { backend, tenant } = await fresh(b);
+      const consumer = await start(Big, [], { tenant });
+      const sender = await start(Big, [], { tenant, consume: false });
+      const blob = await sender.call("blob", 1_000_000) as Uint8Array;
+      assert.equal(blob.length, 1_000_000);
+      assert.ok(blob.every((x) => x === 7));
+      assert.deepEqual(await replySlots(tenant, "big"), [], "the slot and its chunks are cleared");
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("applies every call and cast exactly once with several consuming instances", async () => {
+      const { backend, tenant } = await fresh(b);
+      const consumers = await Promise.all([0, 1, 2].map(() => start(Ledger, [], { tenant })));
+      const sender = await start(Ledger, [], { tenant, consume: false });
+      const ops: Promise<unknown>[] = [];
+      for (let i = 0; i < 150; i++) {
+        ops.push(sender.cast("record", `c${i}`));
+        if (i % 3 === 0) ops.push(consumers[i % 3]!.call("record", `k${i}`, { timeout: 20_000 }));
+      }
+      await Promise.all(ops);
+      const total = await sender.call("total", undefined, { timeout: 20_000 });
+      assert.equal(total, 200);
+      const served = consumers.map((c) => c.stats.processed);
+      assert.ok(served.reduce((a, x) => a + x, 0) >= 150, `casts are consumed: ${served}`);
+      await Promise.all([...consumers, sender].map((r) => r.stop()));
+      await backend.close();
+    });
+
+    it("never enqueues twice when commits report unknown results", async () => {
+      const { backend } = await fresh(b);
+      const faulty = withFaults(backend, {
+        seed: 11,
+        unknownAppliedRate: 0.3,
+        unknownNotAppliedRate: 0.1,
+      });
+      const tenant = await openTenant(faulty, "faulty");
+      const l = await start(Ledger, [], { tenant });
+      for (let i = 0; i < 60; i++) await l.cast("record", `m${i}`);
+      await waitFor(
+        async () => await l.call("total", undefined, { timeout: 20_000 }) === 60,
+        10_000,
+        "not all applied",
+      );
+      const state = await l.priorityCall("total");
+      assert.equal(state, 60);
+      assert.ok(faulty.stats.unknownApplied > 0, "faults were injected");
+      await l.stop();
+      await backend.close();
+    });
+
+    it("keeps a hot cache valid across instances: another instance's write is seen", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [], { tenant });
+      const bb = await start(Counter, [], { tenant });
+      await a.call("add", 1);
+      await bb.priorityCall("add", 10);
+      assert.equal(await a.call("value"), 11);
+      await a.priorityCast("bump", 100);
+      assert.equal(await bb.call("value"), 111);
+      await a.stop();
+      await bb.stop();
+      await backend.close();
+    });
+
+    it("works without the cache", async () => {
+      const { backend, tenant } = await fresh(b);
+      const a = await start(Counter, [], { tenant, cache: false });
+      for (let i = 0; i < 5; i++) await a.call("increment");
+      assert.equal(await a.call("value"), 5);
+      await a.stop();
+      await backend.close();
+    });
+
+    it("writes nothing when a handler returns its state unchanged", async () => {
+      const { backend, tenant } = await fresh(b);
+      const Same = defineServer({
+        name: "same",
+        init: () => ({ n: 1 }),
+        handleCast: { touch: (_: undefined, s: { n: number }) => noreply(s) },
+        handleCall: { get: (_: undefined, _f, s: { n: number }) => reply(s.n, s) },
+      });
+      const ref = await start(Same, [], { tenant });
+      const keys = new ServerKeys("same");
+      const before = await tenant.transact((tx) => tx.get(keys.stateVersion));
+      const changeBefore = await tenant.transact((tx) => tx.get(keys.change));
+      await ref.call("get");
+      const after = await tenant.transact((tx) => tx.get(keys.stateVersion));
+      assert.deepEqual(after, before);
+      assert.deepEqual(await tenant.transact((tx) => tx.get(keys.change)), changeBefore);
+      await ref.stop();
+      await backend.close();
+    });
+  });
+}
