@@ -105,3 +105,12 @@ export {
 export { StateConflictError } from "./lib/server/merge.ts";
 export type { StoredError } from "./lib/server/records.ts";
 export type { AnySchema } from "./lib/validate.ts";
+export {
+  listServers,
+  type QueuedView,
+  readServerView,
+  type ServerView,
+  toDisplay,
+  type ViewOptions,
+  watchTenant,
+} from "./lib/inspect.ts";
