@@ -9,7 +9,6 @@
 
 import { readInt64LE, strinc, toHex } from "./bytes.ts";
 import { createInterimCodec } from "./codec/_interim.ts";
-import type { StateCodec } from "./codec/types.ts";
 import { CHANGE_INDEX, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
 import { decodeEnvelope, decodeLock, decodeMeta, decodePresence } from "./server/records.ts";
 import type { Tenant } from "./tenant.ts";
@@ -92,8 +91,6 @@ export async function listServers(tenant: Tenant): Promise<string[]> {
 export interface ViewOptions {
   /** How many queued messages to show. @default 10 */
   headLimit?: number;
-  /** The codec the state is stored with. @default the runtime's */
-  codec?: StateCodec;
 }
 
 /** Reads the view of server `id` in one snapshot; undefined if it does not exist. */
@@ -103,9 +100,7 @@ export async function readServerView(
   options: ViewOptions = {},
 ): Promise<ServerView | undefined> {
   const keys = new ServerKeys(id);
-  const codec = options.codec ?? createInterimCodec({
-    maxValueSize: tenant.backend.limits.maxValueSize,
-  });
+  const codec = createInterimCodec({ maxValueSize: tenant.backend.limits.maxValueSize });
   return await tenant.transact(async (tx) => {
     const metaBytes = await tx.get(keys.meta);
     if (metaBytes === undefined) return undefined;
