@@ -15,6 +15,7 @@ import { CodecError, DGenError, LockLostError, ValidationError } from "../errors
 import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
+import { scopeTransaction } from "../storage/subspace.ts";
 import { pack } from "../tuple.ts";
 import { safeParseUser, toIssues } from "../validate.ts";
 import {
@@ -238,9 +239,22 @@ export function metaRecord(rt: Runtime): MetaRecord {
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-/** The context passed to transactional handlers. */
+/**
+ * The context passed to transactional handlers. The runtime works on the backend's
+ * transaction with absolute keys; handlers get a view confined to the tenant, made only if
+ * they use it.
+ */
 export function txContext(rt: Runtime, tx: Transaction): TxContext {
-  return { tenant: rt.tenant, id: rt.id, instance: rt.instance, signal: rt.signal, tx };
+  let scoped: Transaction | undefined;
+  return {
+    tenant: rt.tenant,
+    id: rt.id,
+    instance: rt.instance,
+    signal: rt.signal,
+    get tx() {
+      return scoped ??= scopeTransaction(tx, rt.tenant.prefix);
+    },
+  };
 }
 
 function badReturn(what: string, got: unknown, expected: string): DGenError {

@@ -386,7 +386,7 @@ class Instance {
       tenant: opts.tenant,
       id: this.id,
       instance: this.instance,
-      keys: new ServerKeys(this.id),
+      keys: new ServerKeys(this.id, opts.tenant.prefix),
       codec: createInterimCodec({ maxValueSize: opts.tenant.backend.limits.maxValueSize }),
       batchSize: opts.batchSize ?? 1,
       deadLetterThreshold: opts.deadLetterThreshold ?? 5,
@@ -462,7 +462,7 @@ class Instance {
     this.#beats++;
     const gc = this.#consume && this.#beats % GC_EVERY === 0;
     this.#track(
-      this.#rt.tenant.transact(async (tx) => {
+      this.#rt.tenant.backend.transact(async (tx) => {
         if (await readMeta(tx, this.#rt) === undefined) return;
         this.#writePresence(tx);
         if (gc) await this.#collectGarbage(tx);
@@ -525,7 +525,7 @@ class Instance {
     await Promise.allSettled([...this.#tasks]);
     if (!erase) {
       try {
-        await this.#rt.tenant.transact((tx) => {
+        await this.#rt.tenant.backend.transact((tx) => {
           tx.clear(this.#rt.keys.instance(this.instance));
           bumpChange(tx, this.#rt);
         });
@@ -540,7 +540,7 @@ class Instance {
   async kill(): Promise<void> {
     this.#checkRunning();
     const rt = this.#rt;
-    await rt.tenant.transact((tx) => {
+    await rt.tenant.backend.transact((tx) => {
       tx.clearRange(rt.keys.root, strinc(rt.keys.root));
       tx.clear(rt.keys.index);
       tx.clear(rt.keys.change);
@@ -573,7 +573,7 @@ class Instance {
     let effects = new TxEffects();
     let attempts = 0;
     let stamp: Promise<Uint8Array> | undefined;
-    const value = await this.#rt.tenant.transact(async (tx) => {
+    const value = await this.#rt.tenant.backend.transact(async (tx) => {
       if (this.#crashed) throw new ServerStoppedError("Instance crashed (test hook)");
       attempts++;
       effects = new TxEffects();
@@ -728,7 +728,7 @@ class Instance {
     const renew = setInterval(() => {
       if (!this[TEST_HOOKS].renewLeases || this.#crashed) return;
       this.#track(
-        rt.tenant.transact((tx) => renewLock(tx, rt, token)).then((ok) => {
+        rt.tenant.backend.transact((tx) => renewLock(tx, rt, token)).then((ok) => {
           if (!ok) lost.abort(new LockLostError(`Lease of lock ${token} of '${this.id}' was lost`));
         }).catch(() => {}),
       );
@@ -1035,7 +1035,7 @@ class Instance {
       const timedOut = r === "timeout" || (Number.isFinite(timeout) && left <= 0);
       // Read without writing, so that a retry after an unknown commit result still finds the
       // reply; the slot is cleared afterwards (idempotently).
-      const read = await rt.tenant.transact(async (tx) => {
+      const read = await rt.tenant.backend.transact(async (tx) => {
         const bytes = await tx.get(key);
         if (bytes === undefined) {
           return { kind: "missing" as const, gone: await readMeta(tx, rt) === undefined };
@@ -1051,7 +1051,7 @@ class Instance {
       }, { readOnly: true });
       if (read.kind !== "pending" && read.kind !== "missing") {
         // An abandoned slot is cleared only if still pending: a reply may have just landed.
-        const late = await rt.tenant.transact(async (tx) => {
+        const late = await rt.tenant.backend.transact(async (tx) => {
           const bytes = await tx.get(key);
           if (bytes === undefined) return undefined;
           const slot = decodeReplySlot(bytes, key);
@@ -1180,7 +1180,7 @@ class Instance {
 
   async #listDeadLetters(): Promise<DeadLetter[]> {
     const rt = this.#rt;
-    const rows = await rt.tenant.transact(
+    const rows = await rt.tenant.backend.transact(
       (tx) => tx.getRange(rt.keys.deadLetters, rt.keys.deadLettersEnd),
       { readOnly: true },
     );
@@ -1229,7 +1229,7 @@ class Instance {
 
   async #purgeDeadLetters(): Promise<number> {
     const rt = this.#rt;
-    return await rt.tenant.transact(async (tx) => {
+    return await rt.tenant.backend.transact(async (tx) => {
       const rows = await tx.getRange(rt.keys.deadLetters, rt.keys.deadLettersEnd);
       tx.clearRange(rt.keys.deadLetters, rt.keys.deadLettersEnd);
       tx.clear(rt.keys.deadLetterCount);

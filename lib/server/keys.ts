@@ -66,12 +66,19 @@ export class ServerKeys {
   /** Presence prefix. */
   readonly instances: Uint8Array;
 
-  /** @param id The server id. */
-  constructor(readonly id: string) {
-    this.root = pack(["s", id]);
-    this.index = pack(["servers", id]);
-    this.change = pack(["chg", id]);
-    this.tenantChange = TENANT_CHANGE;
+  /**
+   * Builds the keys of server `id`.
+   *
+   * @param id The server id.
+   * @param prefix Prepended to every key: the tenant's prefix to get absolute keys (the
+   *   runtime uses the backend directly, saving a copy per operation), or empty for keys
+   *   relative to the tenant.
+   */
+  constructor(readonly id: string, readonly prefix: Uint8Array = new Uint8Array(0)) {
+    this.root = concatBytes(prefix, pack(["s", id]));
+    this.index = concatBytes(prefix, pack(["servers", id]));
+    this.change = concatBytes(prefix, pack(["chg", id]));
+    this.tenantChange = concatBytes(prefix, TENANT_CHANGE);
     const sub = (name: string) => concatBytes(this.root, pack([name]));
     this.meta = sub("meta");
     this.state = sub("st");
@@ -91,23 +98,38 @@ export class ServerKeys {
 
   /** Reply slot of call `callId` (chunked values live under it). */
   reply(callId: string): Uint8Array {
-    return concatBytes(this.replies, pack([callId]));
+    return appendString(this.replies, callId);
   }
 
   /** Enqueue record of request `requestId`. */
   request(requestId: string): Uint8Array {
-    return concatBytes(this.requests, pack([requestId]));
+    return appendString(this.requests, requestId);
   }
 
   /** Presence record of `instance`. */
   instance(instance: string): Uint8Array {
-    return concatBytes(this.instances, pack([instance]));
+    return appendString(this.instances, instance);
   }
 
   /** The 2-byte user version after the stamp of message `n` of one commit. */
   static entrySuffix(n: number): Uint8Array {
     return new Uint8Array([n >> 8, n & 0xff]);
   }
+}
+
+/** `prefix ‖ pack([s])`, fast for the ASCII ids dgen generates. */
+function appendString(prefix: Uint8Array, s: string): Uint8Array {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0 || c > 0x7f) return concatBytes(prefix, pack([s]));
+  }
+  const out = new Uint8Array(prefix.length + s.length + 2);
+  out.set(prefix);
+  let o = prefix.length;
+  out[o++] = 0x02;
+  for (let i = 0; i < s.length; i++) out[o++] = s.charCodeAt(i);
+  out[o] = 0x00;
+  return out;
 }
 
 /** The tenant-wide change counter. */
