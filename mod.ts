@@ -35,6 +35,12 @@ export type {
 export { FOUNDATIONDB_LIMITS } from "./lib/storage/types.ts";
 export { type MemoryBackendOptions, openMemoryBackend } from "./lib/storage/memory.ts";
 export {
+  openSqliteBackend,
+  type SqliteBackend,
+  type SqliteBackendOptions,
+  type SqliteBackendStats,
+} from "./lib/storage/sqlite.ts";
+export {
   type FaultOptions,
   type FaultStats,
   type FaultyBackend,
