@@ -156,6 +156,18 @@ const SAFETY_POLL_MS = 1000;
 const NOTIFY_TAIL_MS = 15;
 /** Cap of the back-off between attempts to take another process's write lock, in ms. */
 const LOCK_WAIT_CAP_MS = 20;
+/** Longest run of back-to-back groups before the event loop gets a turn, in ms. */
+const SLICE_MS = 5;
+/** A group starting this soon after the previous one ended continues a streak, in ms. */
+const STREAK_MS = 1;
+/** Lock time a process takes in a streak before it checks for waiting processes, in ms. */
+const FAIR_SHARE_MS = 5;
+/** Longest a process with more work steps aside for a process waiting for the lock, in ms. */
+const LOCK_YIELD_MS = 10;
+/** Layout of the notify file: a commit signal, then a "waiting for the lock" marker. */
+const PULSE_OFFSET = 0;
+const WAITER_OFFSET = 8;
+const NOTIFY_FILE_SIZE = 12;
 /** Reader connections kept for concurrent read-only transactions. */
 const MAX_READERS = 4;
 
@@ -649,6 +661,7 @@ class SqliteBackendImpl implements SqliteBackend {
   readonly kind = "sqlite";
   readonly stats: SqliteBackendStats = { transactions: 0, physicalCommits: 0, lockWaits: 0 };
   closed = false;
+  readonly #file: string;
   readonly #open: (path: string) => DatabaseSync;
   readonly #fs: FsModule;
   readonly #setImmediate: (f: () => void) => unknown;
@@ -663,7 +676,11 @@ class SqliteBackendImpl implements SqliteBackend {
   #running: Promise<void> | undefined;
   readonly #notifyPath: string;
   #notifyFd: number;
-  readonly #pulse = new Uint8Array(1);
+  /** The last commit signal this process wrote (random, so processes' signals differ). */
+  readonly #pulse = new Uint8Array(4);
+  /** The last waiter marker seen (or written) by this process. */
+  readonly #waiterSeen = new Uint8Array(4);
+  readonly #scratch = new Uint8Array(4);
   /** Watched keys of this process, by binary key. */
   readonly #registry = new Map<string, Registered>();
   /**
@@ -680,10 +697,16 @@ class SqliteBackendImpl implements SqliteBackend {
   /** Another process held the lock during this run of the queue: keep listening for it. */
   #contended = false;
   #closing: Promise<void> | undefined;
+  /** When the current slice of back-to-back groups began (see #pace). */
+  #sliceStart: number | undefined;
+  #lastGroupEnd = -Infinity;
+  #streakStart = 0;
   readonly #drained: Array<() => void> = [];
 
   constructor(
     readonly path: string,
+    /** The absolute path: reader connections open later, maybe after a `chdir`. */
+    file: string,
     readonly limits: BackendLimits,
     readonly maxGroupSize: number,
     open: (path: string) => DatabaseSync,
@@ -692,13 +715,15 @@ class SqliteBackendImpl implements SqliteBackend {
     writer: DatabaseSync,
     notifyPath: string,
   ) {
+    this.#file = file;
     this.#open = open;
     this.#fs = fs;
     this.#setImmediate = setImmediate;
     this.#writer = new WriterConn(writer);
-    this.#probe = openConn(open, path, "BEGIN");
+    this.#probe = openConn(open, file, "BEGIN");
     this.#notifyPath = notifyPath;
     this.#notifyFd = fs.openSync(notifyPath, "r+");
+    fs.readSync(this.#notifyFd, this.#waiterSeen, 0, 4, WAITER_OFFSET);
     this.#knownCounter = this.#probe.readCounter();
   }
 
@@ -758,20 +783,53 @@ class SqliteBackendImpl implements SqliteBackend {
   async #runQueue(): Promise<void> {
     try {
       while (this.#queue.length > 0 && !this.closed) {
+        const paused = this.#pace();
+        if (paused !== undefined) {
+          await paused;
+          if (this.#queue.length === 0 || this.closed) break;
+        }
         await this.#runGroup();
-        // Transactions keep arriving (through promise callbacks only): let timers and I/O run
-        // between groups, or a busy writer would starve the rest of the process. A lone
-        // transaction never gets here with a non-empty queue, so it is not delayed.
-        if (this.#queue.length > 0) await new Promise<void>((r) => this.#setImmediate(r));
+        this.#lastGroupEnd = performance.now();
       }
     } finally {
       this.#running = undefined;
       this.#contended = false;
       this.#updateWatcher();
-      const err = new BackendUnavailableError("The SQLite backend is closed");
-      if (this.closed) { for (const req of this.#queue.splice(0)) req.reject(err); }
+      if (this.closed && this.#queue.length > 0) {
+        const err = new BackendUnavailableError("The SQLite backend is closed");
+        for (const req of this.#queue.splice(0)) req.reject(err);
+      }
       this.#checkDrained();
     }
+  }
+
+  /**
+   * Called before each group; returns a promise when the group should wait.
+   *
+   * - Transactions that keep arriving through promise callbacks alone would run group after
+   *   group without ever returning to the event loop, starving timers and I/O (lock leases,
+   *   sockets). After SLICE_MS of such work, wait one macrotask turn.
+   * - After FAIR_SHARE_MS of back-to-back groups of this process (a streak), step aside for a
+   *   process that waits for the lock (see #yieldToWaiters). The share bounds both how long a
+   *   waiter waits and how much hand-offs cost when every process is busy.
+   *
+   * A lone transaction starts a new slice and is not delayed.
+   */
+  #pace(): Promise<void> | undefined {
+    const now = performance.now();
+    if (now - this.#lastGroupEnd >= STREAK_MS) this.#streakStart = now;
+    else if (now - this.#streakStart >= FAIR_SHARE_MS && this.#waiterArrived()) {
+      this.#streakStart = now;
+      return this.#yieldToWaiters();
+    }
+    if (this.#sliceStart === undefined) {
+      this.#sliceStart = now;
+      // Runs once the event loop gets its turn: the next group then starts a new slice.
+      this.#setImmediate(() => this.#sliceStart = undefined);
+      return undefined;
+    }
+    if (now - this.#sliceStart < SLICE_MS) return undefined;
+    return new Promise<void>((r) => this.#setImmediate(r));
   }
 
   /** Takes the write lock (`BEGIN IMMEDIATE`) and returns the committed counter. */
@@ -789,6 +847,9 @@ class SqliteBackendImpl implements SqliteBackend {
       }
       this.stats.lockWaits++;
       this.#contended = true;
+      this.#updateWatcher();
+      // Tell the holder someone waits (see #yieldToWaiters); our own marker is no news to us.
+      this.#writeRandom(this.#waiterSeen, WAITER_OFFSET);
       // Another process holds the lock. It writes the notify file when it releases it; wait
       // for that or for a back-off timer (the notify write may be missed, or it may never come
       // if the holder crashes), whichever is first.
@@ -924,11 +985,53 @@ class SqliteBackendImpl implements SqliteBackend {
    * to look at, and a lock wait also ends by its back-off timer.
    */
   #signalCommit(): void {
-    this.#pulse[0] = (this.#pulse[0]! + 1) & 0xff;
+    this.#writeRandom(this.#pulse, PULSE_OFFSET);
+  }
+
+  /** Writes 4 random bytes at `offset` of the notify file, keeping them in `into`. */
+  #writeRandom(into: Uint8Array, offset: number): void {
+    new DataView(into.buffer).setUint32(0, (Math.random() * 0x1_0000_0000) >>> 0);
     try {
-      this.#fs.writeSync(this.#notifyFd, this.#pulse, 0, 1, 0);
+      this.#fs.writeSync(this.#notifyFd, into, 0, 4, offset);
     } catch {
       // Best effort: other processes then notice through their back-off and safety poll.
+    }
+  }
+
+  /** Reads 4 bytes at `offset` of the notify file; whether they equal `expected`. */
+  #notifyEquals(offset: number, expected: Uint8Array): boolean {
+    const got = this.#scratch;
+    try {
+      // Short or failed reads count as "unchanged": the signal is an optimisation only.
+      if (this.#fs.readSync(this.#notifyFd, got, 0, 4, offset) !== 4) return true;
+    } catch {
+      return true;
+    }
+    return got[0] === expected[0] && got[1] === expected[1] && got[2] === expected[2] &&
+      got[3] === expected[3];
+  }
+
+  /**
+   * Whether another process has said it waits for the lock (a new waiter marker) since this
+   * process last looked. Then #yieldToWaiters steps aside until some other process commits (its
+   * commit signal replaces ours) or LOCK_YIELD_MS pass: otherwise the process that holds the
+   * lock takes it again before the woken waiter can, and a waiter could wait for as long as
+   * this process has work.
+   */
+  #waiterArrived(): boolean {
+    if (this.#notifyEquals(WAITER_OFFSET, this.#waiterSeen)) return false;
+    this.#fs.readSync(this.#notifyFd, this.#waiterSeen, 0, 4, WAITER_OFFSET);
+    return true;
+  }
+
+  async #yieldToWaiters(): Promise<void> {
+    this.#contended = true;
+    this.#updateWatcher();
+    const end = performance.now() + LOCK_YIELD_MS;
+    for (;;) {
+      const left = end - performance.now();
+      if (left <= 0 || this.closed || !this.#notifyEquals(PULSE_OFFSET, this.#pulse)) return;
+      await this.#waitForRelease(left);
     }
   }
 
@@ -976,7 +1079,7 @@ class SqliteBackendImpl implements SqliteBackend {
     if (this.#readerCount < MAX_READERS) {
       this.#readerCount++;
       try {
-        return Promise.resolve(openConn(this.#open, this.path, "BEGIN"));
+        return Promise.resolve(openConn(this.#open, this.#file, "BEGIN"));
       } catch (e) {
         this.#readerCount--;
         return Promise.reject(e);
@@ -1249,8 +1352,9 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
     import("node:timers"),
   ]);
   const path = opts.path;
+  const file = nodePath.resolve(path);
   try {
-    fs.mkdirSync(nodePath.dirname(nodePath.resolve(path)), { recursive: true });
+    fs.mkdirSync(nodePath.dirname(file), { recursive: true });
   } catch (e) {
     throw new BackendUnavailableError(
       `Cannot create the directory of the SQLite database ${path}: ${(e as Error).message}`,
@@ -1260,7 +1364,7 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
   const open = (p: string) => new DatabaseSync(p);
   let writer: DatabaseSync;
   try {
-    writer = open(path);
+    writer = open(file);
   } catch (e) {
     throw new BackendUnavailableError(
       `Cannot open the SQLite database ${path}: ${(e as Error).message}`,
@@ -1269,10 +1373,19 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
   }
   try {
     await setUp(writer, path, opts.synchronous ?? "full");
-    const notifyPath = `${path}-notify`;
-    fs.closeSync(fs.openSync(notifyPath, "a"));
+    const notifyPath = `${file}-notify`;
+    // Created with its full layout (signal and marker), appending zeros if another process
+    // has just created it shorter.
+    const fd = fs.openSync(notifyPath, "a");
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < NOTIFY_FILE_SIZE) fs.writeSync(fd, new Uint8Array(NOTIFY_FILE_SIZE - size));
+    } finally {
+      fs.closeSync(fd);
+    }
     return new SqliteBackendImpl(
       path,
+      file,
       limits,
       opts.maxGroupSize ?? 64,
       open,

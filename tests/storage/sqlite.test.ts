@@ -274,6 +274,24 @@ describe("sqlite backend", () => {
     }
   });
 
+  it("lets timers run while transactions keep arriving from promise callbacks alone", () =>
+    withSqlite(async (b) => {
+      let fired: number | undefined;
+      const t0 = performance.now();
+      const timer = setTimeout(() => fired = performance.now() - t0, 10);
+      const end = t0 + 5000;
+      try {
+        await Promise.all(Array.from({ length: 16 }, async () => {
+          while (fired === undefined && performance.now() < end) {
+            await b.transact((tx) => tx.add(k("busy"), 1));
+          }
+        }));
+      } finally {
+        clearTimeout(timer);
+      }
+      assert.ok(fired !== undefined, "a 10 ms timer did not fire during 5 s of writes");
+    }, { synchronous: "normal" }));
+
   it("fires a watch on a commit made through another connection to the file", async () => {
     const path = fresh();
     const b1 = await openSqliteBackend({ path });

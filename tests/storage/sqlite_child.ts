@@ -7,10 +7,11 @@
  * commands (one per line) on stdin: `go` starts the work where a mode waits for it.
  *
  * Modes:
- * - `increment` `{ key, count, concurrency, tag }`: `count` read-modify-write increments of
- *   the 64-bit counter at `key` (get, then set; not an atomic add), `concurrency` at a time;
+ * - `increment` `{ key, count, concurrency, tag, log? }`: `count` read-modify-write increments
+ *   of the 64-bit counter at `key` (get, then set; not an atomic add), `concurrency` at a time;
  *   each also appends a versionstamped log entry `log/<stamp><tag>` holding the value it wrote.
- *   Reports `{"done":true,"writes":[[stampHex, value], …]}`.
+ *   Reports `{"done":true,"writes":[[stampHex, value], …]}`. With `log: false`, only the
+ *   increments, and `{"done":true,"writes":[]}`.
  * - `watch` `{ key, rounds }`: for each round, watches `key` (reporting `{"armed":i}`), then
  *   reports `{"fired":i}` when the watch fires.
  * - `tenant` `{ tenant, count, tag }`: writes `count` keys in the tenant, then reads the whole
@@ -44,6 +45,7 @@ const backend = await openSqliteBackend({ path });
 async function increment(): Promise<void> {
   const key = enc.encode(params.key);
   const tag = enc.encode(params.tag);
+  const log = params.log !== false;
   const writes: Array<[string, number]> = [];
   let next = 0;
   const worker = async () => {
@@ -53,11 +55,13 @@ async function increment(): Promise<void> {
       const value = await backend.transact(async (tx) => {
         const n = readInt64LE(await tx.get(key)) + 1n;
         tx.set(key, int64LE(n));
-        tx.setVersionstampedKey(enc.encode("log/"), tag, int64LE(n));
-        stamp = tx.getVersionstamp();
+        if (log) {
+          tx.setVersionstampedKey(enc.encode("log/"), tag, int64LE(n));
+          stamp = tx.getVersionstamp();
+        }
         return n;
       });
-      writes.push([toHex(await stamp), Number(value)]);
+      if (log) writes.push([toHex(await stamp), Number(value)]);
     }
   };
   await Promise.all(Array.from({ length: params.concurrency }, worker));
