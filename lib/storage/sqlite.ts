@@ -5,14 +5,17 @@
  * How it meets the storage contract (docs/storage.md has the long form):
  * - **Pessimistic, serial writes.** A write transaction runs inside `BEGIN IMMEDIATE` on the
  *   writer connection, so it holds the database's write lock while its body runs and never
- *   conflicts. In one process, write transactions queue behind an async mutex; across
- *   processes, SQLite's lock serializes them. Waiting for another process's lock never blocks
- *   the event loop: the busy timeout is 0 and the wait is asynchronous, woken by the other
- *   process's release signal (below) or a capped back-off timer.
+ *   conflicts. In one process, write transactions queue (an async mutex); across processes,
+ *   SQLite's lock serializes them. Waiting for another process's lock never blocks the event
+ *   loop: the busy timeout is 0 and the wait is asynchronous, ended by the holder's commit
+ *   signal (below) or a capped back-off timer. A waiter leaves a marker in the notify file, and
+ *   a process that has held the lock for a few milliseconds of back-to-back groups steps aside
+ *   for it.
  * - **Group commit.** Write transactions already waiting when the lock is taken (and those
  *   arriving while the group runs, up to `maxGroupSize`) run back to back in one physical
  *   transaction, each in its own SAVEPOINT; one COMMIT (one fsync) makes them all durable. A
- *   lone transaction is never delayed to wait for company.
+ *   lone transaction is never delayed to wait for company. A run of back-to-back groups gives
+ *   the event loop a turn every few milliseconds.
  * - **Versionstamps** are the 8-byte big-endian commit counter (kept in the `meta` table and
  *   incremented inside the locked transaction, hence strictly increasing across processes)
  *   followed by the 2-byte big-endian index of the transaction in its group.
@@ -20,12 +23,13 @@
  *   WAL snapshot, concurrent with the write lock.
  * - **Watches.** Every row carries the logical version (`counter << 16 | index`) of the
  *   transaction that last wrote it. A watch remembers the version it saw (0 for a missing key)
- *   and fires when the key's version differs. Commits of this process notify their own watches
- *   directly; other processes' commits arrive through `<path>-notify`, a file every committing
- *   process writes one byte to after each commit, watched with `fs.watch` (inotify on Linux);
- *   on a wake-up the process re-reads the versions of all its watched keys in one snapshot. A
- *   poll every second is the safety net. Caveat (as FoundationDB's): a key created and deleted
- *   again by other processes between two checks looks unchanged, and that watch may not fire.
+ *   and fires when the key's version differs. Commits of this process notify its watches
+ *   directly; other processes' commits arrive through `<path>-notify`, a small file every
+ *   committing process writes a random signal into after each commit, watched with `fs.watch`
+ *   (inotify on Linux); on a wake-up the process re-reads the versions of all its watched keys
+ *   in one snapshot. A poll every second is the safety net. Caveat (like FoundationDB's ABA
+ *   caveat): a key created and deleted again by other processes between two looks reads as
+ *   unchanged (missing both times), and that watch may not fire.
  *
  * @module
  */
@@ -971,7 +975,10 @@ class SqliteBackendImpl implements SqliteBackend {
         d.tx.stamp.resolve(d.tx.stampBytes!);
       } else {
         d.tx.stamp.reject(
-          new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp"),
+          new TransactionError(
+            "no_versionstamp",
+            "A transaction that wrote nothing has no versionstamp",
+          ),
         );
       }
       this.#armGroupWatches(d.tx, group);
