@@ -1274,7 +1274,9 @@ class SqliteBackendImpl implements SqliteBackend {
       clearInterval(this.#pollTimer);
       this.#pollTimer = undefined;
     }
-    if (!wantPoll && this.#tailTimer !== undefined) {
+    // The tail look survives the watcher: Bun's drop window carries over to a watcher
+    // reopened on the same file, so a watch armed right after another fired needs it too.
+    if (this.closed && this.#tailTimer !== undefined) {
       clearTimeout(this.#tailTimer);
       this.#tailTimer = undefined;
     }
