@@ -14,10 +14,14 @@ import { int64LE, strinc } from "../../lib/bytes.ts";
 import { Child, missingRuntimes, type Runtime } from "./_processes.ts";
 
 const skip = missingRuntimes();
-const root = mkdtempSync(join(tmpdir(), "dgen-sqlite-mp-"));
-after(() => rmSync(root, { recursive: true, force: true }));
+let root: string | undefined;
+after(() => {
+  if (root !== undefined) rmSync(root, { recursive: true, force: true });
+});
 let files = 0;
-const fresh = () => join(root, `mp-${files++}.sqlite`);
+/** A fresh database path, in a directory made on first use (a skipped run makes none). */
+const fresh = () =>
+  join(root ??= mkdtempSync(join(tmpdir(), "dgen-sqlite-mp-")), `mp-${files++}.sqlite`);
 const enc = new TextEncoder();
 
 /** Generous: two cores shared with other agents; a cold child start takes a second or so. */
