@@ -39,6 +39,12 @@ export {
   openFoundationdbBackend,
 } from "./lib/storage/foundationdb.ts";
 export {
+  openSqliteBackend,
+  type SqliteBackend,
+  type SqliteBackendOptions,
+  type SqliteBackendStats,
+} from "./lib/storage/sqlite.ts";
+export {
   type FaultOptions,
   type FaultStats,
   type FaultyBackend,

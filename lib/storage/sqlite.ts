@@ -1,0 +1,1460 @@
+/**
+ * The SQLite backend, dgen's embedded default: a durable, ordered key-value store in one file
+ * (`node:sqlite`, the same code on Deno and Bun), which several OS processes may share.
+ *
+ * How it meets the storage contract (docs/storage.md has the long form):
+ * - **Pessimistic, serial writes.** A write transaction runs inside `BEGIN IMMEDIATE` on the
+ *   writer connection, so it holds the database's write lock while its body runs and never
+ *   conflicts. In one process, write transactions queue (an async mutex); across processes,
+ *   SQLite's lock serializes them. Waiting for another process's lock never blocks the event
+ *   loop: the busy timeout is 0 and the wait is asynchronous, ended by the holder's commit
+ *   signal (below) or a capped back-off timer. A waiter leaves a marker in the notify file, and
+ *   a process that has held the lock for a few milliseconds of back-to-back groups steps aside
+ *   for it.
+ * - **Group commit.** Write transactions already waiting when the lock is taken (and those
+ *   arriving while the group runs, up to `maxGroupSize`) run back to back in one physical
+ *   transaction, each in its own SAVEPOINT; one COMMIT (one fsync) makes them all durable. A
+ *   lone transaction is never delayed to wait for company. A run of back-to-back groups gives
+ *   the event loop a turn every few milliseconds.
+ * - **Versionstamps** are the 8-byte big-endian commit counter (kept in the `meta` table and
+ *   incremented inside the locked transaction, hence strictly increasing across processes)
+ *   followed by the 2-byte big-endian index of the transaction in its group.
+ * - **Read-only transactions** run on separate reader connections in a deferred `BEGIN`: a
+ *   WAL snapshot, concurrent with the write lock.
+ * - **Watches.** Every row carries the logical version (`counter << 16 | index`) of the
+ *   transaction that last wrote it. A watch remembers the version it saw (0 for a missing key)
+ *   and fires when the key's version differs. Commits of this process notify its watches
+ *   directly; other processes' commits arrive through `<path>-notify`, a small file every
+ *   committing process writes a random signal into after each commit, watched with `fs.watch`
+ *   (inotify on Linux); on a wake-up the process re-reads the versions of all its watched keys
+ *   in one snapshot. A poll every second is the safety net. Caveat (like FoundationDB's ABA
+ *   caveat): a key created and deleted again by other processes between two looks reads as
+ *   unchanged (missing both times), and that watch may not fire.
+ *
+ * @module
+ */
+
+import type { FSWatcher } from "node:fs";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
+import * as v from "valibot";
+import {
+  addLittleEndian,
+  bytesToBinaryString,
+  compareBytes,
+  int64LE,
+  printable,
+} from "../bytes.ts";
+import {
+  BackendUnavailableError,
+  CommitUnknownResultError,
+  ConflictError,
+  LimitExceededError,
+  TransactionError,
+} from "../errors.ts";
+import { pack } from "../tuple.ts";
+import { parse } from "../validate.ts";
+import { checkTransactOptions, limitsSchema, WatchHandle } from "./common.ts";
+import { retryLoop } from "./retry.ts";
+import {
+  type Backend,
+  type BackendLimits,
+  FOUNDATIONDB_LIMITS,
+  type KeyValue,
+  type RangeOptions,
+  type ReadTransaction,
+  type Transaction,
+  type TransactOptions,
+  type Watch,
+} from "./types.ts";
+
+/** Options of {@link openSqliteBackend}. */
+export interface SqliteBackendOptions {
+  /**
+   * Path of the database file. Its parent directory is created if missing. Next to it, SQLite
+   * keeps `<path>-wal` and `<path>-shm`, and dgen keeps `<path>-notify` (the cross-process
+   * wake-up signal).
+   */
+  path: string;
+  /**
+   * SQLite's `synchronous` setting. `"full"` makes every commit durable (one fsync of the WAL
+   * per physical commit). `"normal"` skips that fsync: commits are atomic and survive a crash
+   * of the process, but the last ones may be lost if the machine loses power. A durability
+   * trade-off for throughput; dgen's guarantees assume `"full"`.
+   * @default "full"
+   */
+  synchronous?: "full" | "normal";
+  /** Limits to enforce. @default FoundationDB's limits ({@link FOUNDATIONDB_LIMITS}) */
+  limits?: Partial<BackendLimits>;
+  /**
+   * Most write transactions committed together in one physical commit. `1` turns group commit
+   * off. At most 4096.
+   * @default 64
+   */
+  maxGroupSize?: number;
+}
+
+/**
+ * Counters of a {@link SqliteBackend}, for benchmarks and monitoring. `transactions /
+ * physicalCommits` is the mean group size.
+ *
+ * @example
+ * ```ts
+ * import { openSqliteBackend } from "../../mod.ts";
+ * const backend = await openSqliteBackend({ path: ".dgen/stats-example.sqlite" });
+ * await backend.transact((tx) => tx.add(new Uint8Array([1]), 1));
+ * console.log(backend.stats.physicalCommits >= 1); // true
+ * await backend.close();
+ * ```
+ */
+export interface SqliteBackendStats {
+  /** Write transactions committed (each with its own versionstamp). */
+  transactions: number;
+  /** Physical commits (COMMITs, hence WAL fsyncs with `synchronous: "full"`). */
+  physicalCommits: number;
+  /** Times `BEGIN IMMEDIATE` found the write lock held by another connection. */
+  lockWaits: number;
+}
+
+/**
+ * A {@link Backend} on a SQLite file, made by {@link openSqliteBackend}.
+ *
+ * @example
+ * ```ts
+ * import { openSqliteBackend } from "../../mod.ts";
+ * const backend = await openSqliteBackend({ path: ".dgen/example.sqlite" });
+ * console.log(backend.kind, backend.path); // "sqlite" ".dgen/example.sqlite"
+ * await backend.close();
+ * ```
+ */
+export interface SqliteBackend extends Backend {
+  /** `"sqlite"`. */
+  readonly kind: "sqlite";
+  /** The database file, as given. */
+  readonly path: string;
+  /** Counters since this backend was opened. */
+  readonly stats: Readonly<SqliteBackendStats>;
+}
+
+const optionsSchema = v.strictObject({
+  path: v.pipe(
+    v.string(),
+    v.minLength(1, "Expected a non-empty file path"),
+    v.check(
+      (p) => p !== ":memory:" && !p.startsWith("file:"),
+      "Expected a file path (not ':memory:' or a 'file:' URI; use openMemoryBackend for a " +
+        "store in memory)",
+    ),
+  ),
+  synchronous: v.optional(v.picklist(["full", "normal"])),
+  limits: v.optional(limitsSchema),
+  maxGroupSize: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(4096))),
+});
+
+/** Version of the on-disk layout; a file with another one is refused, not reinterpreted. */
+const FORMAT_VERSION = 1;
+/** The logical version of a write is `counter * GROUP_SPAN + index in group`. */
+const GROUP_SPAN = 65536;
+/** Interval of the safety poll for watches, in ms. Wake-ups normally come from `-notify`. */
+const SAFETY_POLL_MS = 1000;
+/** Quiet time after a notify event before one more look (see `#tail`), in ms. */
+const NOTIFY_TAIL_MS = 15;
+/** Cap of the back-off between attempts to take another process's write lock, in ms. */
+const LOCK_WAIT_CAP_MS = 20;
+/** Longest run of back-to-back groups before the event loop gets a turn, in ms. */
+const SLICE_MS = 5;
+/** A group starting this soon after the previous one ended continues a streak, in ms. */
+const STREAK_MS = 1;
+/** Lock time a process takes in a streak before it checks for waiting processes, in ms. */
+const FAIR_SHARE_MS = 5;
+/** Longest a process with more work steps aside for a process waiting for the lock, in ms. */
+const LOCK_YIELD_MS = 10;
+/** Layout of the notify file: a commit signal, then a "waiting for the lock" marker. */
+const PULSE_OFFSET = 0;
+const WAITER_OFFSET = 8;
+const NOTIFY_FILE_SIZE = 12;
+/** Reader connections kept for concurrent read-only transactions. */
+const MAX_READERS = 4;
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS kv (
+    k BLOB PRIMARY KEY,
+    v BLOB NOT NULL,
+    ver INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  INSERT OR IGNORE INTO meta (name, value) VALUES ('format', ${FORMAT_VERSION}), ('counter', 0);
+`;
+
+type Row = unknown[];
+
+/** The prepared statements of one connection; all return arrays (`setReturnArrays`). */
+class Conn {
+  readonly get: StatementSync;
+  readonly ver: StatementSync;
+  readonly rangeAsc: StatementSync;
+  readonly rangeDesc: StatementSync;
+  readonly counter: StatementSync;
+  readonly begin: StatementSync;
+  readonly commit: StatementSync;
+  readonly rollback: StatementSync;
+
+  constructor(readonly db: DatabaseSync, beginSql: string) {
+    this.get = this.prepare("SELECT v FROM kv WHERE k = ?");
+    this.ver = this.prepare("SELECT ver FROM kv WHERE k = ?");
+    this.rangeAsc = this.prepare(
+      "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+    );
+    this.rangeDesc = this.prepare(
+      "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k DESC LIMIT ?",
+    );
+    this.counter = this.prepare("SELECT value FROM meta WHERE name = 'counter'");
+    this.begin = this.prepare(beginSql);
+    this.commit = this.prepare("COMMIT");
+    this.rollback = this.prepare("ROLLBACK");
+  }
+
+  prepare(sql: string): StatementSync {
+    const s = this.db.prepare(sql);
+    s.setReturnArrays(true);
+    return s;
+  }
+
+  /** The version of `key`'s row, 0 if there is none. */
+  versionOf(key: Uint8Array): number {
+    const row = this.ver.get(key) as unknown as unknown as Row | undefined;
+    return row === undefined ? 0 : row[0] as number;
+  }
+
+  readCounter(): number {
+    return (this.counter.get() as unknown as Row)[0] as number;
+  }
+}
+
+/** The writer connection: the reads plus the writes and savepoints. */
+class WriterConn extends Conn {
+  readonly put: StatementSync;
+  readonly del: StatementSync;
+  readonly delRange: StatementSync;
+  readonly setCounter: StatementSync;
+  readonly savepoint: StatementSync;
+  readonly release: StatementSync;
+  readonly rollbackTo: StatementSync;
+
+  constructor(db: DatabaseSync) {
+    super(db, "BEGIN IMMEDIATE");
+    this.put = this.prepare(
+      "INSERT INTO kv (k, v, ver) VALUES (?, ?, ?) " +
+        "ON CONFLICT (k) DO UPDATE SET v = excluded.v, ver = excluded.ver",
+    );
+    this.del = this.prepare("DELETE FROM kv WHERE k = ?");
+    this.delRange = this.prepare("DELETE FROM kv WHERE k >= ? AND k < ?");
+    this.setCounter = this.prepare("UPDATE meta SET value = ? WHERE name = 'counter'");
+    this.savepoint = this.prepare("SAVEPOINT member");
+    this.release = this.prepare("RELEASE member");
+    this.rollbackTo = this.prepare("ROLLBACK TO member");
+  }
+}
+
+/** Whether a SQLite error means "locked by another connection, try again". */
+function isBusy(e: unknown): boolean {
+  if (!(e instanceof Error)) return false;
+  // Bun reports the result code; Deno only the message.
+  const code = (e as { errcode?: unknown }).errcode;
+  if (typeof code === "number") return (code & 0xff) === 5 || (code & 0xff) === 6;
+  return /database (table )?is locked|database is busy|SQLITE_BUSY|SQLITE_LOCKED/i.test(e.message);
+}
+
+/** Turns a SQLite failure inside a transaction into dgen's taxonomy. */
+function storageError(e: unknown): Error {
+  if (e instanceof TransactionError || e instanceof BackendUnavailableError) return e;
+  if (isBusy(e)) return new ConflictError("The SQLite database is busy", { cause: e });
+  const message = e instanceof Error ? e.message : String(e);
+  return new TransactionError("storage_error", `SQLite failed: ${message}`, { cause: e });
+}
+
+/** What the members of one group wrote, for notifying watches after the commit. */
+interface GroupWrites {
+  /** Key (binary string) → index of the last member that wrote it. */
+  readonly touched: Map<string, number>;
+  /** Ranges cleared, with the index of the member that cleared them. */
+  readonly cleared: Array<{ begin: Uint8Array; end: Uint8Array; index: number }>;
+}
+
+interface PendingWrite {
+  fn: (tx: Transaction) => unknown;
+  signal: AbortSignal | undefined;
+  /** Removes the abort listener, once the request leaves the queue. */
+  unlisten: (() => void) | undefined;
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+}
+
+class SqliteTransaction implements Transaction {
+  readonly started = performance.now();
+  done = false;
+  wrote = false;
+  size = 0;
+  readonly watches: Array<[Uint8Array, WatchHandle]> = [];
+  readonly stamp = Promise.withResolvers<Uint8Array>();
+  readonly snapshot: ReadTransaction;
+  #stampedKeys: Array<{ key: Uint8Array; value: Uint8Array }> | undefined;
+  /** Keys set by `setVersionstampedValue` and not overwritten since: binary key → value. */
+  #stampedValues: Map<string, { key: Uint8Array; value: Uint8Array }> | undefined;
+
+  constructor(
+    readonly backend: SqliteBackendImpl,
+    readonly conn: Conn,
+    readonly readOnly: boolean,
+    readonly writer: WriterConn | undefined,
+    readonly group: GroupWrites | undefined,
+    /** Index of this transaction in its group. */
+    readonly index: number,
+    /** Logical version written into rows. */
+    readonly version: number,
+    /** This transaction's versionstamp (known up front: the counter is locked). */
+    readonly stampBytes: Uint8Array | undefined,
+  ) {
+    // Unobserved rejections of the versionstamp promise are not errors.
+    this.stamp.promise.catch(() => {});
+    this.snapshot = {
+      get: (key) => this.#settle(() => this.#get(key, false)),
+      getRange: (b, e, o) => this.#settle(() => this.#range(b, e, o, false)),
+    };
+  }
+
+  #settle<T>(f: () => T): Promise<T> {
+    try {
+      return Promise.resolve(f());
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  check(): void {
+    if (this.done) throw new TransactionError("transaction_done", "Transaction already finished");
+    if (this.backend.closed) throw new BackendUnavailableError("The SQLite backend is closed");
+    const elapsed = performance.now() - this.started;
+    if (elapsed > this.backend.limits.maxTransactionDuration) throw this.timeoutError(elapsed);
+  }
+
+  timeoutError(elapsed: number): LimitExceededError {
+    return new LimitExceededError(
+      "transaction_timeout",
+      `Transaction ran ${
+        Math.round(elapsed)
+      } ms, over the ${this.backend.limits.maxTransactionDuration} ms limit`,
+    );
+  }
+
+  checkKey(key: Uint8Array): void {
+    if (!(key instanceof Uint8Array)) throw new TypeError("Keys are Uint8Arrays");
+    const max = this.backend.limits.maxKeySize;
+    if (key.length > max) {
+      throw new LimitExceededError(
+        "key_too_large",
+        `Key of ${key.length} bytes exceeds the ${max}-byte limit: ${
+          printable(key.subarray(0, 40))
+        }…`,
+      );
+    }
+  }
+
+  /** Checks a write and returns the writer connection. */
+  checkWrite(key: Uint8Array, value?: Uint8Array): WriterConn {
+    this.check();
+    if (this.readOnly || this.writer === undefined) {
+      throw new TransactionError("read_only", "Cannot write in a read-only transaction");
+    }
+    this.checkKey(key);
+    if (value !== undefined) {
+      if (!(value instanceof Uint8Array)) throw new TypeError("Values are Uint8Arrays");
+      const max = this.backend.limits.maxValueSize;
+      if (value.length > max) {
+        throw new LimitExceededError(
+          "value_too_large",
+          `Value of ${value.length} bytes for key ${
+            printable(key.subarray(0, 40))
+          } exceeds the ${max}-byte limit`,
+        );
+      }
+    }
+    this.size += key.length + (value?.length ?? 0);
+    this.wrote = true;
+    return this.writer;
+  }
+
+  touch(key: Uint8Array): void {
+    this.group!.touched.set(bytesToBinaryString(key), this.index);
+  }
+
+  #unreadable(): TransactionError {
+    return new TransactionError(
+      "accessed_unreadable",
+      "A versionstamped value cannot be read in the transaction that wrote it",
+    );
+  }
+
+  #get(key: Uint8Array, conflict: boolean): Uint8Array | undefined {
+    this.check();
+    this.checkKey(key);
+    if (this.#stampedValues?.has(bytesToBinaryString(key))) throw this.#unreadable();
+    // Accounted like a read conflict key, as the engines with conflict sets do.
+    if (conflict) this.size += 2 * key.length + 1;
+    let row: Row | undefined;
+    try {
+      row = this.conn.get.get(key) as unknown as unknown as Row | undefined;
+    } catch (e) {
+      throw storageError(e);
+    }
+    return row === undefined ? undefined : row[0] as Uint8Array;
+  }
+
+  #range(
+    begin: Uint8Array,
+    end: Uint8Array,
+    options: RangeOptions | undefined,
+    conflict: boolean,
+  ): KeyValue[] {
+    this.check();
+    this.checkKey(begin);
+    this.checkKey(end);
+    if (conflict) this.size += begin.length + end.length;
+    const limit = options?.limit ?? Infinity;
+    if (!(limit > 0) || compareBytes(begin, end) >= 0) return [];
+    if (this.#stampedValues !== undefined) {
+      for (const { key } of this.#stampedValues.values()) {
+        if (compareBytes(key, begin) >= 0 && compareBytes(key, end) < 0) throw this.#unreadable();
+      }
+    }
+    const stmt = options?.reverse ? this.conn.rangeDesc : this.conn.rangeAsc;
+    let rows: Row[];
+    try {
+      rows = stmt.all(begin, end, limit === Infinity ? -1 : Math.floor(limit)) as unknown as Row[];
+    } catch (e) {
+      throw storageError(e);
+    }
+    const out: KeyValue[] = new Array(rows.length);
+    for (let i = 0; i < rows.length; i++) {
+      const row = rows[i]!;
+      out[i] = { key: row[0] as Uint8Array, value: row[1] as Uint8Array };
+    }
+    return out;
+  }
+
+  get(key: Uint8Array): Promise<Uint8Array | undefined> {
+    return this.#settle(() => this.#get(key, true));
+  }
+
+  getRange(begin: Uint8Array, end: Uint8Array, options?: RangeOptions): Promise<KeyValue[]> {
+    return this.#settle(() => this.#range(begin, end, options, true));
+  }
+
+  #forgetStampedValue(key: Uint8Array): void {
+    if (this.#stampedValues !== undefined) this.#stampedValues.delete(bytesToBinaryString(key));
+  }
+
+  #put(w: WriterConn, key: Uint8Array, value: Uint8Array): void {
+    try {
+      w.put.run(key, value, this.version);
+    } catch (e) {
+      throw storageError(e);
+    }
+    this.touch(key);
+  }
+
+  set(key: Uint8Array, value: Uint8Array): void {
+    const w = this.checkWrite(key, value);
+    this.#forgetStampedValue(key);
+    this.#put(w, key, value);
+  }
+
+  clear(key: Uint8Array): void {
+    const w = this.checkWrite(key);
+    this.#forgetStampedValue(key);
+    try {
+      w.del.run(key);
+    } catch (e) {
+      throw storageError(e);
+    }
+    this.touch(key);
+  }
+
+  clearRange(begin: Uint8Array, end: Uint8Array): void {
+    const w = this.checkWrite(begin);
+    this.checkKey(end);
+    this.size += end.length;
+    if (compareBytes(begin, end) >= 0) return;
+    if (this.#stampedValues !== undefined) {
+      for (const [k, { key }] of this.#stampedValues) {
+        if (compareBytes(key, begin) >= 0 && compareBytes(key, end) < 0) {
+          this.#stampedValues.delete(k);
+        }
+      }
+    }
+    try {
+      w.delRange.run(begin, end);
+    } catch (e) {
+      throw storageError(e);
+    }
+    this.group!.cleared.push({ begin: begin.slice(), end: end.slice(), index: this.index });
+  }
+
+  add(key: Uint8Array, delta: bigint | number): void {
+    const operand = int64LE(delta);
+    const w = this.checkWrite(key, operand);
+    // The write lock is held, so reading and writing back is atomic.
+    this.#forgetStampedValue(key);
+    let row: Row | undefined;
+    try {
+      row = w.get.get(key) as unknown as unknown as Row | undefined;
+    } catch (e) {
+      throw storageError(e);
+    }
+    this.#put(w, key, addLittleEndian(row?.[0] as Uint8Array | undefined, operand));
+  }
+
+  setVersionstampedKey(prefix: Uint8Array, suffix: Uint8Array, value: Uint8Array): void {
+    const key = new Uint8Array(prefix.length + 10 + suffix.length);
+    this.checkWrite(key, value);
+    key.set(prefix);
+    key.set(this.stampBytes!, prefix.length);
+    key.set(suffix, prefix.length + 10);
+    // Written at the end of the body: such keys are not readable in their own transaction.
+    (this.#stampedKeys ??= []).push({ key, value: value.slice() });
+  }
+
+  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = new Uint8Array()): void {
+    const value = new Uint8Array(prefix.length + 10 + suffix.length);
+    this.checkWrite(key, value);
+    value.set(prefix);
+    value.set(this.stampBytes!, prefix.length);
+    value.set(suffix, prefix.length + 10);
+    (this.#stampedValues ??= new Map()).set(bytesToBinaryString(key), { key: key.slice(), value });
+  }
+
+  getVersionstamp(): Promise<Uint8Array> {
+    return this.stamp.promise;
+  }
+
+  watch(key: Uint8Array): Watch {
+    this.check();
+    this.checkKey(key);
+    const handle = new WatchHandle();
+    if (this.readOnly) {
+      // The version the snapshot sees; write transactions take it at the end of the body.
+      try {
+        handle.baseline = this.conn.versionOf(key);
+      } catch (e) {
+        throw storageError(e);
+      }
+    }
+    this.watches.push([key.slice(), handle]);
+    return handle;
+  }
+
+  addReadConflictKey(key: Uint8Array): void {
+    // Writers hold the lock, so there are no conflicts to track; only the size is accounted.
+    this.check();
+    this.checkKey(key);
+    this.size += 2 * key.length + 1;
+  }
+
+  addReadConflictRange(begin: Uint8Array, end: Uint8Array): void {
+    this.check();
+    this.checkKey(begin);
+    this.checkKey(end);
+    if (compareBytes(begin, end) < 0) this.size += begin.length + end.length;
+  }
+
+  /**
+   * Ends a body that returned normally: applies the deferred versionstamped writes, checks the
+   * limits, and takes the watches' versions. Throws (and the member is rolled back) if a limit
+   * is exceeded.
+   */
+  finish(): void {
+    this.check();
+    const max = this.backend.limits.maxTransactionSize;
+    if (this.size > max) {
+      throw new LimitExceededError(
+        "transaction_too_large",
+        `Transaction of ${this.size} bytes exceeds the ${max}-byte limit`,
+      );
+    }
+    this.done = true;
+    const w = this.writer;
+    if (w === undefined) return;
+    if (this.#stampedValues !== undefined) {
+      for (const { key, value } of this.#stampedValues.values()) this.#put(w, key, value);
+    }
+    if (this.#stampedKeys !== undefined) {
+      for (const { key, value } of this.#stampedKeys) this.#put(w, key, value);
+    }
+    for (const [key, handle] of this.watches) {
+      try {
+        handle.baseline = w.versionOf(key);
+      } catch (e) {
+        throw storageError(e);
+      }
+    }
+  }
+
+  /** Ends a transaction that did not commit: its stamp rejects and its watches resolve false. */
+  abandon(): void {
+    this.done = true;
+    this.stamp.reject(new TransactionError("not_committed", "The transaction did not commit"));
+    for (const [, handle] of this.watches) handle.cancel();
+  }
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return x !== null && (typeof x === "object" || typeof x === "function") &&
+    typeof (x as { then?: unknown }).then === "function";
+}
+
+/**
+ * Runs a body, failing it (and marking the transaction done) when it outlives the duration
+ * limit. This also bounds how long a stuck body can hold the write lock, and turns a body that
+ * waits for another write transaction of the same backend (which would wait for this one) into
+ * a timeout instead of a deadlock.
+ */
+async function runBody<T>(
+  fn: (tx: Transaction) => T | Promise<T>,
+  tx: SqliteTransaction,
+  limit: number,
+): Promise<T> {
+  const r = fn(tx);
+  if (!isThenable(r)) return r;
+  const p = Promise.resolve(r);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    const left = limit - (performance.now() - tx.started);
+    timer = setTimeout(() => {
+      const elapsed = performance.now() - tx.started;
+      tx.done = true;
+      reject(tx.timeoutError(elapsed));
+    }, Math.max(0, left) + 1);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+    // A body abandoned on timeout may still fail later; nobody is listening then.
+    p.catch(() => {});
+  }
+}
+
+function versionstamp(counter: number, index: number): Uint8Array {
+  const stamp = new Uint8Array(10);
+  const view = new DataView(stamp.buffer);
+  view.setBigUint64(0, BigInt(counter), false);
+  view.setUint16(8, index, false);
+  return stamp;
+}
+
+type FsModule = typeof import("node:fs");
+
+interface Registered {
+  readonly key: Uint8Array;
+  readonly handles: Set<WatchHandle>;
+}
+
+class SqliteBackendImpl implements SqliteBackend {
+  readonly kind = "sqlite";
+  readonly stats: SqliteBackendStats = { transactions: 0, physicalCommits: 0, lockWaits: 0 };
+  closed = false;
+  readonly #file: string;
+  readonly #open: (path: string) => DatabaseSync;
+  readonly #fs: FsModule;
+  readonly #setImmediate: (f: () => void) => unknown;
+  readonly #writer: WriterConn;
+  /** Serves watch checks; used only synchronously, never inside a body. */
+  readonly #probe: Conn;
+  readonly #idleReaders: Conn[] = [];
+  #readerCount = 0;
+  readonly #readerWaiters: Array<(c: Conn | undefined) => void> = [];
+  #activeReads = 0;
+  readonly #queue: PendingWrite[] = [];
+  #running: Promise<void> | undefined;
+  readonly #notifyPath: string;
+  #notifyFd: number;
+  /** The last commit signal this process wrote (random, so processes' signals differ). */
+  readonly #pulse = new Uint8Array(4);
+  /** The last waiter marker seen (or written) by this process. */
+  readonly #waiterSeen = new Uint8Array(4);
+  readonly #scratch = new Uint8Array(4);
+  /** Watched keys of this process, by binary key. */
+  readonly #registry = new Map<string, Registered>();
+  /**
+   * The commit counter up to which every commit's effect on registered watches has been
+   * accounted for (by a re-check or because the commit was this process's own).
+   */
+  #knownCounter: number;
+  #watcher: FSWatcher | undefined;
+  #pollTimer: ReturnType<typeof setInterval> | undefined;
+  #recheckQueued = false;
+  #lastNotify = 0;
+  #tailTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #lockWaiters = new Set<() => void>();
+  /** Another process held the lock during this run of the queue: keep listening for it. */
+  #contended = false;
+  #closing: Promise<void> | undefined;
+  /** When the current slice of back-to-back groups began (see #pace). */
+  #sliceStart: number | undefined;
+  #lastGroupEnd = -Infinity;
+  #streakStart = 0;
+  readonly #drained: Array<() => void> = [];
+
+  constructor(
+    readonly path: string,
+    /** The absolute path: reader connections open later, maybe after a `chdir`. */
+    file: string,
+    readonly limits: BackendLimits,
+    readonly maxGroupSize: number,
+    open: (path: string) => DatabaseSync,
+    fs: FsModule,
+    setImmediate: (f: () => void) => unknown,
+    writer: DatabaseSync,
+    notifyPath: string,
+  ) {
+    this.#file = file;
+    this.#open = open;
+    this.#fs = fs;
+    this.#setImmediate = setImmediate;
+    this.#writer = new WriterConn(writer);
+    this.#probe = openConn(open, file, "BEGIN");
+    this.#notifyPath = notifyPath;
+    this.#notifyFd = fs.openSync(notifyPath, "r+");
+    fs.readSync(this.#notifyFd, this.#waiterSeen, 0, 4, WAITER_OFFSET);
+    this.#knownCounter = this.#probe.readCounter();
+  }
+
+  transact<T>(fn: (tx: Transaction) => T | Promise<T>, options?: TransactOptions): Promise<T> {
+    let opts: TransactOptions;
+    try {
+      opts = checkTransactOptions(options);
+      this.#checkOpen();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const attempt = opts.readOnly
+      ? () => this.#read(fn, opts.signal)
+      : () => this.#write(fn, opts.signal);
+    return retryLoop(attempt, opts);
+  }
+
+  openSubspace(path: readonly string[]): Promise<Uint8Array> {
+    return Promise.resolve(pack([path]));
+  }
+
+  #checkOpen(): void {
+    if (this.closed) throw new BackendUnavailableError("The SQLite backend is closed");
+  }
+
+  // ---- Write transactions: the queue and group commit ----
+
+  #write<T>(fn: (tx: Transaction) => T | Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(new BackendUnavailableError("The SQLite backend is closed"));
+      if (signal?.aborted) return reject(signal.reason);
+      const req: PendingWrite = {
+        fn: fn as (tx: Transaction) => unknown,
+        signal,
+        unlisten: undefined,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+      };
+      this.#queue.push(req);
+      if (signal !== undefined) {
+        // Only a request still waiting for the lock is withdrawn; a running body is checked
+        // for the abort before its savepoint is released.
+        const onAbort = () => {
+          const i = this.#queue.indexOf(req);
+          if (i >= 0) {
+            this.#queue.splice(i, 1);
+            reject(signal.reason);
+          }
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        req.unlisten = () => signal.removeEventListener("abort", onAbort);
+      }
+      this.#running ??= this.#runQueue();
+    });
+  }
+
+  async #runQueue(): Promise<void> {
+    try {
+      while (this.#queue.length > 0 && !this.closed) {
+        const paused = this.#pace();
+        if (paused !== undefined) {
+          await paused;
+          if (this.#queue.length === 0 || this.closed) break;
+        }
+        await this.#runGroup();
+        this.#lastGroupEnd = performance.now();
+      }
+    } finally {
+      this.#running = undefined;
+      this.#contended = false;
+      this.#updateWatcher();
+      if (this.closed && this.#queue.length > 0) {
+        const err = new BackendUnavailableError("The SQLite backend is closed");
+        for (const req of this.#queue.splice(0)) req.reject(err);
+      }
+      this.#checkDrained();
+    }
+  }
+
+  /**
+   * Called before each group; returns a promise when the group should wait.
+   *
+   * - Transactions that keep arriving through promise callbacks alone would run group after
+   *   group without ever returning to the event loop, starving timers and I/O (lock leases,
+   *   sockets). After SLICE_MS of such work, wait one macrotask turn.
+   * - After FAIR_SHARE_MS of back-to-back groups of this process (a streak), step aside for a
+   *   process that waits for the lock (see #yieldToWaiters). The share bounds both how long a
+   *   waiter waits and how much hand-offs cost when every process is busy.
+   *
+   * A lone transaction starts a new slice and is not delayed.
+   */
+  #pace(): Promise<void> | undefined {
+    const now = performance.now();
+    if (now - this.#lastGroupEnd >= STREAK_MS) this.#streakStart = now;
+    else if (now - this.#streakStart >= FAIR_SHARE_MS && this.#waiterArrived()) {
+      this.#streakStart = now;
+      return this.#yieldToWaiters();
+    }
+    if (this.#sliceStart === undefined) {
+      this.#sliceStart = now;
+      // Runs once the event loop gets its turn: the next group then starts a new slice.
+      this.#setImmediate(() => this.#sliceStart = undefined);
+      return undefined;
+    }
+    if (now - this.#sliceStart < SLICE_MS) return undefined;
+    return new Promise<void>((r) => this.#setImmediate(r));
+  }
+
+  /** Takes the write lock (`BEGIN IMMEDIATE`) and returns the committed counter. */
+  async #acquire(): Promise<number> {
+    const w = this.#writer;
+    let delay = 1;
+    for (;;) {
+      this.#checkOpen();
+      try {
+        w.begin.run();
+        return w.readCounter();
+      } catch (e) {
+        if (w.db.isTransaction) w.rollback.run();
+        if (!isBusy(e)) throw storageError(e);
+      }
+      this.stats.lockWaits++;
+      this.#contended = true;
+      this.#updateWatcher();
+      // Tell the holder someone waits (see #yieldToWaiters); our own marker is no news to us.
+      this.#writeRandom(this.#waiterSeen, WAITER_OFFSET);
+      // Another process holds the lock. It writes the notify file when it releases it; wait
+      // for that or for a back-off timer (the notify write may be missed, or it may never come
+      // if the holder crashes), whichever is first.
+      await this.#waitForRelease(delay * (0.5 + Math.random() / 2));
+      delay = Math.min(delay * 2, LOCK_WAIT_CAP_MS);
+    }
+  }
+
+  #waitForRelease(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#lockWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#lockWaiters.add(done);
+      this.#updateWatcher();
+    });
+  }
+
+  async #runGroup(): Promise<void> {
+    let committed: number;
+    try {
+      committed = await this.#acquire();
+    } catch (e) {
+      for (const req of this.#queue.splice(0)) req.reject(e);
+      return;
+    }
+    const w = this.#writer;
+    const counter = committed + 1;
+    const group: GroupWrites = { touched: new Map(), cleared: [] };
+    const done: Array<{ req: PendingWrite; tx: SqliteTransaction; result: unknown }> = [];
+    let index = 0;
+    let broken: unknown;
+    // Members are taken from the queue one at a time, so transactions that arrive while the
+    // group runs join it: they were waiting anyway, and share its one commit.
+    while (this.#queue.length > 0 && index < this.maxGroupSize && !this.closed) {
+      const req = this.#queue.shift()!;
+      req.unlisten?.();
+      const tx = new SqliteTransaction(
+        this,
+        w,
+        false,
+        w,
+        group,
+        index,
+        counter * GROUP_SPAN + index,
+        versionstamp(counter, index),
+      );
+      index++;
+      try {
+        w.savepoint.run();
+      } catch (e) {
+        broken = e;
+        this.#queue.unshift(req);
+        break;
+      }
+      try {
+        const result = await runBody(req.fn, tx, this.limits.maxTransactionDuration);
+        req.signal?.throwIfAborted();
+        tx.finish();
+        w.release.run();
+        done.push({ req, tx, result });
+      } catch (e) {
+        tx.abandon();
+        try {
+          w.rollbackTo.run();
+          w.release.run();
+        } catch (e2) {
+          // SQLite rolled the whole transaction back (an I/O error, a full disk): the group
+          // cannot commit.
+          broken = e2;
+        }
+        req.reject(e);
+        if (broken !== undefined) break;
+      }
+      if (!w.db.isTransaction) {
+        broken ??= new Error("SQLite ended the transaction");
+        break;
+      }
+    }
+    const wrote = broken === undefined && done.some((d) => d.tx.wrote);
+    try {
+      if (broken !== undefined) throw broken;
+      if (wrote) {
+        w.setCounter.run(counter);
+        w.commit.run();
+      } else {
+        // Nothing to make durable: no fsync, no counter increment.
+        w.rollback.run();
+      }
+    } catch (e) {
+      if (w.db.isTransaction) {
+        try {
+          w.rollback.run();
+        } catch { /* the connection is unusable; the next BEGIN reports it */ }
+      }
+      const err = broken !== undefined
+        ? storageError(e)
+        : new CommitUnknownResultError(`SQLite commit failed: ${(e as Error).message}`, {
+          cause: e,
+        });
+      for (const d of done) {
+        d.tx.abandon();
+        d.req.reject(err);
+      }
+      return;
+    }
+    if (wrote) {
+      this.#signalCommit();
+      this.stats.physicalCommits++;
+      if (committed === this.#knownCounter) this.#knownCounter = counter;
+    }
+    this.#notifyOwnWrites(group);
+    for (const d of done) {
+      if (d.tx.wrote) {
+        this.stats.transactions++;
+        d.tx.stamp.resolve(d.tx.stampBytes!);
+      } else {
+        d.tx.stamp.reject(
+          new TransactionError(
+            "no_versionstamp",
+            "A transaction that wrote nothing has no versionstamp",
+          ),
+        );
+      }
+      this.#armGroupWatches(d.tx, group);
+      d.req.resolve(d.result);
+    }
+  }
+
+  /**
+   * Tells other processes that a commit landed (their watches look) and that the write lock
+   * is free (their lock waits retry). Groups that wrote nothing do not signal: there is nothing
+   * to look at, and a lock wait also ends by its back-off timer.
+   */
+  #signalCommit(): void {
+    this.#writeRandom(this.#pulse, PULSE_OFFSET);
+  }
+
+  /** Writes 4 random bytes at `offset` of the notify file, keeping them in `into`. */
+  #writeRandom(into: Uint8Array, offset: number): void {
+    new DataView(into.buffer).setUint32(0, (Math.random() * 0x1_0000_0000) >>> 0);
+    try {
+      this.#fs.writeSync(this.#notifyFd, into, 0, 4, offset);
+    } catch {
+      // Best effort: other processes then notice through their back-off and safety poll.
+    }
+  }
+
+  /** Reads 4 bytes at `offset` of the notify file; whether they equal `expected`. */
+  #notifyEquals(offset: number, expected: Uint8Array): boolean {
+    const got = this.#scratch;
+    try {
+      // Short or failed reads count as "unchanged": the signal is an optimisation only.
+      if (this.#fs.readSync(this.#notifyFd, got, 0, 4, offset) !== 4) return true;
+    } catch {
+      return true;
+    }
+    return got[0] === expected[0] && got[1] === expected[1] && got[2] === expected[2] &&
+      got[3] === expected[3];
+  }
+
+  /**
+   * Whether another process has said it waits for the lock (a new waiter marker) since this
+   * process last looked. Then #yieldToWaiters steps aside until some other process commits (its
+   * commit signal replaces ours) or LOCK_YIELD_MS pass: otherwise the process that holds the
+   * lock takes it again before the woken waiter can, and a waiter could wait for as long as
+   * this process has work.
+   */
+  #waiterArrived(): boolean {
+    if (this.#notifyEquals(WAITER_OFFSET, this.#waiterSeen)) return false;
+    this.#fs.readSync(this.#notifyFd, this.#waiterSeen, 0, 4, WAITER_OFFSET);
+    return true;
+  }
+
+  async #yieldToWaiters(): Promise<void> {
+    this.#contended = true;
+    this.#updateWatcher();
+    const end = performance.now() + LOCK_YIELD_MS;
+    for (;;) {
+      const left = end - performance.now();
+      if (left <= 0 || this.closed || !this.#notifyEquals(PULSE_OFFSET, this.#pulse)) return;
+      await this.#waitForRelease(left);
+    }
+  }
+
+  // ---- Read-only transactions ----
+
+  async #read<T>(
+    fn: (tx: Transaction) => T | Promise<T>,
+    signal: AbortSignal | undefined,
+  ): Promise<T> {
+    this.#activeReads++;
+    try {
+      const conn = await this.#takeReader();
+      try {
+        signal?.throwIfAborted();
+        conn.begin.run();
+        const tx = new SqliteTransaction(this, conn, true, undefined, undefined, 0, 0, undefined);
+        let result: T;
+        try {
+          result = await runBody(fn, tx, this.limits.maxTransactionDuration);
+          tx.finish();
+        } catch (e) {
+          tx.abandon();
+          throw e;
+        } finally {
+          if (conn.db.isTransaction) conn.rollback.run();
+        }
+        tx.stamp.reject(
+          new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp"),
+        );
+        for (const [key, handle] of tx.watches) this.#armChecked(key, handle);
+        return result;
+      } finally {
+        this.#returnReader(conn);
+      }
+    } finally {
+      this.#activeReads--;
+      this.#checkDrained();
+    }
+  }
+
+  #takeReader(): Promise<Conn> {
+    this.#checkOpen();
+    const idle = this.#idleReaders.pop();
+    if (idle !== undefined) return Promise.resolve(idle);
+    if (this.#readerCount < MAX_READERS) {
+      this.#readerCount++;
+      try {
+        return Promise.resolve(openConn(this.#open, this.#file, "BEGIN"));
+      } catch (e) {
+        this.#readerCount--;
+        return Promise.reject(e);
+      }
+    }
+    return new Promise((resolve, reject) => {
+      this.#readerWaiters.push((c) =>
+        c === undefined
+          ? reject(new BackendUnavailableError("The SQLite backend is closed"))
+          : resolve(c)
+      );
+    });
+  }
+
+  #returnReader(conn: Conn): void {
+    const next = this.#readerWaiters.shift();
+    if (next !== undefined && !this.closed) next(conn);
+    else this.#idleReaders.push(conn);
+  }
+
+  // ---- Watches ----
+
+  /** Arms the watches of a committed group member. */
+  #armGroupWatches(tx: SqliteTransaction, group: GroupWrites): void {
+    for (const [key, handle] of tx.watches) {
+      if (handle.settled) continue;
+      const k = bytesToBinaryString(key);
+      // A later member of the same group is a later commit.
+      if ((group.touched.get(k) ?? -1) > tx.index) {
+        handle.fire();
+        continue;
+      }
+      if (
+        group.cleared.some((c) =>
+          c.index > tx.index && compareBytes(key, c.begin) >= 0 && compareBytes(key, c.end) < 0
+        )
+      ) {
+        handle.fire();
+        continue;
+      }
+      this.#register(k, key, handle);
+    }
+  }
+
+  /** Arms a watch whose version was taken from an older snapshot: compares with the latest. */
+  #armChecked(key: Uint8Array, handle: WatchHandle): void {
+    if (handle.settled) return;
+    if (this.closed) return handle.cancel();
+    // Listen before looking, so that a commit after the look is not missed.
+    this.#register(bytesToBinaryString(key), key, handle);
+    let current: number;
+    try {
+      current = this.#probe.versionOf(key);
+    } catch {
+      return; // the re-checks will look again
+    }
+    if (current !== handle.baseline) handle.fire();
+  }
+
+  #register(k: string, key: Uint8Array, handle: WatchHandle): void {
+    if (this.closed) return handle.cancel();
+    let entry = this.#registry.get(k);
+    if (entry === undefined) {
+      entry = { key, handles: new Set() };
+      this.#registry.set(k, entry);
+    }
+    const handles = entry.handles;
+    handles.add(handle);
+    handle.onSettle = () => {
+      handles.delete(handle);
+      if (handles.size === 0 && this.#registry.get(k)?.handles === handles) {
+        this.#registry.delete(k);
+        this.#updateWatcher();
+      }
+    };
+    this.#updateWatcher();
+  }
+
+  /** Fires the registered watches on keys this process's group just wrote. */
+  #notifyOwnWrites(group: GroupWrites): void {
+    if (this.#registry.size === 0) return;
+    // Every registered watch took its version before this group committed, so any write in
+    // the group is a later commit to the key.
+    const fire: WatchHandle[] = [];
+    for (const k of group.touched.keys()) {
+      const entry = this.#registry.get(k);
+      if (entry !== undefined) fire.push(...entry.handles);
+    }
+    if (group.cleared.length > 0) {
+      for (const entry of this.#registry.values()) {
+        if (
+          group.cleared.some((c) =>
+            compareBytes(entry.key, c.begin) >= 0 && compareBytes(entry.key, c.end) < 0
+          )
+        ) fire.push(...entry.handles);
+      }
+    }
+    for (const h of fire) h.fire();
+  }
+
+  /** Re-reads every watched key's version in one snapshot; fires those that changed. */
+  #recheck(): void {
+    if (this.closed || this.#registry.size === 0) return;
+    const probe = this.#probe;
+    const fire: WatchHandle[] = [];
+    try {
+      probe.begin.run();
+      try {
+        const counter = probe.readCounter();
+        // Nothing committed since the last look (or only this process's own commits, whose
+        // watches were notified directly).
+        if (counter === this.#knownCounter) return;
+        for (const entry of this.#registry.values()) {
+          const ver = probe.versionOf(entry.key);
+          for (const h of entry.handles) if (h.baseline !== ver) fire.push(h);
+        }
+        this.#knownCounter = counter;
+      } finally {
+        probe.rollback.run();
+      }
+    } catch {
+      return; // transiently busy: the next wake-up or the safety poll looks again
+    }
+    for (const h of fire) h.fire();
+  }
+
+  #onNotify = (): void => {
+    for (const wake of [...this.#lockWaiters]) wake();
+    if (this.#registry.size === 0) return;
+    this.#lastNotify = performance.now();
+    this.#tailTimer ??= setTimeout(this.#tail, NOTIFY_TAIL_MS);
+    if (this.#recheckQueued) return;
+    // Coalesce a burst of change events (Deno reports some writes twice) into one look.
+    this.#recheckQueued = true;
+    queueMicrotask(() => {
+      this.#recheckQueued = false;
+      this.#recheck();
+    });
+  };
+
+  /**
+   * Looks again once the change events have been quiet for NOTIFY_TAIL_MS: Bun's `fs.watch`
+   * drops a change event that follows the previous one within a few milliseconds (measured
+   * here: most at 1–3 ms apart, none at 8 ms), and that commit would otherwise wait for the
+   * safety poll.
+   */
+  #tail = (): void => {
+    const quiet = performance.now() - this.#lastNotify;
+    if (quiet < NOTIFY_TAIL_MS && !this.closed) {
+      this.#tailTimer = setTimeout(this.#tail, NOTIFY_TAIL_MS - quiet);
+      return;
+    }
+    this.#tailTimer = undefined;
+    this.#recheck();
+  };
+
+  /**
+   * Keeps the notify-file watcher open while anything waits on it, and the safety poll running
+   * while watches are pending. Both are closed when idle, so an open backend alone does not
+   * keep the process alive (a pending watch does).
+   */
+  #updateWatcher(): void {
+    const wantWatcher = !this.closed && (this.#registry.size > 0 || this.#contended);
+    if (wantWatcher && this.#watcher === undefined) {
+      try {
+        const watcher = this.#fs.watch(this.#notifyPath, { persistent: true });
+        watcher.on("change", this.#onNotify);
+        watcher.on("error", () => {
+          // The safety poll and back-off timers carry on; a later need reopens it.
+          if (this.#watcher === watcher) this.#watcher = undefined;
+          watcher.close();
+        });
+        this.#watcher = watcher;
+      } catch {
+        // No file watching here: the safety poll alone serves.
+      }
+    } else if (!wantWatcher && this.#watcher !== undefined) {
+      this.#watcher.close();
+      this.#watcher = undefined;
+    }
+    const wantPoll = !this.closed && this.#registry.size > 0;
+    if (wantPoll && this.#pollTimer === undefined) {
+      this.#pollTimer = setInterval(() => this.#recheck(), SAFETY_POLL_MS);
+    } else if (!wantPoll && this.#pollTimer !== undefined) {
+      clearInterval(this.#pollTimer);
+      this.#pollTimer = undefined;
+    }
+    // The tail look survives the watcher: Bun's drop window carries over to a watcher
+    // reopened on the same file, so a watch armed right after another fired needs it too.
+    if (this.closed && this.#tailTimer !== undefined) {
+      clearTimeout(this.#tailTimer);
+      this.#tailTimer = undefined;
+    }
+  }
+
+  // ---- Closing ----
+
+  #checkDrained(): void {
+    if (this.#running !== undefined || this.#activeReads > 0) return;
+    for (const f of this.#drained.splice(0)) f();
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.closed = true;
+    const err = new BackendUnavailableError("The SQLite backend is closed");
+    for (const req of this.#queue.splice(0)) req.reject(err);
+    for (const wake of [...this.#lockWaiters]) wake();
+    for (const next of this.#readerWaiters.splice(0)) next(undefined);
+    for (const entry of [...this.#registry.values()]) {
+      for (const h of [...entry.handles]) h.cancel();
+    }
+    this.#registry.clear();
+    this.#updateWatcher();
+    // Bodies still running fail at their next operation; wait for them to unwind before the
+    // connections go away.
+    if (this.#running !== undefined || this.#activeReads > 0) {
+      await new Promise<void>((resolve) => {
+        this.#drained.push(resolve);
+        this.#checkDrained();
+      });
+    }
+    for (const conn of this.#idleReaders.splice(0)) conn.db.close();
+    this.#probe.db.close();
+    this.#writer.db.close();
+    this.#fs.closeSync(this.#notifyFd);
+    this.#notifyFd = -1;
+  }
+}
+
+function openConn(open: (path: string) => DatabaseSync, path: string, beginSql: string): Conn {
+  const db = open(path);
+  // Readers wait in SQLite only for WAL-index recovery, which is short and rare.
+  db.exec("PRAGMA busy_timeout = 1000; PRAGMA query_only = 1");
+  return new Conn(db, beginSql);
+}
+
+/**
+ * Opens (creating if needed) a SQLite database file as a dgen backend: durable commits (WAL,
+ * `synchronous=FULL` by default), group commit of concurrent write transactions, read-only
+ * transactions on WAL snapshots, and watches that fire within milliseconds when another OS
+ * process (Deno or Bun) sharing the file commits. It declares FoundationDB's limits, so code
+ * written against it moves to FoundationDB unchanged.
+ *
+ * Write transactions are serialized (one holds the write lock at a time) and never conflict;
+ * a write transaction's body should therefore be short, and must not wait for another write
+ * transaction of the same backend (it would time out after `maxTransactionDuration`).
+ *
+ * @example
+ * ```ts
+ * import { openSqliteBackend, readInt64LE } from "../../mod.ts";
+ * const backend = await openSqliteBackend({ path: ".dgen/example.sqlite" });
+ * const key = new TextEncoder().encode("hits");
+ * await backend.transact((tx) => tx.add(key, 1));
+ * console.log(readInt64LE(await backend.transact((tx) => tx.get(key))) >= 1n); // true
+ * await backend.close();
+ * ```
+ */
+export async function openSqliteBackend(options: SqliteBackendOptions): Promise<SqliteBackend> {
+  const opts = parse(optionsSchema, options, "options");
+  const limits = { ...FOUNDATIONDB_LIMITS, ...opts.limits };
+  // Loaded here, not at import: importing mod.ts must not need node:sqlite.
+  const [{ DatabaseSync }, fs, nodePath, { setImmediate }] = await Promise.all([
+    import("node:sqlite"),
+    import("node:fs"),
+    import("node:path"),
+    // The cheapest macrotask on both runtimes (setTimeout(0) costs a millisecond or more).
+    import("node:timers"),
+  ]);
+  const path = opts.path;
+  const file = nodePath.resolve(path);
+  try {
+    fs.mkdirSync(nodePath.dirname(file), { recursive: true });
+  } catch (e) {
+    throw new BackendUnavailableError(
+      `Cannot create the directory of the SQLite database ${path}: ${(e as Error).message}`,
+      { cause: e },
+    );
+  }
+  const open = (p: string) => new DatabaseSync(p);
+  let writer: DatabaseSync;
+  try {
+    writer = open(file);
+  } catch (e) {
+    throw new BackendUnavailableError(
+      `Cannot open the SQLite database ${path}: ${(e as Error).message}`,
+      { cause: e },
+    );
+  }
+  try {
+    await setUp(writer, path, opts.synchronous ?? "full");
+    const notifyPath = `${file}-notify`;
+    // Created with its full layout (signal and marker), appending zeros if another process
+    // has just created it shorter.
+    const fd = fs.openSync(notifyPath, "a");
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < NOTIFY_FILE_SIZE) fs.writeSync(fd, new Uint8Array(NOTIFY_FILE_SIZE - size));
+    } finally {
+      fs.closeSync(fd);
+    }
+    return new SqliteBackendImpl(
+      path,
+      file,
+      limits,
+      opts.maxGroupSize ?? 64,
+      open,
+      fs,
+      setImmediate,
+      writer,
+      notifyPath,
+    );
+  } catch (e) {
+    writer.close();
+    if (e instanceof BackendUnavailableError) throw e;
+    throw new BackendUnavailableError(
+      `Cannot open the SQLite database ${path}: ${(e as Error).message}`,
+      { cause: e },
+    );
+  }
+}
+
+/** Configures the writer connection and creates the schema if the file is new. */
+async function setUp(db: DatabaseSync, path: string, synchronous: string): Promise<void> {
+  // Setting up may meet another process creating the same file: wait for it in SQLite (only
+  // ever at open), then use async waits for the lock from here on.
+  db.exec("PRAGMA busy_timeout = 5000");
+  const mode = (db.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: string })
+    ?.journal_mode;
+  if (mode !== "wal") {
+    throw new BackendUnavailableError(
+      `SQLite could not use write-ahead logging for ${path} (journal mode "${mode}")`,
+    );
+  }
+  db.exec(`PRAGMA synchronous = ${synchronous === "normal" ? "NORMAL" : "FULL"}`);
+  let format: number | undefined;
+  try {
+    const row = db.prepare("SELECT value FROM meta WHERE name = 'format'").get() as
+      | { value: number }
+      | undefined;
+    format = row?.value;
+  } catch {
+    format = undefined; // no meta table yet
+  }
+  if (format === undefined) {
+    for (let delay = 1;; delay = Math.min(delay * 2, LOCK_WAIT_CAP_MS)) {
+      try {
+        db.exec(`BEGIN IMMEDIATE; ${SCHEMA} COMMIT;`);
+        break;
+      } catch (e) {
+        if (db.isTransaction) db.exec("ROLLBACK");
+        if (!isBusy(e)) throw e;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+    format = (db.prepare("SELECT value FROM meta WHERE name = 'format'").get() as {
+      value: number;
+    }).value;
+  }
+  if (format !== FORMAT_VERSION) {
+    throw new BackendUnavailableError(
+      `The SQLite database ${path} has storage format ${format}; this dgen reads format ` +
+        `${FORMAT_VERSION}`,
+    );
+  }
+  db.exec("PRAGMA busy_timeout = 0");
+}

@@ -1,0 +1,417 @@
+import { after, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import {
+  BackendUnavailableError,
+  FOUNDATIONDB_LIMITS,
+  LimitExceededError,
+  openSqliteBackend,
+  readInt64LE,
+  type SqliteBackend,
+  type Transaction,
+  ValidationError,
+} from "../../mod.ts";
+import { compareBytes, int64LE, toHex } from "../../lib/bytes.ts";
+import { deadline, waitFor } from "../_helpers.ts";
+import { registerConformance } from "./conformance.ts";
+
+let root: string | undefined;
+let files = 0;
+/** A directory for this file's databases, made on first use (a filtered run makes none). */
+const dir = () => root ??= mkdtempSync(join(tmpdir(), "dgen-sqlite-test-"));
+/** A path for a fresh database file. */
+const fresh = (name = "db") => join(dir(), `${name}-${files++}.sqlite`);
+after(() => {
+  if (root !== undefined) rmSync(root, { recursive: true, force: true });
+});
+
+const enc = new TextEncoder();
+const k = (s: string) => enc.encode(s);
+
+registerConformance("sqlite", (o) => openSqliteBackend({ path: fresh(), ...o }), {
+  optimistic: false,
+});
+
+async function withSqlite(
+  fn: (b: SqliteBackend, path: string) => Promise<void>,
+  options: Omit<Parameters<typeof openSqliteBackend>[0], "path"> = {},
+): Promise<void> {
+  const path = fresh();
+  const b = await openSqliteBackend({ path, ...options });
+  try {
+    await fn(b, path);
+  } finally {
+    await b.close();
+  }
+}
+
+/** Increments the 64-bit counter at `key` by reading and writing it (not an atomic add). */
+async function increment(tx: Transaction, key: Uint8Array): Promise<bigint> {
+  const n = readInt64LE(await tx.get(key)) + 1n;
+  tx.set(key, int64LE(n));
+  return n;
+}
+
+describe("openSqliteBackend options", () => {
+  const rejects = async (options: unknown, field: RegExp) => {
+    await assert.rejects(
+      openSqliteBackend(options as never),
+      (e) => e instanceof ValidationError && field.test(e.message),
+      `expected a ValidationError naming ${field}`,
+    );
+  };
+
+  it("rejects a missing, empty or in-memory path, naming the field", async () => {
+    await rejects(undefined, /^Invalid options:/);
+    await rejects({}, /options\.path/);
+    await rejects({ path: "" }, /options\.path: Expected a non-empty file path/);
+    await rejects({ path: 42 }, /options\.path: Expected string/);
+    await rejects({ path: ":memory:" }, /options\.path: Expected a file path/);
+  });
+
+  it("rejects unknown keys and mistyped fields, naming the field", async () => {
+    const path = fresh();
+    await rejects({ path, nope: 1 }, /options\.nope: Unknown field/);
+    await rejects({ path, synchronous: "off" }, /options\.synchronous/);
+    await rejects({ path, synchronous: true }, /options\.synchronous/);
+    await rejects({ path, maxGroupSize: 0 }, /options\.maxGroupSize/);
+    await rejects({ path, maxGroupSize: 1.5 }, /options\.maxGroupSize/);
+    await rejects({ path, limits: { maxValueSize: -1 } }, /options\.limits\.maxValueSize/);
+    await rejects({ path, limits: { bogus: 1 } }, /options\.limits\.bogus/);
+    assert.equal(existsSync(path), false, "nothing is created for invalid options");
+  });
+
+  it("creates missing parent directories", async () => {
+    const path = join(dir(), "deep", "er", "db.sqlite");
+    const b = await openSqliteBackend({ path });
+    await b.transact((tx) => tx.set(k("a"), k("1")));
+    await b.close();
+    assert.ok(existsSync(path));
+    assert.ok(existsSync(`${path}-notify`));
+  });
+
+  it("declares FoundationDB's limits unless overridden", () =>
+    withSqlite(async (b) => {
+      assert.deepEqual({ ...b.limits }, { ...FOUNDATIONDB_LIMITS });
+      const c = await openSqliteBackend({ path: fresh(), limits: { maxValueSize: 10 } });
+      assert.equal(c.limits.maxValueSize, 10);
+      assert.equal(c.limits.maxKeySize, FOUNDATIONDB_LIMITS.maxKeySize);
+      await assert.rejects(
+        c.transact((tx) => tx.set(k("v"), new Uint8Array(11))),
+        (e) => e instanceof LimitExceededError && e.code === "value_too_large",
+      );
+      await c.close();
+    }));
+
+  it("refuses a file written in another storage format", async () => {
+    const path = fresh();
+    await (await openSqliteBackend({ path })).close();
+    const db = new DatabaseSync(path);
+    db.exec("UPDATE meta SET value = 99 WHERE name = 'format'");
+    db.close();
+    await assert.rejects(
+      openSqliteBackend({ path }),
+      (e) => e instanceof BackendUnavailableError && /format 99/.test(e.message),
+    );
+  });
+});
+
+describe("sqlite backend", () => {
+  it("keeps committed data across close and reopen, with stamps still increasing", async () => {
+    const path = fresh();
+    const b1 = await openSqliteBackend({ path });
+    let s1!: Promise<Uint8Array>;
+    await b1.transact((tx) => {
+      tx.set(k("durable"), k("yes"));
+      tx.add(k("n"), 41);
+      s1 = tx.getVersionstamp();
+    });
+    const stamp1 = await s1;
+    await b1.close();
+    const b2 = await openSqliteBackend({ path, synchronous: "normal" });
+    try {
+      assert.equal(
+        new TextDecoder().decode(await b2.transact((tx) => tx.get(k("durable")))),
+        "yes",
+      );
+      let s2!: Promise<Uint8Array>;
+      await b2.transact((tx) => {
+        tx.add(k("n"), 1);
+        s2 = tx.getVersionstamp();
+      });
+      assert.ok(compareBytes(stamp1, await s2) < 0, "stamps keep increasing after a reopen");
+      assert.equal(readInt64LE(await b2.transact((tx) => tx.get(k("n")))), 42n);
+    } finally {
+      await b2.close();
+    }
+  });
+
+  it("commits a group of waiting transactions with one physical commit, each its own stamp", () =>
+    withSqlite(async (b) => {
+      const n = 50;
+      const before = b.stats.physicalCommits;
+      const results = await Promise.all(Array.from({ length: n }, async (_, i) => {
+        let stamp!: Promise<Uint8Array>;
+        const value = await b.transact(async (tx) => {
+          tx.set(k(`own/${i}`), k(String(i)));
+          stamp = tx.getVersionstamp();
+          return await increment(tx, k("shared"));
+        });
+        return { value, stamp: await stamp };
+      }));
+      const commits = b.stats.physicalCommits - before;
+      assert.ok(commits < n, `expected fewer than ${n} physical commits, got ${commits}`);
+      assert.equal(readInt64LE(await b.transact((tx) => tx.get(k("shared")))), BigInt(n));
+      const own = await b.transact((tx) => tx.getRange(k("own/"), k("own0")));
+      assert.equal(own.length, n);
+      // Distinct stamps, and stamp order is the order in which the increments were applied.
+      const byStamp = [...results].sort((x, y) => compareBytes(x.stamp, y.stamp));
+      assert.equal(new Set(results.map((r) => toHex(r.stamp))).size, n);
+      assert.deepEqual(byStamp.map((r) => r.value), results.map((_, i) => BigInt(i + 1)));
+      // Stamps of one physical commit share the commit counter (their first 8 bytes).
+      const counters = new Set(results.map((r) => toHex(r.stamp.subarray(0, 8))));
+      assert.equal(counters.size, commits);
+    }));
+
+  it("rolls back only the throwing member of a group", () =>
+    withSqlite(async (b) => {
+      const before = b.stats.physicalCommits;
+      const outcomes = await Promise.allSettled(Array.from({ length: 10 }, (_, i) =>
+        b.transact(async (tx) => {
+          tx.set(k(`m/${i}`), k("x"));
+          await increment(tx, k("count"));
+          if (i === 4) throw new Error("member 4 fails");
+        })));
+      assert.equal(
+        outcomes.filter((o) =>
+          o.status === "fulfilled"
+        ).length,
+        9,
+      );
+      const failed = outcomes[4] as PromiseRejectedResult;
+      assert.match(String(failed.reason), /member 4 fails/);
+      const keys = await b.transact((tx) => tx.getRange(k("m/"), k("m0")));
+      assert.deepEqual(
+        keys.map((r) => new TextDecoder().decode(r.key)),
+        ["m/0", "m/1", "m/2", "m/3", "m/5", "m/6", "m/7", "m/8", "m/9"],
+      );
+      assert.equal(readInt64LE(await b.transact((tx) => tx.get(k("count")))), 9n);
+      assert.ok(b.stats.physicalCommits - before < 10);
+    }));
+
+  it("commits a lone transaction at once, and each sequential one separately", () =>
+    withSqlite(async (b) => {
+      const before = b.stats.physicalCommits;
+      for (let i = 0; i < 5; i++) await b.transact((tx) => increment(tx, k("seq")));
+      assert.equal(b.stats.physicalCommits - before, 5);
+      assert.equal(b.stats.transactions, 5);
+    }));
+
+  it("caps groups at maxGroupSize, and maxGroupSize 1 turns grouping off", async () => {
+    await withSqlite(async (b) => {
+      await Promise.all(Array.from({ length: 40 }, () => b.transact((tx) => tx.add(k("c"), 1))));
+      assert.ok(b.stats.physicalCommits >= 5, `${b.stats.physicalCommits} commits for 40 of 8`);
+    }, { maxGroupSize: 8 });
+    await withSqlite(async (b) => {
+      await Promise.all(Array.from({ length: 20 }, () => b.transact((tx) => tx.add(k("c"), 1))));
+      assert.equal(b.stats.physicalCommits, 20);
+      assert.equal(readInt64LE(await b.transact((tx) => tx.get(k("c")))), 20n);
+    }, { maxGroupSize: 1 });
+  });
+
+  it("does not commit, or fsync, a transaction that wrote nothing", () =>
+    withSqlite(async (b) => {
+      await b.transact((tx) => tx.get(k("nothing")));
+      assert.equal(b.stats.physicalCommits, 0);
+    }));
+
+  it("runs read-only transactions while a write transaction holds the lock", () =>
+    withSqlite(async (b) => {
+      await b.transact((tx) => tx.set(k("x"), k("old")));
+      const gate = Promise.withResolvers<void>();
+      const writing = b.transact(async (tx) => {
+        tx.set(k("x"), k("new"));
+        await gate.promise;
+      });
+      const seen = await deadline(
+        b.transact((tx) => tx.get(k("x")), { readOnly: true }),
+        2000,
+        "read-only transaction waited for the writer",
+      );
+      assert.equal(new TextDecoder().decode(seen), "old");
+      gate.resolve();
+      await writing;
+      assert.equal(new TextDecoder().decode(await b.transact((tx) => tx.get(k("x")))), "new");
+    }));
+
+  it("waits for another connection's lock without blocking the event loop", async () => {
+    const path = fresh();
+    const b1 = await openSqliteBackend({ path });
+    const b2 = await openSqliteBackend({ path });
+    try {
+      const gate = Promise.withResolvers<void>();
+      const started = Promise.withResolvers<void>();
+      const holding = b1.transact(async (tx) => {
+        tx.set(k("held"), int64LE(7));
+        started.resolve();
+        await gate.promise;
+      });
+      await started.promise;
+      const waiting = b2.transact((tx) => increment(tx, k("held")));
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 5);
+      try {
+        await waitFor(() => ticks >= 10, 5000, "the event loop stalled while waiting for a lock");
+      } finally {
+        clearInterval(ticker);
+      }
+      assert.ok(b2.stats.lockWaits > 0, "b2 should have found the lock taken");
+      gate.resolve();
+      await holding;
+      assert.equal(await deadline(waiting, 5000, "b2 never got the lock"), 8n);
+    } finally {
+      await b1.close();
+      await b2.close();
+    }
+  });
+
+  it("lets timers run while transactions keep arriving from promise callbacks alone", () =>
+    withSqlite(async (b) => {
+      let fired: number | undefined;
+      const t0 = performance.now();
+      const timer = setTimeout(() => fired = performance.now() - t0, 10);
+      const end = t0 + 5000;
+      try {
+        await Promise.all(Array.from({ length: 16 }, async () => {
+          while (fired === undefined && performance.now() < end) {
+            await b.transact((tx) => tx.add(k("busy"), 1));
+          }
+        }));
+      } finally {
+        clearTimeout(timer);
+      }
+      assert.ok(fired !== undefined, "a 10 ms timer did not fire during 5 s of writes");
+    }, { synchronous: "normal" }));
+
+  it("fires a watch on a commit made through another connection to the file", async () => {
+    const path = fresh();
+    const b1 = await openSqliteBackend({ path });
+    const b2 = await openSqliteBackend({ path });
+    try {
+      const watch = await b1.transact(async (tx) => {
+        await tx.get(k("w"));
+        return tx.watch(k("w"));
+      });
+      await b2.transact((tx) => tx.set(k("other"), k("x")));
+      await b2.transact((tx) => tx.set(k("w"), k("1")));
+      const t0 = performance.now();
+      assert.equal(await deadline(watch.promise, 900, "cross-connection watch missed"), true);
+      // Well under the safety poll: the notify file woke it.
+      assert.ok(performance.now() - t0 < 900);
+      // A clear is a write too.
+      const w2 = await b1.transact((tx) => tx.watch(k("w")), { readOnly: true });
+      await b2.transact((tx) => tx.clearRange(k("a"), k("z")));
+      assert.equal(await deadline(w2.promise, 900, "clear did not fire the watch"), true);
+    } finally {
+      await b1.close();
+      await b2.close();
+    }
+  });
+
+  it("fires a watch made in a group when a later member of the group writes the key", () =>
+    withSqlite(async (b) => {
+      const gate = Promise.withResolvers<void>();
+      const blocker = b.transact(async (tx) => {
+        tx.set(k("blocker"), k("1"));
+        await gate.promise;
+      });
+      // Both wait behind the blocker, so they run in one group, in this order.
+      const watching = b.transact((tx) => tx.watch(k("g")));
+      const writing = b.transact((tx) => tx.set(k("g"), k("later")));
+      const unrelated = b.transact((tx) => tx.watch(k("h")));
+      gate.resolve();
+      await Promise.all([blocker, writing]);
+      const [w, u] = [await watching, await unrelated];
+      assert.equal(await deadline(w.promise, 2000, "in-group later write missed"), true);
+      let fired = false;
+      u.promise.then(() => fired = true);
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(fired, false);
+      u.cancel();
+    }));
+
+  it("refuses to read a versionstamped value in its own transaction", () =>
+    withSqlite(async (b) => {
+      await assert.rejects(
+        b.transact(async (tx) => {
+          tx.setVersionstampedValue(k("sv"), k("p"));
+          await tx.get(k("sv"));
+        }),
+        { code: "accessed_unreadable" },
+      );
+      await b.transact(async (tx) => {
+        tx.setVersionstampedValue(k("sv"), k("p"));
+        tx.set(k("sv"), k("plain")); // overwritten: readable again
+        assert.equal(new TextDecoder().decode(await tx.get(k("sv"))), "plain");
+      });
+    }));
+
+  it("times out a body that waits for another write transaction instead of deadlocking", () =>
+    withSqlite(async (b) => {
+      await assert.rejects(
+        b.transact(async (tx) => {
+          tx.set(k("outer"), k("1"));
+          await b.transact((inner) => inner.set(k("inner"), k("1")));
+        }),
+        (e) => e instanceof LimitExceededError && e.code === "transaction_timeout",
+      );
+      assert.equal(await b.transact((tx) => tx.get(k("outer"))), undefined);
+      // The inner one was merely queued behind the outer one; it commits afterwards.
+      await waitFor(
+        () => b.transact((tx) => tx.get(k("inner")), { readOnly: true }),
+        2000,
+        "inner transaction never committed",
+      );
+    }, { limits: { maxTransactionDuration: 200 } }));
+
+  it("withdraws a queued transaction whose signal aborts", () =>
+    withSqlite(async (b) => {
+      const gate = Promise.withResolvers<void>();
+      const holding = b.transact(async () => await gate.promise);
+      const ac = new AbortController();
+      const queued = b.transact((tx) => tx.set(k("aborted"), k("1")), { signal: ac.signal });
+      ac.abort(new Error("changed my mind"));
+      await assert.rejects(queued, /changed my mind/);
+      gate.resolve();
+      await holding;
+      assert.equal(await b.transact((tx) => tx.get(k("aborted"))), undefined);
+    }));
+
+  it("fails uncommitted transactions when closed, and settles pending watches", async () => {
+    const path = fresh();
+    const b = await openSqliteBackend({ path });
+    const w = await b.transact((tx) => tx.watch(k("pending")));
+    const gate = Promise.withResolvers<void>();
+    const running = b.transact(async (tx) => {
+      tx.set(k("a"), k("1"));
+      await gate.promise;
+    });
+    const queued = b.transact((tx) => tx.set(k("b"), k("1")));
+    const closing = b.close();
+    await assert.rejects(queued, (e) => e instanceof BackendUnavailableError);
+    assert.equal(await w.promise, false);
+    gate.resolve();
+    await assert.rejects(running, (e) => e instanceof BackendUnavailableError);
+    await closing;
+    await assert.rejects(b.transact((tx) => tx.get(k("a"))), { code: "backend_unavailable" });
+    const again = await openSqliteBackend({ path });
+    try {
+      assert.deepEqual(await again.transact((tx) => tx.getRange(k("a"), k("c"))), []);
+    } finally {
+      await again.close();
+    }
+  });
+});
