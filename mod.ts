@@ -51,6 +51,10 @@ export {
   withFaults,
 } from "./lib/storage/faults.ts";
 export { openTenant, type Tenant } from "./lib/tenant.ts";
+import { openTenant, type Tenant } from "./lib/tenant.ts";
+import { openSqliteBackend, type SqliteBackend } from "./lib/storage/sqlite.ts";
+import { cwd, env } from "./lib/runtime/process.ts";
+import { ValidationError } from "./lib/errors.ts";
 export {
   compareTuples,
   pack,
@@ -120,3 +124,45 @@ export {
   type ViewOptions,
   watchTenant,
 } from "./lib/inspect.ts";
+
+const sandboxes = new Map<string, Promise<SqliteBackend>>();
+
+/**
+ * The seed's `sandbox_open`: the tenant `dir` in the SQLite file `<data dir>/<db>.sqlite`,
+ * where the data dir is `$DGEN_DATA_DIR` if set, else `.dgen/` in the working directory (read
+ * at each call). Calls for the same file share one backend per process (reopened if it was
+ * closed); `tenant.backend.close()` closes it.
+ *
+ * @example
+ * ```ts
+ * import { sandboxOpen } from "./mod.ts";
+ * const tenant = await sandboxOpen("example", "counter");
+ * console.log(tenant.name, tenant.backend.kind); // "counter" "sqlite"
+ * await tenant.backend.close();
+ * ```
+ */
+export async function sandboxOpen(db: string, dir: string): Promise<Tenant> {
+  if (typeof db !== "string" || !/^[A-Za-z0-9._-]+$/.test(db) || db === "." || db === "..") {
+    throw new ValidationError([{
+      path: "db",
+      message: `Expected a file name of letters, digits, ".", "_" or "-", received ${
+        JSON.stringify(db)
+      }`,
+    }]);
+  }
+  const base = env("DGEN_DATA_DIR") || `${cwd()}/.dgen`;
+  const path = `${base.replace(/\/+$/, "")}/${db}.sqlite`;
+  let opening = sandboxes.get(path);
+  if (opening !== undefined) {
+    const open = await opening.catch(() => undefined);
+    if (open === undefined || (open as unknown as { closed: boolean }).closed) {
+      if (sandboxes.get(path) === opening) sandboxes.delete(path);
+    }
+    opening = sandboxes.get(path);
+  }
+  if (opening === undefined) {
+    opening = openSqliteBackend({ path });
+    sandboxes.set(path, opening);
+  }
+  return await openTenant(await opening, dir);
+}

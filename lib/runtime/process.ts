@@ -32,3 +32,22 @@ export function unrefTimer(timer: TimerHandle): void {
   if (typeof timer === "number") deno?.unrefTimer(timer);
   else (timer as { unref?: () => void }).unref?.();
 }
+
+/** An environment variable, or undefined (also when the runtime denies access to it). */
+export function env(name: string): string | undefined {
+  try {
+    const d = (globalThis as { Deno?: { env: { get(n: string): string | undefined } } }).Deno;
+    if (d !== undefined) return d.env.get(name);
+    return (globalThis as { process?: { env: Record<string, string | undefined> } }).process
+      ?.env[name];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The current working directory. */
+export function cwd(): string {
+  const d = (globalThis as { Deno?: { cwd(): string } }).Deno;
+  if (d !== undefined) return d.cwd();
+  return (globalThis as { process?: { cwd(): string } }).process?.cwd() ?? ".";
+}

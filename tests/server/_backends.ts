@@ -2,7 +2,29 @@
  * The backends the server-runtime suite runs on. Each test file registers its scenarios once
  * per entry; a backend that cannot run here carries a skip reason that is printed.
  */
-import { type Backend, openMemoryBackend, openTenant, type Tenant } from "../../mod.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after } from "node:test";
+import {
+  type Backend,
+  openMemoryBackend,
+  openSqliteBackend,
+  openTenant,
+  type Tenant,
+} from "../../mod.ts";
+
+let root: string | undefined;
+let files = 0;
+/** A fresh SQLite file path in a directory removed after the test file. */
+export function tempDbPath(name = "server"): string {
+  if (root === undefined) {
+    root = mkdtempSync(join(tmpdir(), "dgen-server-test-"));
+    const made = root;
+    after(() => rmSync(made, { recursive: true, force: true }));
+  }
+  return join(root, `${name}-${files++}.sqlite`);
+}
 
 /** A backend the suite runs on. */
 export interface TestBackend {
@@ -17,6 +39,7 @@ export interface TestBackend {
 /** Every backend of the server-runtime suite. */
 export const backends: TestBackend[] = [
   { name: "memory", open: () => Promise.resolve(openMemoryBackend()) },
+  { name: "sqlite", open: () => openSqliteBackend({ path: tempDbPath() }) },
 ];
 
 let n = 0;
