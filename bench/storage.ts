@@ -26,7 +26,7 @@ import {
   type SqliteBackend,
 } from "../mod.ts";
 import { int64LE, strinc } from "../lib/bytes.ts";
-import { Child, missingRuntimes, type Runtime } from "../tests/storage/_processes.ts";
+import { missingRuntimes, type Runtime, sqliteChild } from "../tests/_processes.ts";
 
 const arg = (name: string, fallback: number) => {
   const a = process.argv.find((x) => x.startsWith(`--${name}=`));
@@ -157,7 +157,7 @@ async function multiProcessWrites(): Promise<void> {
   await (await openSqliteBackend({ path })).close();
   const count = 5000;
   const children = (["deno", "bun"] as Runtime[]).map((r) =>
-    new Child(r, path, "increment", { key: "c", count, concurrency: 16, tag: r[0] })
+    sqliteChild(r, path, "increment", { key: "c", count, concurrency: 16, tag: r[0] })
   );
   try {
     await Promise.all(children.map((c) => c.next((d) => d.ready === true, 30_000, "ready")));
@@ -192,7 +192,7 @@ async function watchLatency(): Promise<void> {
   const key = enc.encode("watched");
   const runtimes: Runtime[] = ["deno", "bun"];
   const children = runtimes.map((r) =>
-    new Child(r, path, "watch", { key: "watched", rounds: ROUNDS })
+    sqliteChild(r, path, "watch", { key: "watched", rounds: ROUNDS })
   );
   const lat: Record<string, number[]> = { deno: [], bun: [] };
   try {

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openSqliteBackend, openTenant, readInt64LE } from "../../mod.ts";
 import { int64LE, strinc } from "../../lib/bytes.ts";
-import { Child, missingRuntimes, type Runtime } from "./_processes.ts";
+import { type Child, missingRuntimes, type Runtime, sqliteChild } from "../_processes.ts";
 
 const skip = missingRuntimes();
 let root: string | undefined;
@@ -36,7 +36,7 @@ async function withChildren(
   const children: Child[] = [];
   try {
     for (const [runtime, path, mode, params] of specs) {
-      children.push(new Child(runtime, path, mode, params));
+      children.push(sqliteChild(runtime, path, mode, params));
     }
     await Promise.all(children.map((c) => c.next((d) => d.ready === true, READY_MS, "ready line")));
     await fn(children);

@@ -1,7 +1,6 @@
 /**
- * Child processes for the multi-process tests and benchmarks: spawn `sqlite_child.ts` under
- * Deno or Bun, read its JSON lines (each stamped with its arrival time), send it commands,
- * kill it.
+ * Child processes for the multi-process tests and benchmarks: spawn a script under Deno or
+ * Bun, read its JSON lines (each stamped with its arrival time), send it commands, kill it.
  */
 
 import { type ChildProcess, spawn } from "node:child_process";
@@ -39,9 +38,12 @@ export interface Message {
   at: number;
 }
 
-const CHILD = fileURLToPath(new URL("./sqlite_child.ts", import.meta.url));
+/** The path of a script next to this file (e.g. `"storage/sqlite_child.ts"`). */
+export function testScript(relative: string): string {
+  return fileURLToPath(new URL(relative, import.meta.url));
+}
 
-/** A running `sqlite_child.ts`. */
+/** A running child script. */
 export class Child {
   readonly #proc: ChildProcess;
   readonly #messages: Message[] = [];
@@ -52,12 +54,13 @@ export class Child {
   /** Resolves once the process has exited and its pipes are closed. */
   readonly closed: Promise<number | null>;
 
-  constructor(readonly runtime: Runtime, dbPath: string, mode: string, params: unknown) {
+  /** Starts `script` (an absolute path) with `args` under `runtime`. */
+  constructor(readonly runtime: Runtime, script: string, scriptArgs: string[]) {
     const exe = findOnPath(runtime);
     if (exe === undefined) throw new Error(`${runtime} not found on PATH`);
     const args = runtime === "deno"
-      ? ["run", "-A", CHILD, dbPath, mode, JSON.stringify(params)]
-      : [CHILD, dbPath, mode, JSON.stringify(params)];
+      ? ["run", "-A", script, ...scriptArgs]
+      : [script, ...scriptArgs];
     this.#proc = spawn(exe, args, {
       stdio: ["pipe", "pipe", "inherit"],
       env: { ...process.env, NO_COLOR: "1" },
@@ -127,4 +130,33 @@ export class Child {
     this.#proc.stdin?.destroy();
     await this.closed;
   }
+
+  /** Sends a signal (e.g. `"SIGSTOP"`, `"SIGCONT"`) if the child still runs. */
+  signal(sig: "SIGSTOP" | "SIGCONT" | "SIGTERM"): void {
+    if (this.#proc.exitCode === null && this.#proc.signalCode === null) this.#proc.kill(sig);
+  }
+
+  /** The OS process id. */
+  get pid(): number {
+    return this.#proc.pid ?? 0;
+  }
+
+  /** Whether the process has exited. */
+  get exited(): boolean {
+    return this.#ended || this.#proc.exitCode !== null || this.#proc.signalCode !== null;
+  }
+}
+
+/** A `storage/sqlite_child.ts` child on the database at `dbPath`. */
+export function sqliteChild(
+  runtime: Runtime,
+  dbPath: string,
+  mode: string,
+  params: unknown,
+): Child {
+  return new Child(runtime, testScript("./storage/sqlite_child.ts"), [
+    dbPath,
+    mode,
+    JSON.stringify(params),
+  ]);
 }

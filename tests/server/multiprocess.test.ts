@@ -1,0 +1,137 @@
+/**
+ * Several OS processes serve one server on a shared SQLite file: three consuming processes
+ * (Deno and Bun) and a client process; consumers are SIGKILLed at random and restarted while
+ * the client casts and calls. Afterwards every acknowledged cast was applied exactly once,
+ * every call reply fits the sequential history, no lock is held and the queue is empty.
+ * Random choices come from a printed seed (`DGEN_SEED` replays one).
+ */
+import { after, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import process from "node:process";
+import { openSqliteBackend, openTenant, readServerView } from "../../mod.ts";
+import { Child, missingRuntimes, type Runtime, testScript } from "../_processes.ts";
+import { tempDbPath } from "./_backends.ts";
+import { waitFor } from "../_helpers.ts";
+
+const skip = missingRuntimes();
+const SCRIPT = testScript("./server/mp_child.ts");
+const CASTS = Number(process.env.DGEN_MP_CASTS ?? 2000);
+const CALLS = Number(process.env.DGEN_MP_CALLS ?? 500);
+
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** What the checker needs from a finished run. */
+export interface History {
+  ackedCasts: Set<string>;
+  okCalls: Map<string, number>;
+  invoked: Set<string>;
+}
+
+/** Checks the final Tally state against the client's history; returns a summary. */
+export function checkTally(log: string[], count: number, h: History): string {
+  assert.equal(count, log.length, "count equals the number of applied messages");
+  const seen = new Set<string>();
+  for (const id of log) {
+    assert.ok(!seen.has(id), `message ${id} applied twice`);
+    assert.ok(h.invoked.has(id), `message ${id} applied but never sent`);
+    seen.add(id);
+  }
+  for (const id of h.ackedCasts) assert.ok(seen.has(id), `acknowledged cast ${id} lost`);
+  for (const [id, r] of h.okCalls) {
+    assert.equal(log[r - 1], id, `call ${id} replied ${r}, but position ${r} holds ${log[r - 1]}`);
+  }
+  return `${log.length} applied, ${h.ackedCasts.size} acked casts, ${h.okCalls.size} ok calls`;
+}
+
+describe("several processes serving one server on SQLite", { skip }, () => {
+  const children: Child[] = [];
+  after(async () => {
+    await Promise.all(children.map((c) => c.kill()));
+  });
+
+  it("applies every acknowledged message exactly once while consumers are killed", async () => {
+    const seed = Number(process.env.DGEN_SEED ?? Date.now() % 1_000_000);
+    console.log(`multi-process seed: ${seed} (replay with DGEN_SEED=${seed})`);
+    const random = prng(seed);
+    const path = tempDbPath("mp");
+    const spec = JSON.stringify({ kind: "sqlite", path, tenant: "mp" });
+    const runtimes: Runtime[] = ["deno", "bun", "deno"];
+    const consumers: Array<Child | undefined> = [];
+    const startConsumer = async (i: number) => {
+      const c = new Child(runtimes[i]!, SCRIPT, [
+        spec,
+        "consumer",
+        JSON.stringify({ lockLease: 1000 }),
+      ]);
+      children.push(c);
+      await c.next((d) => d.ready === true, 30_000, "consumer ready");
+      consumers[i] = c;
+    };
+    await Promise.all(runtimes.map((_, i) => startConsumer(i)));
+    const client = new Child(random() < 0.5 ? "deno" : "bun", SCRIPT, [
+      spec,
+      "client",
+      JSON.stringify({ casts: CASTS, calls: CALLS, concurrency: 8, prefix: "m", timeout: 60_000 }),
+    ]);
+    children.push(client);
+    await client.next((d) => d.ready === true, 30_000, "client ready");
+
+    // Nemesis: kill a random consumer every 0.2–0.8 s and restart it.
+    let kills = 0;
+    let clientDone = false;
+    const nemesis = (async () => {
+      while (!clientDone) {
+        await new Promise((r) => setTimeout(r, 200 + random() * 600));
+        if (clientDone) break;
+        const i = Math.floor(random() * runtimes.length);
+        const victim = consumers[i];
+        if (victim === undefined) continue;
+        consumers[i] = undefined;
+        await victim.kill();
+        kills++;
+        await startConsumer(i);
+      }
+    })();
+    const h: History = { ackedCasts: new Set(), okCalls: new Map(), invoked: new Set() };
+    let failures = 0;
+    for (;;) {
+      const m = await client.next(() => true, 120_000, "client progress");
+      const d = m.data;
+      if (d.done) break;
+      if (typeof d.invoke === "string") h.invoked.add(d.id as string);
+      else if (d.ok === "cast") h.ackedCasts.add(d.id as string);
+      else if (d.ok === "call") h.okCalls.set(d.id as string, d.reply as number);
+      else if (d.fail) failures++;
+    }
+    clientDone = true;
+    await nemesis;
+    const backend = await openSqliteBackend({ path });
+    try {
+      const tenant = await openTenant(backend, "mp");
+      const view = await waitFor(
+        async () => {
+          const v = await readServerView(tenant, "tally", { headLimit: 1 });
+          return v && v.queue.length === 0 && v.lock === null ? v : undefined;
+        },
+        60_000,
+        "queue not drained",
+      );
+      const state = view.state as { count: number; log: Array<{ id: string }> };
+      const summary = checkTally(state.log.map((x) => x.id), state.count, h);
+      console.log(`multi-process: ${summary}, ${kills} kills, ${failures} failed ops`);
+      assert.ok(kills >= 3, `the nemesis killed only ${kills} consumers`);
+      assert.equal(h.ackedCasts.size + h.okCalls.size + failures, CASTS + CALLS);
+    } finally {
+      await backend.close();
+    }
+  });
+});
