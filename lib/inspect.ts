@@ -182,6 +182,8 @@ export async function watchTenant(
     if (changed.length > 0) await onChange(changed);
     const onAbort = () => watch.cancel();
     signal.addEventListener("abort", onAbort, { once: true });
+    // An abort during the read or onChange has already fired: the listener would never run.
+    if (signal.aborted) watch.cancel();
     try {
       await watch.promise;
     } finally {

@@ -10,7 +10,7 @@ import {
   watchTenant,
 } from "../mod.ts";
 import { Counter } from "./server/_defs.ts";
-import { waitFor } from "./_helpers.ts";
+import { deadline, waitFor } from "./_helpers.ts";
 
 describe("tenant read model", () => {
   it("shows lossless display forms of values JSON cannot hold", () => {
@@ -84,6 +84,25 @@ describe("tenant read model", () => {
     await done;
     await a.stop();
     await b.stop();
+    await backend.close();
+  });
+  it("stops watching when aborted while onChange runs", async () => {
+    const backend = openMemoryBackend();
+    const tenant = await openTenant(backend, "abort");
+    const a = await start(Counter, [], { tenant, id: "a" });
+    const abort = new AbortController();
+    const gate = Promise.withResolvers<void>();
+    let calls = 0;
+    const done = watchTenant(tenant, async () => {
+      calls++;
+      await gate.promise;
+    }, abort.signal);
+    await waitFor(() => calls === 1, 2000, "no initial batch");
+    abort.abort();
+    gate.resolve();
+    await deadline(done, 2000, "watchTenant kept waiting for a change after abort");
+    assert.equal(calls, 1);
+    await a.stop();
     await backend.close();
   });
 });
