@@ -148,8 +148,9 @@ export async function readServerView(
 
 /**
  * Calls `onChange` with the ids of the servers that changed (were created, written, killed, or
- * changed queue, lock, dead letters or instances), first with every server, then after each
- * change, until `signal` aborts. Driven by one watch on the tenant's change counter; a change
+ * changed queue, lock, dead letters or instances), first with every server (an empty list for
+ * an empty tenant), then after each change, until `signal` aborts; the next read waits for the
+ * promise `onChange` returns, so a slow consumer throttles the feed instead of queueing. Driven by one watch on the tenant's change counter; a change
  * costs one range read of the per-server counters, not a re-read of every server.
  */
 export async function watchTenant(
@@ -159,6 +160,7 @@ export async function watchTenant(
 ): Promise<void> {
   const seen = new Map<string, bigint>();
   const tenantKey = new ServerKeys("").tenantChange;
+  let first = true;
   while (!signal.aborted) {
     const { rows, watch } = await tenant.transact(async (tx) => {
       const rows = await tx.getRange(CHANGE_INDEX, strinc(CHANGE_INDEX));
@@ -179,7 +181,9 @@ export async function watchTenant(
         changed.push(id);
       }
     }
-    if (changed.length > 0) await onChange(changed);
+    // The first call comes even for an empty tenant, so a consumer knows the initial read is done.
+    if (changed.length > 0 || first) await onChange(changed);
+    first = false;
     const onAbort = () => watch.cancel();
     signal.addEventListener("abort", onAbort, { once: true });
     // An abort during the read or onChange has already fired: the listener would never run.

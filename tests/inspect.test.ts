@@ -105,4 +105,22 @@ describe("tenant read model", () => {
     await a.stop();
     await backend.close();
   });
+  it("reports an empty first batch for an empty tenant", async () => {
+    const backend = openMemoryBackend();
+    const tenant = await openTenant(backend, "empty");
+    const batches: string[][] = [];
+    const abort = new AbortController();
+    const done = watchTenant(tenant, (ids) => {
+      batches.push(ids);
+    }, abort.signal);
+    await waitFor(() => batches.length === 1, 2000, "no initial batch");
+    assert.deepEqual(batches[0], []);
+    const a = await start(Counter, [], { tenant, id: "a" });
+    await waitFor(() => batches.length === 2, 2000, "creation not reported");
+    assert.deepEqual(batches[1], ["a"]);
+    abort.abort();
+    await done;
+    await a.stop();
+    await backend.close();
+  });
 });
