@@ -106,6 +106,7 @@ export { StateConflictError } from "./lib/server/merge.ts";
 export type { StoredError } from "./lib/server/records.ts";
 export type { AnySchema } from "./lib/validate.ts";
 export {
+  type InstanceView,
   listServers,
   type QueuedView,
   readServerView,

@@ -26,6 +26,22 @@ export interface QueuedView {
   attempts: number;
 }
 
+/** One live instance of a server as shown to tools. */
+export interface InstanceView {
+  /** Instance id. */
+  instance: string;
+  /** Whether it takes messages from the queue. */
+  consuming: boolean;
+  /** `"deno"`, `"bun"` or `"node"`. */
+  runtime: string;
+  /** Its OS process id. */
+  pid: number;
+  /** When it started, ms since the epoch. */
+  since: number;
+  /** Its last heartbeat, ms since the epoch. */
+  lastSeen: number;
+}
+
 /** What tools see of one server. */
 export interface ServerView {
   /** Server id. */
@@ -41,7 +57,7 @@ export interface ServerView {
   /** Dead letters. */
   deadLetters: { length: number };
   /** Live instances. */
-  instances: Array<{ instance: string; consuming: boolean; since: number; lastSeen: number }>;
+  instances: InstanceView[];
 }
 
 /**
@@ -138,6 +154,8 @@ export async function readServerView(
         return {
           instance: p.instance,
           consuming: p.consuming,
+          runtime: p.runtime,
+          pid: p.pid,
           since: p.since,
           lastSeen: p.lastSeen,
         };

@@ -10,7 +10,7 @@ import {
   watchTenant,
 } from "../mod.ts";
 import { Counter } from "./server/_defs.ts";
-import { deadline, waitFor } from "./_helpers.ts";
+import { deadline, runtime, waitFor } from "./_helpers.ts";
 
 describe("tenant read model", () => {
   it("shows lossless display forms of values JSON cannot hold", () => {
@@ -47,6 +47,9 @@ describe("tenant read model", () => {
     assert.equal(va?.state, 3);
     assert.equal(va?.instances.length, 1);
     assert.equal(va?.instances[0]?.consuming, true);
+    assert.equal(va?.instances[0]?.instance, a.instance);
+    assert.equal(va?.instances[0]?.runtime, runtime);
+    assert.ok(Number.isInteger(va?.instances[0]?.pid));
     const vb = await readServerView(tenant, "b");
     assert.equal(vb?.queue.length, 2);
     assert.deepEqual(vb?.queue.head.map((m) => [m.kind, m.name, m.arg]), [["cast", "bump", 1], [
