@@ -115,3 +115,4 @@ export {
   type ViewOptions,
   watchTenant,
 } from "./lib/inspect.ts";
+export { type Dashboard, type DashboardOptions, serveDashboard } from "./lib/dashboard/serve.ts";
