@@ -178,8 +178,8 @@ function ServerCard({ server, tenant }: { server: ServerModel; tenant: TenantMod
           {queued > 0 && <span class="badge badge-busy">{plural(queued, "queued", "queued")}</span>}
           {dead > 0 && <span class="badge badge-bad">{plural(dead, "dead letter")}</span>}
         </div>
-        <span class="version" title={`state version ${server.version.value}`}>
-          v {server.version.value.slice(-8) || "—"}
+        <span class="version" title={`state version (versionstamp) ${server.version.value}`}>
+          {commitVersion(server.version.value)}
         </span>
       </header>
       {server.problem.value !== null && (
@@ -230,6 +230,12 @@ function ServerCard({ server, tenant }: { server: ServerModel; tenant: TenantMod
       </Part>
     </article>
   );
+}
+
+/** The commit version inside a versionstamp (its first 8 bytes), for a compact "v123". */
+function commitVersion(stamp: string): string {
+  if (!/^[0-9a-f]{16}/.test(stamp)) return "";
+  return `v${BigInt(`0x${stamp.slice(0, 16)}`).toLocaleString()}`;
 }
 
 function isScalar(v: unknown): boolean {

@@ -133,10 +133,15 @@ function Bytes({ hex }: { hex: string }) {
 }
 
 function Rows(
-  { count, shown, children }: { count: number; shown: Signal<number>; children: ComponentChildren },
+  { count, shown, children, class: className = "v-rows" }: {
+    count: number;
+    shown: Signal<number>;
+    children: ComponentChildren;
+    class?: string;
+  },
 ) {
   return (
-    <ul class="v-rows">
+    <ul class={className}>
       {children}
       {count > shown.value && (
         <li>
@@ -152,31 +157,46 @@ function Rows(
 
 /** A collection: inline when empty, else a `<details>` that starts open near the root. */
 function Tree(
-  { label, value, count, depth, children }: {
+  { name, label, value, count, depth, rows }: {
+    name?: ComponentChildren;
     label: string;
     value: unknown;
     count: number;
     depth: number;
-    children: (limit: number) => ComponentChildren;
+    rows: (limit: number) => ComponentChildren;
   },
 ) {
   const shown = useSignal(CHILD_LIMIT);
-  if (count === 0) return <span class="v-label v-empty">{label}</span>;
+  if (count === 0) {
+    return (
+      <>
+        {name}
+        <span class="v-label v-empty">{label}</span>
+      </>
+    );
+  }
+  // The root object is the state itself: its fields are listed without a fold of their own.
+  if (depth === 0 && name === undefined && label.startsWith("{")) {
+    return <Rows class="v-rows v-root" count={count} shown={shown}>{rows(shown.value)}</Rows>;
+  }
   return (
     <details class="v-tree" open={depth < 2}>
       <summary>
+        {name}
         <span class="v-label">{label}</span>
         <span class="v-preview">{preview(value)}</span>
       </summary>
-      <Rows count={count} shown={shown}>{children(shown.value)}</Rows>
+      <Rows count={count} shown={shown}>{rows(shown.value)}</Rows>
     </details>
   );
 }
 
-/** Draws a display-form value. */
-export function Value({ value, depth = 0 }: { value: unknown; depth?: number }) {
-  const s = classify(value);
-  const d = depth + 1;
+function isCollection(s: Shape): boolean {
+  return s.kind === "array" || s.kind === "set" || s.kind === "object" || s.kind === "map";
+}
+
+/** A value that is not a collection. */
+function Leaf({ s }: { s: Shape }) {
   switch (s.kind) {
     case "string":
       return <Text text={s.text} />;
@@ -190,60 +210,94 @@ export function Value({ value, depth = 0 }: { value: unknown; depth?: number }) 
       );
     case "array":
     case "set":
+    case "object":
+    case "map":
+      return null;
+    default:
+      return <span class={`v-${s.kind}`}>{s.text}</span>;
+  }
+}
+
+/** A map key: drawn in full when scalar, summarized when it is itself a collection. */
+function MapKey({ value }: { value: unknown }) {
+  const s = classify(value);
+  return (
+    <span class="v-mapkey">
+      {isCollection(s) ? <span class="v-preview">{preview(value, 32)}</span> : <Leaf s={s} />}
+      <span class="v-arrow">⇒</span>
+    </span>
+  );
+}
+
+/**
+ * Draws a display-form value; `name` (a field name, an index, a map key) goes before it, inside
+ * the fold's summary for collections so that their rows line up under the name.
+ */
+export function Value(
+  { value, depth = 0, name }: { value: unknown; depth?: number; name?: ComponentChildren },
+) {
+  const s = classify(value);
+  const d = depth + 1;
+  switch (s.kind) {
+    case "array":
+    case "set":
       return (
         <Tree
+          name={name}
           label={s.kind === "set" ? `Set(${s.items.length})` : `Array(${s.items.length})`}
           value={value}
           count={s.items.length}
           depth={depth}
-        >
-          {(limit) =>
+          rows={(limit) =>
             s.items.slice(0, limit).map((item, i) => (
               <li key={i}>
-                {s.kind === "array" && <span class="v-index">{i}</span>}
-                <Value value={item} depth={d} />
+                <Value
+                  value={item}
+                  depth={d}
+                  name={s.kind === "array" ? <span class="v-index">{i}</span> : undefined}
+                />
               </li>
             ))}
-        </Tree>
+        />
       );
     case "object":
       return (
         <Tree
+          name={name}
           label={s.entries.length === 0 ? "{}" : `{${s.entries.length}}`}
           value={value}
           count={s.entries.length}
           depth={depth}
-        >
-          {(limit) =>
+          rows={(limit) =>
             s.entries.slice(0, limit).map(([k, item]) => (
               <li key={k}>
-                <span class="v-key">{k}</span>
-                <Value value={item} depth={d} />
+                <Value value={item} depth={d} name={<span class="v-key">{k}</span>} />
               </li>
             ))}
-        </Tree>
+        />
       );
     case "map":
       return (
         <Tree
+          name={name}
           label={`Map(${s.entries.length})`}
           value={value}
           count={s.entries.length}
           depth={depth}
-        >
-          {(limit) =>
+          rows={(limit) =>
             s.entries.slice(0, limit).map(([k, item], i) => (
-              <li key={i} class="v-entry">
-                <span class="v-mapkey">
-                  <Value value={k} depth={d} />
-                </span>
-                <span class="v-arrow">⇒</span>
-                <Value value={item} depth={d} />
+              <li key={i}>
+                <Value value={item} depth={d} name={<MapKey value={k} />} />
               </li>
             ))}
-        </Tree>
+        />
       );
     default:
-      return <span class={`v-${s.kind}`}>{s.text}</span>;
+      return (
+        <>
+          {name}
+          <Leaf s={s} />
+        </>
+      );
   }
 }
