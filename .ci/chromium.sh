@@ -8,4 +8,4 @@ fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 $SUDO apt-get update
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
