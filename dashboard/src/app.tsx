@@ -94,6 +94,7 @@ function TenantView({ tenant }: { tenant: TenantModel }) {
         </h1>
         <Totals totals={tenant.totals} />
       </div>
+      <Unreadable tenant={tenant} />
       {tenant.status.value === "connecting" && ids.length === 0
         ? <p class="notice">Loading…</p>
         : ids.length === 0
@@ -107,6 +108,22 @@ function TenantView({ tenant }: { tenant: TenantModel }) {
           </div>
         )}
     </section>
+  );
+}
+
+/** Read failures of servers that have no card (their view was never read). */
+function Unreadable({ tenant }: { tenant: TenantModel }) {
+  const known = new Set(tenant.ids.value);
+  const orphans = [...tenant.unreadable.value].filter(([id]) => !known.has(id));
+  if (orphans.length === 0) return null;
+  return (
+    <div class="notice notice-bad" data-field="unreadable">
+      {orphans.map(([id, message]) => (
+        <p key={id} class="small">
+          Could not read server <span class="mono">{id}</span>: {message}
+        </p>
+      ))}
+    </div>
   );
 }
 
@@ -169,6 +186,7 @@ function ServerCard({ server, tenant }: { server: ServerModel; tenant: TenantMod
   const lock = server.lock.value;
   const queued = server.queue.value.length;
   const dead = server.deadLetters.value;
+  const problem = tenant.unreadable.value.get(server.id);
   return (
     <article class={lock === null ? "card" : "card card-locked"} data-server={server.id}>
       <header class="card-head">
@@ -182,8 +200,10 @@ function ServerCard({ server, tenant }: { server: ServerModel; tenant: TenantMod
           {commitVersion(server.version.value)}
         </span>
       </header>
-      {server.problem.value !== null && (
-        <p class="notice notice-bad">Could not read this server: {server.problem.value}</p>
+      {problem !== undefined && (
+        <p class="notice notice-bad" data-field="problem">
+          Could not read this server: {problem}
+        </p>
       )}
       <Part server={server} section="state" title="State" field="state">
         <div class={isScalar(server.state.value) ? "state state-scalar" : "state"}>

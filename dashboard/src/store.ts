@@ -24,8 +24,6 @@ export interface ServerModel {
   readonly instances: Signal<ServerView["instances"]>;
   /** Per section, how many visible changes it has had (the highlight replays on each). */
   readonly revs: Signal<Readonly<Record<Section, number>>>;
-  /** Why the last read of this server failed, if it did. */
-  readonly problem: Signal<string | null>;
   /** Fingerprints of the last view, per section (not live: only compared). */
   prints: Record<Section, string>;
 }
@@ -38,6 +36,8 @@ export interface TenantModel {
   readonly ids: Signal<readonly string[]>;
   /** Models by id; membership changes go through `ids`. */
   readonly servers: Map<string, ServerModel>;
+  /** Servers whose last read failed, with why (a server may have no card yet). */
+  readonly unreadable: Signal<ReadonlyMap<string, string>>;
   /** Server clock minus this page's clock, ms (lease countdowns use the server's clock). */
   readonly skew: Signal<number>;
   /** When the last event arrived (page clock). */
@@ -98,6 +98,7 @@ function tenantModel(name: string): TenantModel {
       status: signal<Status>("connecting"),
       ids,
       servers,
+      unreadable: signal<ReadonlyMap<string, string>>(new Map()),
       skew: signal(0),
       lastEvent: signal(0),
       totals: computed(() => {
@@ -151,7 +152,6 @@ function newServer(view: ServerView): ServerModel {
     deadLetters: signal(view.deadLetters.length),
     instances: signal(view.instances),
     revs: signal(ZERO_REVS),
-    problem: signal(null),
     prints: fingerprints(view),
   };
 }
@@ -174,7 +174,6 @@ function applyView(model: ServerModel, view: ServerView): void {
   model.lock.value = view.lock;
   model.deadLetters.value = view.deadLetters.length;
   model.instances.value = view.instances;
-  model.problem.value = null;
   if (changed) model.revs.value = revs;
 }
 
@@ -194,6 +193,7 @@ function onSnapshot(tenant: TenantModel, payload: SnapshotPayload): void {
     }
     for (const id of [...tenant.servers.keys()]) if (!seen.has(id)) tenant.servers.delete(id);
     tenant.ids.value = sortedIds(tenant.servers);
+    tenant.unreadable.value = new Map();
     tenant.skew.value = payload.now - Date.now();
     tenant.status.value = "live";
     tenant.lastEvent.value = Date.now();
@@ -209,21 +209,29 @@ function onServer(tenant: TenantModel, view: ServerView): void {
     } else {
       applyView(existing, view);
     }
+    readable(tenant, view.id);
     tenant.lastEvent.value = Date.now();
   });
 }
 
 function onRemoved(tenant: TenantModel, { id }: RemovedPayload): void {
-  if (!tenant.servers.delete(id)) return;
   batch(() => {
-    tenant.ids.value = sortedIds(tenant.servers);
+    if (tenant.servers.delete(id)) tenant.ids.value = sortedIds(tenant.servers);
+    readable(tenant, id);
     tenant.lastEvent.value = Date.now();
   });
 }
 
 function onUnreadable(tenant: TenantModel, { id, message }: UnreadablePayload): void {
-  const model = tenant.servers.get(id);
-  if (model !== undefined) model.problem.value = message;
+  tenant.unreadable.value = new Map(tenant.unreadable.value).set(id, message);
+}
+
+/** Forgets a read failure of `id` (it was read, or removed); call inside `batch`. */
+function readable(tenant: TenantModel, id: string): void {
+  if (!tenant.unreadable.value.has(id)) return;
+  const next = new Map(tenant.unreadable.value);
+  next.delete(id);
+  tenant.unreadable.value = next;
 }
 
 /**

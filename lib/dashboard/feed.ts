@@ -152,14 +152,15 @@ class TenantFeed {
         frames.push(sseEvent(PER_SERVER_READ_FAILED, { id, message: result.error }));
         continue;
       }
-      this.#unreadable.delete(id);
+      // A client showing a read failure must hear that it is over, even if the view is as before.
+      const recovered = this.#unreadable.delete(id);
       const view = result.view;
       if (view === undefined) {
-        if (this.#views.delete(id)) frames.push(sseEvent("removed", { id }));
+        if (this.#views.delete(id) || recovered) frames.push(sseEvent("removed", { id }));
         continue;
       }
       const json = JSON.stringify(view);
-      if (this.#views.get(id)?.json === json) continue;
+      if (!recovered && this.#views.get(id)?.json === json) continue;
       this.#views.set(id, { view, json });
       frames.push(sseEvent("server", view));
     }

@@ -187,19 +187,24 @@ describe("dashboard page in headless Chromium", { skip: SKIP }, () => {
         lease1,
         { timeout: 5000 },
       );
-      // Let the change highlights fade, for a calm picture.
-      await page.waitForFunction(
-        () =>
-          !document.getAnimations().some((a) =>
-            (a as unknown as { animationName?: string }).animationName === "flash" &&
-            a.playState === "running"
-          ),
-        null,
-        { timeout: 5000 },
-      );
+      // Let the change highlights (and, after a scheme switch, colour transitions) finish,
+      // for a calm picture; the lease bar and the live dot move all the time.
+      const calm = () =>
+        page.waitForFunction(
+          () =>
+            !document.getAnimations().some((a) => {
+              const named = a as unknown as { animationName?: string; transitionProperty?: string };
+              return a.playState === "running" && named.animationName !== "breathe" &&
+                named.transitionProperty !== "width";
+            }),
+          null,
+          { timeout: 5000 },
+        );
+      await calm();
       await mkdir(ARTIFACTS, { recursive: true });
       await page.screenshot({ path: new URL("dashboard.png", ARTIFACTS).pathname });
       await page.emulateMedia({ colorScheme: "dark" });
+      await calm();
       await page.screenshot({ path: new URL("dashboard-dark.png", ARTIFACTS).pathname });
       await page.emulateMedia({ colorScheme: "light" });
       board.gate.resolve();

@@ -22,6 +22,7 @@ import {
   serveDashboardWith,
 } from "../../lib/dashboard/serve.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
+import { strinc } from "../../lib/bytes.ts";
 import { Counter } from "../server/_defs.ts";
 import { deadline, waitFor } from "../_helpers.ts";
 import { SseClient } from "./_sse.ts";
@@ -174,6 +175,46 @@ describe("dashboard HTTP and event stream", () => {
       "no removed event",
     );
     assert.deepEqual(removed, { id: "a" });
+    await t.done();
+  });
+
+  it("reports a server whose stored state cannot be decoded, and recovers when it can", async () => {
+    const t = await setup();
+    const a = await start(Counter, [1], { tenant: t.tenant, id: "a", consume: false });
+    t.later(() => a.stop());
+    const keys = new ServerKeys("a");
+    const corrupt = (bytes: Uint8Array) =>
+      t.tenant.transact(async (tx) => {
+        const [row] = await tx.getRange(keys.state, strinc(keys.state));
+        tx.set(row!.key, bytes);
+        tx.add(keys.change, 1);
+        tx.add(keys.tenantChange, 1);
+      });
+    const good = await t.tenant.transact(async (tx) =>
+      (await tx.getRange(keys.state, strinc(keys.state)))[0]!.value
+    );
+    await corrupt(new Uint8Array([0xff]));
+    const dash = await serveDashboard({ tenants: [t.tenant] });
+    t.later(() => dash.close());
+    const client = await SseClient.open(eventsUrl(dash, "acme/prod"));
+    t.later(() => client.close());
+    const problem = await waitFor(
+      () => client.payloads<{ id: string; message: string }>("unreadable")[0],
+      5000,
+      "no unreadable event",
+    );
+    assert.equal(problem.id, "a");
+    assert.match(problem.message, /cannot be decoded/);
+    assert.deepEqual(snapshotOf(client)!.servers, [], "the snapshot came first, without it");
+    await corrupt(good);
+    const view = await waitFor(() => serverEvents(client, "a")[0], 5000, "no event once readable");
+    assert.equal(view.state, 1);
+    // Broken again, then repaired to the very same view: the repair is still announced.
+    await corrupt(new Uint8Array([0xff]));
+    await waitFor(() => client.payloads("unreadable").length === 2, 5000, "no second report");
+    await corrupt(good);
+    await waitFor(() => serverEvents(client, "a").length === 2, 5000, "the repair was not sent");
+    assert.deepEqual(serverEvents(client, "a")[1], view);
     await t.done();
   });
 
