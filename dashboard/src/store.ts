@@ -325,4 +325,8 @@ export function startStore(): void {
     const tenant = current.value;
     if (tenant !== null) return follow(tenant);
   });
+  effect(() => {
+    const tenant = current.value;
+    document.title = tenant === null ? "dgen dashboard" : `${tenant.name} · dgen dashboard`;
+  });
 }
