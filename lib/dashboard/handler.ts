@@ -181,7 +181,13 @@ function eventStream(tenant: Tenant, config: HandlerConfig): Response {
           // desiredSize is minus the bytes still queued (the high-water mark is 0): a client
           // that stopped reading is dropped rather than buffered without bound.
           if (-(controller.desiredSize ?? 0) > config.maxBuffered) return client.end();
-          controller.enqueue(frame);
+          try {
+            controller.enqueue(frame);
+          } catch {
+            // The runtime closed the stream under us: this client is gone. Never throw into
+            // the feed, which is delivering the same frame to other clients.
+            client.end();
+          }
         },
         end() {
           if (!open) return;

@@ -332,6 +332,45 @@ describe("dashboard HTTP and event stream", () => {
     await t.done();
   });
 
+  it("drops a client that stops reading instead of buffering for it without bound", async () => {
+    const Blob = defineServer({
+      name: "blob",
+      init: () => ({ n: 0, pad: "x".repeat(2_000_000) }),
+      handleCast: {
+        touch: (_: undefined, s: { n: number; pad: string }) => noreply({ ...s, n: s.n + 1 }),
+      },
+    });
+    const t = await setup();
+    const blob = await start(Blob, [], { tenant: t.tenant });
+    t.later(() => blob.stop());
+    const dash = await serveDashboardWith({ tenants: [t.tenant] }, {
+      coalesceMs: 20,
+      maxBuffered: 4_000_000,
+    });
+    t.later(() => dash.close());
+    const counters = dashboardCounters(dash);
+    // A raw socket that never reads (fetch clients read ahead into memory on their own).
+    const { port } = new URL(dash.url);
+    const socket = connect(Number(port), "127.0.0.1", () => {
+      socket.write(
+        `GET /api/tenants/acme%2Fprod/events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`,
+      );
+    });
+    socket.on("error", () => {});
+    socket.pause();
+    await waitFor(() => counters.streams === 1, 5000, "the stream did not open");
+    // Each change sends a 2 MB view; the socket's buffers fill, then the stream's queue grows.
+    // Changes are paced a window apart so that each one is sent, not coalesced away.
+    const end = performance.now() + 20_000;
+    while (counters.streams > 0 && performance.now() < end) {
+      await blob.cast("touch");
+      await new Promise((r) => setTimeout(r, 40));
+    }
+    assert.equal(counters.streams, 0, "a client that reads nothing is still buffered for");
+    socket.destroy();
+    await t.done();
+  });
+
   it("ends every stream when the dashboard closes", async () => {
     const t = await setup();
     const dash = await serveDashboard({ tenants: [t.tenant] });
