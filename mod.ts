@@ -116,6 +116,7 @@ export { StateConflictError } from "./lib/server/merge.ts";
 export type { StoredError } from "./lib/server/records.ts";
 export type { AnySchema } from "./lib/validate.ts";
 export {
+  type InstanceView,
   listServers,
   type QueuedView,
   readServerView,
@@ -124,6 +125,7 @@ export {
   type ViewOptions,
   watchTenant,
 } from "./lib/inspect.ts";
+export { type Dashboard, type DashboardOptions, serveDashboard } from "./lib/dashboard/serve.ts";
 
 const sandboxes = new Map<string, Promise<SqliteBackend>>();
 

@@ -10,7 +10,13 @@
 import { readInt64LE, strinc, toHex } from "./bytes.ts";
 import { createInterimCodec } from "./codec/_interim.ts";
 import { CHANGE_INDEX, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
-import { decodeEnvelope, decodeLock, decodeMeta, decodePresence } from "./server/records.ts";
+import {
+  decodeEnvelope,
+  decodeLock,
+  decodeMeta,
+  decodePresence,
+  isLive,
+} from "./server/records.ts";
 import type { Tenant } from "./tenant.ts";
 import { unpack } from "./tuple.ts";
 
@@ -24,6 +30,22 @@ export interface QueuedView {
   arg: unknown;
   /** Failed attempts so far. */
   attempts: number;
+}
+
+/** One live instance of a server as shown to tools. */
+export interface InstanceView {
+  /** Instance id. */
+  instance: string;
+  /** Whether it takes messages from the queue. */
+  consuming: boolean;
+  /** `"deno"`, `"bun"` or `"node"`. */
+  runtime: string;
+  /** Its OS process id. */
+  pid: number;
+  /** When it started, ms since the epoch. */
+  since: number;
+  /** Its last heartbeat, ms since the epoch. */
+  lastSeen: number;
 }
 
 /** What tools see of one server. */
@@ -41,7 +63,7 @@ export interface ServerView {
   /** Dead letters. */
   deadLetters: { length: number };
   /** Live instances. */
-  instances: Array<{ instance: string; consuming: boolean; since: number; lastSeen: number }>;
+  instances: InstanceView[];
 }
 
 /**
@@ -115,6 +137,7 @@ export async function readServerView(
       tx.getRange(keys.instances, strinc(keys.instances)),
     ]);
     const lock = lockBytes === undefined ? null : decodeLock(lockBytes, keys.lock);
+    const now = Date.now();
     return {
       id,
       version: sv === undefined ? "" : toHex(sv),
@@ -133,23 +156,28 @@ export async function readServerView(
         message: lock.message.name,
       },
       deadLetters: { length: Number(readInt64LE(dln)) },
-      instances: instances.map((r) => {
-        const p = decodePresence(r.value, r.key);
-        return {
-          instance: p.instance,
-          consuming: p.consuming,
-          since: p.since,
-          lastSeen: p.lastSeen,
-        };
-      }),
+      // Presence of instances that died without stopping lingers until a consumer's garbage
+      // collection; tools show only live ones.
+      instances: instances.map((r) => decodePresence(r.value, r.key)).filter((p) => isLive(p, now))
+        .map((p) => {
+          return {
+            instance: p.instance,
+            consuming: p.consuming,
+            runtime: p.runtime,
+            pid: p.pid,
+            since: p.since,
+            lastSeen: p.lastSeen,
+          };
+        }),
     };
   }, { readOnly: true });
 }
 
 /**
  * Calls `onChange` with the ids of the servers that changed (were created, written, killed, or
- * changed queue, lock, dead letters or instances), first with every server, then after each
- * change, until `signal` aborts. Driven by one watch on the tenant's change counter; a change
+ * changed queue, lock, dead letters or instances), first with every server (an empty list for
+ * an empty tenant), then after each change, until `signal` aborts; the next read waits for the
+ * promise `onChange` returns, so a slow consumer throttles the feed instead of queueing. Driven by one watch on the tenant's change counter; a change
  * costs one range read of the per-server counters, not a re-read of every server.
  */
 export async function watchTenant(
@@ -159,6 +187,7 @@ export async function watchTenant(
 ): Promise<void> {
   const seen = new Map<string, bigint>();
   const tenantKey = new ServerKeys("").tenantChange;
+  let first = true;
   while (!signal.aborted) {
     const { rows, watch } = await tenant.transact(async (tx) => {
       const rows = await tx.getRange(CHANGE_INDEX, strinc(CHANGE_INDEX));
@@ -179,9 +208,13 @@ export async function watchTenant(
         changed.push(id);
       }
     }
-    if (changed.length > 0) await onChange(changed);
+    // The first call comes even for an empty tenant, so a consumer knows the initial read is done.
+    if (changed.length > 0 || first) await onChange(changed);
+    first = false;
     const onAbort = () => watch.cancel();
     signal.addEventListener("abort", onAbort, { once: true });
+    // An abort during the read or onChange has already fired: the listener would never run.
+    if (signal.aborted) watch.cancel();
     try {
       await watch.promise;
     } finally {

@@ -52,7 +52,12 @@ export function toIssues(root: string, issues: readonly v.BaseIssue<unknown>[]):
     if (issue.type === "strict_object" || issue.expected === "never") {
       return { path: issuePath(root, issue), message: "Unknown field" };
     }
-    const expected = issue.expected ? `Expected ${issue.expected}` : issue.message;
+    // A custom check's own message says what was expected (its `expected` is "unknown").
+    const expected = issue.type === "custom"
+      ? issue.message
+      : issue.expected
+      ? `Expected ${issue.expected}`
+      : issue.message;
     const message = issue.kind === "schema"
       ? `${expected}, received ${describeValue(issue.input)}`
       : `${issue.message}`;

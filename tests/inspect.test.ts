@@ -10,7 +10,7 @@ import {
   watchTenant,
 } from "../mod.ts";
 import { Counter } from "./server/_defs.ts";
-import { waitFor } from "./_helpers.ts";
+import { deadline, runtime, waitFor } from "./_helpers.ts";
 
 describe("tenant read model", () => {
   it("shows lossless display forms of values JSON cannot hold", () => {
@@ -47,6 +47,9 @@ describe("tenant read model", () => {
     assert.equal(va?.state, 3);
     assert.equal(va?.instances.length, 1);
     assert.equal(va?.instances[0]?.consuming, true);
+    assert.equal(va?.instances[0]?.instance, a.instance);
+    assert.equal(va?.instances[0]?.runtime, runtime);
+    assert.ok(Number.isInteger(va?.instances[0]?.pid));
     const vb = await readServerView(tenant, "b");
     assert.equal(vb?.queue.length, 2);
     assert.deepEqual(vb?.queue.head.map((m) => [m.kind, m.name, m.arg]), [["cast", "bump", 1], [
@@ -84,6 +87,43 @@ describe("tenant read model", () => {
     await done;
     await a.stop();
     await b.stop();
+    await backend.close();
+  });
+  it("stops watching when aborted while onChange runs", async () => {
+    const backend = openMemoryBackend();
+    const tenant = await openTenant(backend, "abort");
+    const a = await start(Counter, [], { tenant, id: "a" });
+    const abort = new AbortController();
+    const gate = Promise.withResolvers<void>();
+    let calls = 0;
+    const done = watchTenant(tenant, async () => {
+      calls++;
+      await gate.promise;
+    }, abort.signal);
+    await waitFor(() => calls === 1, 2000, "no initial batch");
+    abort.abort();
+    gate.resolve();
+    await deadline(done, 2000, "watchTenant kept waiting for a change after abort");
+    assert.equal(calls, 1);
+    await a.stop();
+    await backend.close();
+  });
+  it("reports an empty first batch for an empty tenant", async () => {
+    const backend = openMemoryBackend();
+    const tenant = await openTenant(backend, "empty");
+    const batches: string[][] = [];
+    const abort = new AbortController();
+    const done = watchTenant(tenant, (ids) => {
+      batches.push(ids);
+    }, abort.signal);
+    await waitFor(() => batches.length === 1, 2000, "no initial batch");
+    assert.deepEqual(batches[0], []);
+    const a = await start(Counter, [], { tenant, id: "a" });
+    await waitFor(() => batches.length === 2, 2000, "creation not reported");
+    assert.deepEqual(batches[1], ["a"]);
+    abort.abort();
+    await done;
+    await a.stop();
     await backend.close();
   });
 });

@@ -74,6 +74,8 @@ import {
   decodeReplySlot,
   encodeRecord,
   type Envelope,
+  HEARTBEAT_INTERVAL,
+  isLive,
   type LockRecord,
   type StoredError,
   timeOrderedId,
@@ -100,10 +102,6 @@ export function testHooks(ref: ServerRef): TestHooks {
   return (ref as unknown as { [TEST_HOOKS]: TestHooks })[TEST_HOOKS];
 }
 
-/** How often an instance refreshes its presence record, ms. */
-export const HEARTBEAT_INTERVAL = 5_000;
-/** A presence older than this many heartbeats is considered dead. */
-const STALE_HEARTBEATS = 3;
 /** Consuming instances collect garbage every this many heartbeats. */
 const GC_EVERY = 6;
 /** Enqueue records are kept this long for idempotent retries, ms. */
@@ -482,7 +480,7 @@ class Instance {
     const stale: Uint8Array[] = [];
     for (const row of await tx.getRange(rt.keys.instances, strinc(rt.keys.instances))) {
       const p = decodePresence(row.value, row.key);
-      if (p.lastSeen < now - STALE_HEARTBEATS * HEARTBEAT_INTERVAL) stale.push(row.key);
+      if (!isLive(p, now)) stale.push(row.key);
       else live.add(p.instance);
     }
     for (const key of stale) tx.clear(key);

@@ -148,6 +148,16 @@ export interface PresenceRecord {
   lastSeen: number;
 }
 
+/** How often an instance refreshes its presence record, ms. */
+export const HEARTBEAT_INTERVAL = 5_000;
+/** A presence not refreshed for this long (three heartbeats) belongs to a dead instance. */
+export const PRESENCE_TTL = 3 * HEARTBEAT_INTERVAL;
+
+/** Whether a presence record was refreshed recently enough to count as live at `now`. */
+export function isLive(p: PresenceRecord, now: number): boolean {
+  return p.lastSeen >= now - PRESENCE_TTL;
+}
+
 const presenceSchema = v.object({
   instance: v.string(),
   runtime: v.string(),
