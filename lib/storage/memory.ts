@@ -435,17 +435,12 @@ class MemoryTransaction implements Transaction {
       this.armWatches(new Set());
       return;
     }
-    for (const [b, e] of this.conflicts) {
-      if (e === b + "\0") {
-        if (store.latestVersion(b) > this.readVersion) throw new ConflictError(conflictMessage(b));
-        continue;
-      }
-      const sorted = store.sorted;
-      for (let i = lowerBound(sorted, b); i < sorted.length && sorted[i]! < e; i++) {
-        if (store.latestVersion(sorted[i]!) > this.readVersion) {
-          throw new ConflictError(conflictMessage(sorted[i]!));
-        }
-      }
+    const conflict = this.findConflict();
+    if (conflict !== undefined) {
+      const error = new ConflictError(conflictMessage(conflict));
+      this.stamp.reject(error);
+      for (const [, handle] of this.watches) handle.cancel();
+      throw error;
     }
     const at = ++store.version;
     const stamp = new Uint8Array(10);
@@ -482,6 +477,22 @@ class MemoryTransaction implements Transaction {
     this.armWatches(written, at);
     this.stamp.resolve(stamp);
     if (++store.commitsSinceGc >= 256 || store.dirty.size > 4096) store.gc();
+  }
+
+  /** A key this transaction read that a later commit wrote, if any. */
+  findConflict(): string | undefined {
+    const store = this.store;
+    for (const [b, e] of this.conflicts) {
+      if (e === b + "\0") {
+        if (store.latestVersion(b) > this.readVersion) return b;
+        continue;
+      }
+      const sorted = store.sorted;
+      for (let i = lowerBound(sorted, b); i < sorted.length && sorted[i]! < e; i++) {
+        if (store.latestVersion(sorted[i]!) > this.readVersion) return sorted[i]!;
+      }
+    }
+    return undefined;
   }
 
   armWatches(written: Set<string>, at?: number): void {

@@ -186,6 +186,32 @@ export function registerConformance(
           assert.equal(runs, 2);
         }));
 
+      it("settles the watch and versionstamp of an attempt that conflicted", () =>
+        withBackend(open, async (b) => {
+          const key = k("settle");
+          const gate = Promise.withResolvers<void>();
+          const firsts: Array<{ watch: Promise<boolean>; stamp: Promise<Uint8Array> }> = [];
+          const tx1 = b.transact(async (tx) => {
+            await tx.get(key);
+            const watch = tx.watch(k("elsewhere"));
+            const stamp = tx.getVersionstamp();
+            stamp.catch(() => {});
+            firsts.push({ watch: watch.promise, stamp });
+            if (firsts.length === 1) await gate.promise;
+            tx.set(k("out"), k("x"));
+          });
+          await b.transact((tx) => tx.set(key, k("v")));
+          gate.resolve();
+          await tx1;
+          assert.equal(firsts.length, 2, "the first attempt conflicted");
+          assert.equal(
+            await deadline(firsts[0]!.watch, 2000, "watch of the failed attempt"),
+            false,
+          );
+          await assert.rejects(deadline(firsts[0]!.stamp, 2000, "stamp of the failed attempt"));
+          assert.equal((await firsts[1]!.stamp).length, 10);
+        }));
+
       it("does not conflict on snapshot reads", () =>
         withBackend(open, async (b) => {
           const key = k("snap");
