@@ -68,8 +68,21 @@ function longest(keys: readonly string[]): number {
   return m;
 }
 
+/** The result of {@link planKeys}. */
+export interface KeyPlan {
+  /** The index keys of the new collection, in item order (strictly ascending). */
+  keys: readonly string[];
+  /**
+   * Positions `[from, to)` of the new collection outside of which every item keeps its old
+   * key (the prefix items at the same positions, the suffix items shifted). Empty when
+   * nothing changes.
+   */
+  from: number;
+  to: number;
+}
+
 /**
- * The index keys of a collection after an edit, in item order (strictly ascending).
+ * The index keys of a collection after an edit.
  *
  * The new collection has `length` items: its first `prefix` items are the old collection's
  * first `prefix` items (same ids, same order), its last `suffix` items are the old one's last
@@ -78,7 +91,7 @@ function longest(keys: readonly string[]): number {
  * `prefix` and `prevKeys.length - suffix`), or `-1` for a new item.
  *
  * An item keeps its old key unless it moved relative to the others (or a re-keying window
- * covers it). Returns `prevKeys` itself when nothing changes.
+ * covers it). When nothing changes, `keys` is `prevKeys` itself.
  */
 export function planKeys(
   prevKeys: readonly string[],
@@ -86,9 +99,9 @@ export function planKeys(
   prefix: number,
   suffix: number,
   sources: readonly number[],
-): readonly string[] {
+): KeyPlan {
   const pn = prevKeys.length;
-  if (length === pn && prefix + suffix >= length) return prevKeys;
+  if (length === pn && prefix + suffix >= length) return { keys: prevKeys, from: 0, to: 0 };
   const keys = new Array<string | undefined>(length);
   for (let j = 0; j < prefix; j++) keys[j] = prevKeys[j];
   for (let t = 1; t <= suffix; t++) keys[length - t] = prevKeys[pn - t];
@@ -96,8 +109,10 @@ export function planKeys(
   for (let i = 0; i < sources.length; i++) {
     if (kept[i]) keys[prefix + i] = prevKeys[sources[i]!];
   }
+  let from = prefix;
+  let to = length - suffix;
   // Fill each run of items without a key, left to right.
-  let j = 0;
+  let j = prefix;
   while (j < length) {
     if (keys[j] !== undefined) {
       j++;
@@ -113,17 +128,24 @@ export function planKeys(
       j = e;
       continue;
     }
-    j = rekeyWindow(keys, j, e);
+    const [l, r] = rekeyWindow(keys, j, e);
+    from = Math.min(from, l);
+    to = Math.max(to, r);
+    j = r;
   }
-  return keys as string[];
+  return { keys: keys as string[], from, to };
 }
 
 /**
  * Re-keys a window around the run `[start, end)` of items without keys, doubling it until its
  * keys fit in {@link REBALANCED_KEY_LENGTH} characters (or it covers every item). Returns the
- * end of the window. Items left of `start` have keys; right of `end`, some may not.
+ * window. Items left of `start` have keys; right of `end`, some may not.
  */
-function rekeyWindow(keys: (string | undefined)[], start: number, end: number): number {
+function rekeyWindow(
+  keys: (string | undefined)[],
+  start: number,
+  end: number,
+): [number, number] {
   const n = keys.length;
   for (let k = Math.max(end - start, 1);; k *= 2) {
     const l = Math.max(0, start - k);
@@ -134,7 +156,7 @@ function rekeyWindow(keys: (string | undefined)[], start: number, end: number): 
     const generated = generateNKeysBetween(lo, hi, r - l);
     if (longest(generated) <= REBALANCED_KEY_LENGTH || (l === 0 && r === n)) {
       for (let i = 0; i < generated.length; i++) keys[l + i] = generated[i];
-      return r;
+      return [l, r];
     }
   }
 }

@@ -193,6 +193,8 @@ class Codec implements StateCodec {
   /** Index keys of collections, per full path; `null` when two placements disagreed. */
   readonly orders = new WeakMap<object, Map<string, readonly string[] | null>>();
   readonly encodings = new WeakMap<object, Map<string, EncodingEntry>>();
+  /** Objects this codec froze (a faster test than `Object.isFrozen` on some engines). */
+  readonly frozen = new WeakSet<object>();
 
   constructor(readonly maxValueSize: number) {}
 
@@ -356,17 +358,28 @@ class Codec implements StateCodec {
   }
 
   freeze<T>(state: T): T {
-    const stack: unknown[] = [state];
+    // An object is frozen before its children are visited (they are only queued), so a cycle
+    // ends at an already-frozen object, and every already-frozen subtree is skipped without a
+    // look inside: the cost is that of the new parts of the state.
+    if (typeof state !== "object" || state === null) return state;
+    const frozen = this.frozen;
+    const stack: object[] = [state];
     while (stack.length > 0) {
-      const x = stack.pop();
-      if (typeof x !== "object" || x === null || Object.isFrozen(x)) continue;
-      if (isPlainArray(x)) {
-        Object.freeze(x);
-        for (const e of x) if (typeof e === "object" && e !== null) stack.push(e);
-      } else if (isPlain(x)) {
-        Object.freeze(x);
-        for (const e of Object.values(x)) if (typeof e === "object" && e !== null) stack.push(e);
+      const x = stack.pop()!;
+      if (frozen.has(x) || Object.isFrozen(x)) continue;
+      let children: unknown[];
+      if (isPlainArray(x)) children = x;
+      else if (isPlain(x)) children = Object.values(x);
+      else continue;
+      // Children are read before the freeze: engines read unfrozen arrays faster.
+      for (let i = 0; i < children.length; i++) {
+        const e = children[i];
+        if (typeof e === "object" && e !== null && !frozen.has(e) && !Object.isFrozen(e)) {
+          stack.push(e);
+        }
       }
+      Object.freeze(x);
+      frozen.add(x);
     }
     return state;
   }
@@ -714,12 +727,29 @@ class Writer {
     const n = next.length;
     const pn = prev.length;
     if (n === 0) return NOT_A_COLLECTION;
-    // Common prefix and suffix: same ids at the same places.
+    // Common prefix and suffix: same ids at the same places. Note the items among them that
+    // changed (or may have: mutable containers inside), the only ones to visit there.
+    const prevMutable = codec.isMutable(prev);
+    const touched: number[] = [];
     const lim = Math.min(n, pn);
     let p = 0;
-    while (p < lim && sameItem(prev[p]!, next[p])) p++;
+    for (; p < lim; p++) {
+      const a = prev[p]!;
+      const b = next[p];
+      if (a !== b) {
+        if (!isPlain(b) || b.id !== a.id) break;
+        touched.push(p);
+      } else if (prevMutable && codec.isMutable(b)) touched.push(p);
+    }
     let s = 0;
-    while (s < lim - p && sameItem(prev[pn - 1 - s]!, next[n - 1 - s])) s++;
+    for (; s < lim - p; s++) {
+      const a = prev[pn - 1 - s]!;
+      const b = next[n - 1 - s];
+      if (a !== b) {
+        if (!isPlain(b) || b.id !== a.id) break;
+        touched.push(n - 1 - s);
+      } else if (prevMutable && codec.isMutable(b)) touched.push(n - 1 - s);
+    }
     // Validate the middle of next before staging anything.
     const prevShape = codec.shapeOf(prev, path);
     let seg = prevShape.seg;
@@ -764,7 +794,7 @@ class Writer {
       return this.fresh(node, next, path, ancestors);
     }
     ancestors.add(next);
-    const keys = planKeys(prevKeys, n, p, s, sources);
+    const { keys, from, to } = planKeys(prevKeys, n, p, s, sources);
     // Items gone from the middle.
     for (let i = p; i < pn - s; i++) {
       const id = prev[i]!.id;
@@ -773,26 +803,29 @@ class Writer {
         this.remove(itemKey(node, id));
       }
     }
-    const prevMutable = codec.isMutable(prev);
+    // Only positions in [from, to) may have new keys; elsewhere only touched items change.
     let mutable = false;
-    for (let j = 0; j < n; j++) {
+    const visit = (j: number) => {
       const src = j < p ? j : j >= n - s ? pn - (n - j) : sources[j - p]!;
       const item = next[j] as { id: string };
       if (src < 0) {
         this.set(orderKey(node, keys[j]!), utf8.encode(item.id));
         const m = this.fresh(itemKey(node, item.id), item, child(path, j), ancestors);
         mutable ||= m;
-        continue;
+        return;
       }
       if (keys[j] !== prevKeys[src]) {
         this.clears.push(orderKey(node, prevKeys[src]!));
         this.set(orderKey(node, keys[j]!), utf8.encode(item.id));
       }
       const old = prev[src]!;
-      if (old === item && (!prevMutable || !codec.isMutable(item))) continue;
+      if (old === item && (!prevMutable || !codec.isMutable(item))) return;
       const m = this.diff(itemKey(node, item.id), old, item, child(path, j), ancestors);
       mutable ||= m;
-    }
+    };
+    for (const j of touched) if (j < from || j >= to) visit(j);
+    for (let j = from; j < to; j++) visit(j);
+    // Unvisited items are identical and hold no mutable container (those were touched).
     ancestors.delete(next);
     codec.mutables.set(next, mutable);
     this.after.push(() => codec.placeOrder(next, at, keys));
@@ -824,11 +857,6 @@ class Writer {
       }
     }
   }
-}
-
-/** Whether `b` is `a` or a plain object with `a`'s id (so the same item, maybe changed). */
-function sameItem(a: { id: string }, b: unknown): boolean {
-  return a === b || (isPlain(b) && b.id === a.id);
 }
 
 /** Decodes the rows of one state, node by node, in key order. */
