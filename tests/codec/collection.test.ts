@@ -192,6 +192,42 @@ describe("collections through the codec", () => {
     },
   );
 
+  it("re-keys windows under repeated inserts at hot spots, keeping order exact", async () => {
+    const b = await openBench();
+    let items: Array<{ id: string; v: number }> = [{ id: "first", v: 0 }, { id: "last", v: 0 }];
+    let state = b.codec.freeze({ items });
+    await b.put(state);
+    let rekeyed = 0;
+    let seed = 7;
+    const random = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
+    for (let i = 0; i < 1500; i++) {
+      // Three hot spots (after the first item, the middle, before the last), so that windows
+      // grow both ways; now and then an item moves or goes.
+      const spots = [1, items.length >> 1, items.length - 1];
+      items = items.toSpliced(spots[i % 3]!, 0, { id: `n${i}`, v: i });
+      if (i % 7 === 6) {
+        const from = random(items.length);
+        const moved = items[from]!;
+        items = items.toSpliced(from, 1).toSpliced(random(items.length), 0, moved);
+      }
+      if (i % 10 === 9) items = items.toSpliced(random(items.length), 1);
+      state = b.codec.freeze({ items });
+      const { counts } = await b.put(state);
+      if (counts.clears > 1) rekeyed++;
+      if (i % 100 === 99) {
+        const keys = await storedIndexKeys(b);
+        assert.equal(keys.length, items.length);
+        for (let k = 1; k < keys.length; k++) assert.ok(keys[k - 1]! < keys[k]!);
+        assert.ok(Math.max(...keys.map((k) => k.length)) <= MAX_INDEX_KEY_LENGTH);
+        const read = await b.get();
+        assert.ok(read.found);
+        assert.equal(difference(state, read.state), undefined);
+      }
+    }
+    assert.ok(rekeyed > 0, "some inserts re-keyed a window");
+    await b.close();
+  });
+
   it("change one item of a 10,000-item collection with as many keys and bytes as of a 10-item one", async () => {
     const costs: Record<string, unknown[]> = {};
     for (const n of [10, 10_000]) {
