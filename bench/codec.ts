@@ -7,7 +7,8 @@
  * Options (environment): `BENCH_SECONDS` (time per measurement, default 1.5).
  *
  * Every update replaces one item with a changed copy (`qty` + 1), as a handler returning a new
- * state would, and is measured end to end: build the state, freeze it, write it, commit.
+ * state would, and is measured end to end: build the state, write it, commit, freeze it (in
+ * that order, as the runtime should: `write` leaves `freeze` hints, see docs/state-codec.md).
  *
  * Where: memory backend (the codec and the reference store, no I/O); SQLite through
  * `lib/storage/sqlite.ts` when that backend exists; and, always, the codec's writes applied to a
@@ -147,15 +148,16 @@ async function codecOnBackend(setup: string, backend: Backend, n: number): Promi
   const tenant = await openTenant(backend, "bench");
   const codec = createStateCodec({ maxValueSize: backend.limits.maxValueSize });
   const prefix = pack(["state", n]);
-  let state = codec.freeze(makeState(n));
+  let state = makeState(n);
   let prev: StoredState = { found: false };
   await tenant.transact((tx) => codec.write(tx, prefix, prev, state));
+  state = codec.freeze(state);
   prev = { found: true, state };
   return await measure(setup, n, async (i) => {
-    const next = codec.freeze(change(state, i));
+    const next = change(state, i);
     const c = { keys: 0, bytes: 0 };
     await tenant.transact((tx) => codec.write(countingTx(tx, c), prefix, prev, next));
-    state = next;
+    state = codec.freeze(next);
     prev = { found: true, state };
     return c;
   });
@@ -179,14 +181,15 @@ async function codecCpuOnly(n: number): Promise<Row> {
     getVersionstamp: () => Promise.resolve(new Uint8Array(10)),
   } as unknown as Transaction;
   const prefix = pack(["state", n]);
-  let state = codec.freeze(makeState(n));
+  let state = makeState(n);
   codec.write(tx, prefix, { found: false }, state);
+  state = codec.freeze(state);
   return await measure("codec CPU only (no storage)", n, (i) => {
-    const next = codec.freeze(change(state, i));
+    const next = change(state, i);
     c.keys = 0;
     c.bytes = 0;
     codec.write(tx, prefix, { found: true, state }, next);
-    state = next;
+    state = codec.freeze(next);
     return { keys: c.keys, bytes: c.bytes };
   });
 }
@@ -225,7 +228,7 @@ async function codecOnRawSqlite(path: string, n: number): Promise<Row> {
     getVersionstamp: () => stamp.promise,
   } as unknown as Transaction;
   const prefix = pack(["state", n]);
-  let state = codec.freeze(makeState(n));
+  let state = makeState(n);
   const commit = (prev: StoredState, next: State) => {
     stamp = Promise.withResolvers<Uint8Array>();
     db.exec("BEGIN IMMEDIATE");
@@ -240,12 +243,13 @@ async function codecOnRawSqlite(path: string, n: number): Promise<Row> {
     }
   };
   commit({ found: false }, state);
+  state = codec.freeze(state);
   const row = await measure("codec, node:sqlite kv table", n, (i) => {
-    const next = codec.freeze(change(state, i));
+    const next = change(state, i);
     c.keys = 0;
     c.bytes = 0;
     commit({ found: true, state }, next);
-    state = next;
+    state = codec.freeze(next);
     return { keys: c.keys, bytes: c.bytes };
   });
   db.close();

@@ -195,6 +195,13 @@ class Codec implements StateCodec {
   readonly encodings = new WeakMap<object, Map<string, EncodingEntry>>();
   /** Objects this codec froze (a faster test than `Object.isFrozen` on some engines). */
   readonly frozen = new WeakSet<object>();
+  /**
+   * For a collection array `write` has diffed against a deep-frozen one: the positions whose
+   * items are not the old (frozen) items, the only ones `freeze` then needs to look at.
+   */
+  readonly freezeHints = new WeakMap<object, number[]>();
+  /** Unfrozen copies of collection arrays, read instead of them by the next diff. */
+  readonly shadows = new WeakMap<object, readonly unknown[]>();
 
   constructor(readonly maxValueSize: number) {}
 
@@ -371,9 +378,12 @@ class Codec implements StateCodec {
       if (isPlainArray(x)) children = x;
       else if (isPlain(x)) children = Object.values(x);
       else continue;
+      const hint = this.freezeHints.get(x);
+      if (hint !== undefined) this.freezeHints.delete(x);
       // Children are read before the freeze: engines read unfrozen arrays faster.
-      for (let i = 0; i < children.length; i++) {
-        const e = children[i];
+      const count = hint === undefined ? children.length : hint.length;
+      for (let i = 0; i < count; i++) {
+        const e = children[hint === undefined ? i : hint[i]!];
         if (typeof e === "object" && e !== null && !frozen.has(e) && !Object.isFrozen(e)) {
           stack.push(e);
         }
@@ -383,6 +393,35 @@ class Codec implements StateCodec {
     }
     return state;
   }
+}
+
+/**
+ * Length of the run of items that are the same in `prev` and `next` (identical, or plain
+ * objects with the same id), walking from `prev[i]` and `next[j]` by `step`, at most `limit`.
+ * Pushes onto `touched` the positions in `next` of the run's items that are not identical (or
+ * that hold mutable containers, when `mutable` is given). A small function of its own, so
+ * that engines optimize this loop, the one part of a diff whose cost grows with the length.
+ */
+function commonRun(
+  prev: ReadonlyArray<{ id: string }>,
+  next: readonly unknown[],
+  i: number,
+  j: number,
+  step: number,
+  limit: number,
+  touched: number[],
+  mutable: ((x: unknown) => boolean) | undefined,
+): number {
+  let k = 0;
+  for (; k < limit; k++, i += step, j += step) {
+    const a = prev[i]!;
+    const b = next[j];
+    if (a !== b) {
+      if (!isPlain(b) || b.id !== a.id) break;
+      touched.push(j);
+    } else if (mutable !== undefined && mutable(b)) touched.push(j);
+  }
+  return k;
 }
 
 function kindAt(shape: Shape, rel: number): Kind {
@@ -443,6 +482,15 @@ class Writer {
   /** Clears a node and everything under it. */
   remove(node: Uint8Array): void {
     this.ranges.push([node, strinc(node)]);
+  }
+
+  /** Keeps an unfrozen copy of collection array `arr` for the next diff to read, if cheap. */
+  shadow(arr: unknown[]): void {
+    // Copying a frozen array is slow on some engines: only copy arrays not frozen yet (the
+    // runtime writes a state before it freezes it).
+    if (Object.isFrozen(arr)) return;
+    const copy = arr.slice();
+    this.after.push(() => this.codec.shadows.set(arr, copy));
   }
 
   rel(node: Uint8Array): number {
@@ -525,6 +573,7 @@ class Writer {
       }
       const at = bytesToBinaryString(node);
       this.after.push(() => this.codec.placeOrder(arr, at, keys));
+      this.shadow(arr);
     }
     ancestors.delete(obj);
     this.codec.mutables.set(obj, mutable);
@@ -718,40 +767,27 @@ class Writer {
    */
   diffCollection(
     node: Uint8Array,
-    prev: Array<{ id: string }>,
+    prevArray: Array<{ id: string }>,
     next: unknown[],
     path: ValuePath,
     ancestors: Set<object>,
   ): boolean | typeof NOT_A_COLLECTION {
     const codec = this.codec;
+    // Element reads go to an unfrozen copy when there is one: engines read frozen arrays
+    // several times slower, and this is the loop that grows with the collection.
+    const prev = (codec.shadows.get(prevArray) ?? prevArray) as Array<{ id: string }>;
     const n = next.length;
     const pn = prev.length;
     if (n === 0) return NOT_A_COLLECTION;
     // Common prefix and suffix: same ids at the same places. Note the items among them that
     // changed (or may have: mutable containers inside), the only ones to visit there.
-    const prevMutable = codec.isMutable(prev);
+    const prevMutable = codec.isMutable(prevArray);
     const touched: number[] = [];
-    const lim = Math.min(n, pn);
-    let p = 0;
-    for (; p < lim; p++) {
-      const a = prev[p]!;
-      const b = next[p];
-      if (a !== b) {
-        if (!isPlain(b) || b.id !== a.id) break;
-        touched.push(p);
-      } else if (prevMutable && codec.isMutable(b)) touched.push(p);
-    }
-    let s = 0;
-    for (; s < lim - p; s++) {
-      const a = prev[pn - 1 - s]!;
-      const b = next[n - 1 - s];
-      if (a !== b) {
-        if (!isPlain(b) || b.id !== a.id) break;
-        touched.push(n - 1 - s);
-      } else if (prevMutable && codec.isMutable(b)) touched.push(n - 1 - s);
-    }
+    const mutableTest = prevMutable ? (x: unknown) => codec.isMutable(x) : undefined;
+    const p = commonRun(prev, next, 0, 0, 1, Math.min(n, pn), touched, mutableTest);
+    const s = commonRun(prev, next, pn - 1, n - 1, -1, Math.min(n, pn) - p, touched, mutableTest);
     // Validate the middle of next before staging anything.
-    const prevShape = codec.shapeOf(prev, path);
+    const prevShape = codec.shapeOf(prevArray, path);
     let seg = prevShape.seg;
     const rel = this.rel(node);
     const middleIds: string[] = [];
@@ -783,10 +819,10 @@ class Writer {
     }
     if (fresh.length > 0) this.checkNotOutside(prev, p, pn - s, n - pn, fresh, seen, path);
     codec.shapes.set(next, shape);
-    if (prev !== next && ancestors.has(next)) cycle(path);
+    if (prevArray !== next && ancestors.has(next)) cycle(path);
 
     const at = bytesToBinaryString(node);
-    const prevKeys = codec.orderAt(prev, at);
+    const prevKeys = codec.orderAt(prevArray, at);
     if (prevKeys === undefined) {
       // The old order keys are unknown (the state did not come from this codec, or one array
       // sits at this path in two stores): rewrite the collection.
@@ -829,6 +865,13 @@ class Writer {
     ancestors.delete(next);
     codec.mutables.set(next, mutable);
     this.after.push(() => codec.placeOrder(next, at, keys));
+    this.shadow(next);
+    if (codec.frozen.has(prevArray) && !Object.isFrozen(next)) {
+      // Every item outside these positions is an item of prev, hence deep-frozen already.
+      const hint = [...touched];
+      for (let j = p; j < n - s; j++) hint.push(j);
+      this.after.push(() => codec.freezeHints.set(next, hint));
+    }
     return mutable;
   }
 
@@ -1007,6 +1050,7 @@ class Reader {
     this.codec.shapes.set(out, { kind: out.length > 0 ? "collection" : "value", seg });
     this.codec.mutables.set(out, mutable);
     this.codec.placeOrder(out, bytesToBinaryString(key), keys);
+    this.codec.shadows.set(out, out.slice());
     return out;
   }
 }
