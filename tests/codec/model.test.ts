@@ -78,25 +78,23 @@ const edit: fc.Arbitrary<Edit> = fc.record({
 
 /** One write: a few edits, or a special step. */
 type Step =
-  | { kind: "edits"; edits: Edit[] }
+  | { kind: "edits"; edits: Edit[]; freezeFirst: boolean }
   | { kind: "reload" }
-  | { kind: "failed"; edits: Edit[] }
+  | { kind: "failed"; edits: Edit[]; freezeFirst: boolean }
   | { kind: "mutate"; target: number; a: number };
 
 const step: fc.Arbitrary<Step> = fc.oneof(
   {
-    arbitrary: fc.array(edit, { minLength: 1, maxLength: 3 }).map((edits) => ({
-      kind: "edits" as const,
-      edits,
-    })),
+    arbitrary: fc.tuple(fc.array(edit, { minLength: 1, maxLength: 3 }), fc.boolean()).map((
+      [edits, freezeFirst],
+    ) => ({ kind: "edits" as const, edits, freezeFirst })),
     weight: 8,
   },
   { arbitrary: fc.constant({ kind: "reload" as const }), weight: 1 },
   {
-    arbitrary: fc.array(edit, { minLength: 1, maxLength: 2 }).map((edits) => ({
-      kind: "failed" as const,
-      edits,
-    })),
+    arbitrary: fc.tuple(fc.array(edit, { minLength: 1, maxLength: 2 }), fc.boolean()).map((
+      [edits, freezeFirst],
+    ) => ({ kind: "failed" as const, edits, freezeFirst })),
     weight: 1,
   },
   {
@@ -248,6 +246,14 @@ function applyEdit(state: unknown, e: Edit): unknown {
   }
 }
 
+/** Asserts that every plain object and array in `x` is frozen. */
+function assertDeepFrozen(x: unknown, path = "state"): void {
+  if (Array.isArray(x) || isPlain(x)) {
+    assert.ok(Object.isFrozen(x), `${path} is frozen`);
+    for (const [k, v] of Object.entries(x)) assertDeepFrozen(v, `${path}.${k}`);
+  }
+}
+
 async function freshRowCount(state: unknown): Promise<number> {
   const b = await openBench(MAX_VALUE);
   await b.put(state);
@@ -290,7 +296,9 @@ describe("state codec model", () => {
               }
               let next = state;
               for (const e of s.edits) next = applyEdit(next, e);
-              next = codec.freeze(next);
+              // The runtime may freeze a state before or after writing it (after is cheaper:
+              // write leaves hints for freeze); both must work.
+              if (s.freezeFirst) next = codec.freeze(next);
               if (s.kind === "failed") {
                 // An attempt that writes, then fails: nothing commits, and the retry (the
                 // same write again) must still write everything.
@@ -304,6 +312,8 @@ describe("state codec model", () => {
               }
               state = next;
               await write(state);
+              codec.freeze(state);
+              assertDeepFrozen(state);
             }
           } finally {
             await b.close();

@@ -455,6 +455,35 @@ describe("state codec: freeze", () => {
     assert.ok(!Object.isFrozen(inner), "an already-frozen subtree is not walked");
   });
 
+  it("freezes every new part of a state written before it is frozen", async () => {
+    const b = await openBench();
+    const s0 = b.codec.freeze({ items: [{ id: "a" }, { id: "b" }, { id: "c" }] });
+    await b.put(s0);
+    const s1 = {
+      items: [s0.items[0]!, { id: "new", deep: { list: [{ x: 1 }] } }, {
+        ...s0.items[2]!,
+        v: { w: 1 },
+      }],
+    };
+    await b.put(s1); // write first: the codec leaves hints for freeze
+    b.codec.freeze(s1);
+    for (
+      const x of [
+        s1,
+        s1.items,
+        s1.items[1],
+        s1.items[1]!.deep,
+        s1.items[1]!.deep!.list,
+        s1.items[1]!.deep!.list[0],
+        s1.items[2],
+        s1.items[2]!.v,
+      ]
+    ) {
+      assert.ok(Object.isFrozen(x));
+    }
+    await b.close();
+  });
+
   it("returns its argument and accepts any value", () => {
     const codec = createStateCodec({ maxValueSize: 1000 });
     for (const v of [1, "s", null, undefined, new Date(0)]) assert.equal(codec.freeze(v), v);
