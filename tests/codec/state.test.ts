@@ -459,7 +459,7 @@ describe("state codec: freeze", () => {
     const b = await openBench();
     const s0 = b.codec.freeze({ items: [{ id: "a" }, { id: "b" }, { id: "c" }] });
     await b.put(s0);
-    const s1 = {
+    const s1: { items: any[] } = {
       items: [s0.items[0]!, { id: "new", deep: { list: [{ x: 1 }] } }, {
         ...s0.items[2]!,
         v: { w: 1 },
