@@ -324,16 +324,19 @@ async function main(): Promise<void> {
       } ${num(r.p90us, 8, 1)} ${num(r.keysPerUpdate, 6, 1)} ${num(r.bytesPerUpdate, 9)}`,
     );
   }
-  const ratio = (setup: string) => {
+  const ratio = (setup: string, field: "usPerUpdate" | "p50us") => {
     const big = rows.find((r) => r.setup === setup && r.items === 10_000);
     const small = rows.find((r) => r.setup === setup && r.items === 10);
-    return big && small ? big.usPerUpdate / small.usPerUpdate : undefined;
+    return big && small ? big[field] / small[field] : undefined;
   };
+  const setups = [...new Set(rows.map((r) => r.setup))];
   const ratios = Object.fromEntries(
-    [...new Set(rows.map((r) => r.setup))].map((s) => [s, ratio(s)]),
+    setups.map((s) => [s, { mean: ratio(s, "usPerUpdate"), p50: ratio(s, "p50us") }]),
   );
-  console.log("time per update, 10,000 items / 10 items:");
-  for (const [s, x] of Object.entries(ratios)) console.log(`  ${pad(s, 30)} ${x?.toFixed(2)}×`);
+  console.log("time per update, 10,000 items / 10 items (mean, p50):");
+  for (const [s, x] of Object.entries(ratios)) {
+    console.log(`  ${pad(s, 30)} ${x.mean?.toFixed(2)}×  ${x.p50?.toFixed(2)}×`);
+  }
   console.log(
     JSON.stringify({
       bench: "codec",
