@@ -1,0 +1,373 @@
+/**
+ * The value encoding: one portable, binary, deterministic encoding for every part of a state
+ * that is not laid out as records and collections. It is CBOR (RFC 8949) written and read by
+ * `cbor-x`, wrapped so that every supported JavaScript value round-trips identically on Deno
+ * and Bun, and so that the same value always gives the same bytes:
+ *
+ * | JavaScript | CBOR |
+ * |---|---|
+ * | `undefined`, `null`, booleans, strings | the simple values and text strings |
+ * | numbers | integers up to 32 bits, else float64 (`NaN` canonical) |
+ * | `-0` | tag 56578 around `0` (cbor-x would write it as the integer 0) |
+ * | `bigint` (any size) | tag 2 / tag 3 bignums (RFC 8949 §3.4.3) |
+ * | `Uint8Array` | byte strings |
+ * | arrays | arrays (sparse arrays are refused) |
+ * | plain objects | maps with text keys (tag 56579 holding `[k, v, …]` if a key is `__proto__`) |
+ * | `Map` | tag 259 around a map |
+ * | `Set` | tag 258 around an array |
+ * | `Date` | tag 56577 around its time in milliseconds (exact, unlike tag 1's seconds) |
+ *
+ * Anything else (functions, symbols, class instances, cycles, strings with unpaired
+ * surrogates, symbol-keyed properties) is refused with a `CodecError` naming its path.
+ * Decoding refuses anything this encoder would not have written, naming the storage key.
+ *
+ * @module
+ */
+
+import { Encoder } from "cbor-x/encode";
+import { Decoder, Tag } from "cbor-x/decode";
+import { CodecError } from "../errors.ts";
+import { child, describeKey, rawChild, renderPath, type ValuePath } from "./path.ts";
+
+/** Tag of a `Date`: its time value in milliseconds. Private to dgen. */
+const TAG_DATE = 56577;
+/** Tag of negative zero. Private to dgen. */
+const TAG_NEGATIVE_ZERO = 56578;
+/** Tag of a plain object given as `[key, value, …]` (used when it has a `__proto__` key). */
+const TAG_OBJECT_ENTRIES = 56579;
+const TAG_POSITIVE_BIGNUM = 2;
+const TAG_NEGATIVE_BIGNUM = 3;
+const TAG_SET = 258;
+
+// Options are spelled out so that cbor-x's defaults (records, structured clone, packing,
+// float32, toJSON) can never change the bytes: the format is what these options say.
+const encoder = new Encoder(
+  {
+    useRecords: false,
+    mapsAsObjects: true,
+    useTag259ForMaps: true,
+    tagUint8Array: false,
+    structuredClone: false,
+    pack: false,
+    bundleStrings: false,
+    variableMapSize: true,
+    useFloat32: 0,
+    alwaysUseFloat: false,
+    largeBigIntToFloat: false,
+    useToJSON: false,
+  } as ConstructorParameters<typeof Encoder>[0],
+);
+
+const decoder = new Decoder(
+  {
+    useRecords: false,
+    mapsAsObjects: true,
+    copyBuffers: true,
+  } as ConstructorParameters<typeof Decoder>[0],
+);
+
+/** Whether a string can be encoded as UTF-8 and read back unchanged (no unpaired surrogates). */
+export function isWellFormed(s: string): boolean {
+  // Fast path: most strings are ASCII or BMP text without surrogates.
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdfff) return s.isWellFormed();
+  }
+  return true;
+}
+
+/** Throws a `CodecError` at `path` if `s` holds unpaired surrogates. */
+export function checkString(s: string, path: ValuePath, what = "A string"): void {
+  if (!isWellFormed(s)) {
+    throw new CodecError(
+      `${what} with unpaired UTF-16 surrogates cannot be stored (it has no UTF-8 form)`,
+      renderPath(path),
+    );
+  }
+}
+
+/** The class name of an object, for error messages. */
+export function className(x: object): string {
+  const ctor = (x as { constructor?: { name?: unknown } }).constructor;
+  return typeof ctor?.name === "string" && ctor.name !== "" ? ctor.name : "an unknown class";
+}
+
+/** Throws the `CodecError` for a value of a type the codec does not store. */
+export function unsupported(x: unknown, path: ValuePath): never {
+  const where = renderPath(path);
+  if (typeof x === "function") throw new CodecError("A function cannot be stored", where);
+  if (typeof x === "symbol") throw new CodecError("A symbol cannot be stored", where);
+  throw new CodecError(
+    `An instance of ${className(x as object)} cannot be stored (supported: primitives, ` +
+      "plain objects, arrays, Map, Set, Date and Uint8Array)",
+    where,
+  );
+}
+
+/** Throws the `CodecError` for an object that contains itself. */
+export function cycle(path: ValuePath): never {
+  throw new CodecError("A cycle cannot be stored: this object contains itself", renderPath(path));
+}
+
+/** Checks that a plain object has no symbol-keyed properties (they would be lost). */
+export function checkNoSymbolKeys(obj: object, path: ValuePath): void {
+  if (Object.getOwnPropertySymbols(obj).length > 0) {
+    throw new CodecError("Properties keyed by symbols cannot be stored", renderPath(path));
+  }
+}
+
+/** Whether `x` is a plain object (made by `{}`, `Object.create(null)` or JSON). */
+export function isPlain(x: unknown): x is Record<string, unknown> {
+  if (typeof x !== "object" || x === null) return false;
+  const proto = Object.getPrototypeOf(x);
+  return proto === Object.prototype || proto === null;
+}
+
+/** Whether `x` is an array made by `[]` or `Array` (not a subclass). */
+export function isPlainArray(x: unknown): x is unknown[] {
+  return Array.isArray(x) && Object.getPrototypeOf(x) === Array.prototype;
+}
+
+/**
+ * Whether `x` is a mutable leaf container: a `Map`, `Set`, `Date` or `Uint8Array`. Such
+ * objects cannot be frozen, so an unchanged reference does not prove unchanged content.
+ */
+export function isMutableLeaf(x: object): boolean {
+  return x instanceof Uint8Array || x instanceof Map || x instanceof Set || x instanceof Date;
+}
+
+function bigintTag(n: bigint): Tag {
+  // RFC 8949 §3.4.3: tag 2 holds n, tag 3 holds -1 - n, as big-endian bytes.
+  let m = n >= 0n ? n : -1n - n;
+  const bytes: number[] = [];
+  while (m > 0n) {
+    bytes.push(Number(m & 0xffn));
+    m >>= 8n;
+  }
+  return new Tag(
+    Uint8Array.from(bytes.reverse()),
+    n >= 0n ? TAG_POSITIVE_BIGNUM : TAG_NEGATIVE_BIGNUM,
+  );
+}
+
+/** Mutable state of one encoding walk. */
+interface Walk {
+  /** Objects on the path from the root to the current one (cycle detection). */
+  readonly ancestors: Set<object>;
+  /** Whether a mutable leaf container was met. */
+  mutable: boolean;
+}
+
+/** Turns a value into what `cbor-x` writes exactly as the table above says. */
+function prepare(v: unknown, path: ValuePath, walk: Walk): unknown {
+  switch (typeof v) {
+    case "string":
+      checkString(v, path);
+      return v;
+    case "number":
+      // NaN's bits vary with how it was computed; the format has one NaN.
+      if (v !== v) return NaN;
+      return v === 0 && 1 / v < 0 ? new Tag(0, TAG_NEGATIVE_ZERO) : v;
+    case "boolean":
+    case "undefined":
+      return v;
+    case "bigint":
+      return bigintTag(v);
+    case "object":
+      break;
+    default:
+      unsupported(v, path);
+  }
+  if (v === null) return null;
+  if (walk.ancestors.has(v)) cycle(path);
+  const proto = Object.getPrototypeOf(v);
+  if (proto === Array.prototype && Array.isArray(v)) {
+    walk.ancestors.add(v);
+    const out = new Array<unknown>(v.length);
+    for (let i = 0; i < v.length; i++) {
+      if (!(i in v)) {
+        throw new CodecError("Sparse arrays (with holes) cannot be stored", renderPath(path));
+      }
+      out[i] = prepare(v[i], child(path, i), walk);
+    }
+    walk.ancestors.delete(v);
+    return out;
+  }
+  if (proto === Object.prototype || proto === null) {
+    checkNoSymbolKeys(v, path);
+    walk.ancestors.add(v);
+    const obj = v as Record<string, unknown>;
+    const keys = Object.keys(obj);
+    let out: unknown;
+    if (Object.hasOwn(obj, "__proto__")) {
+      // cbor-x renames a decoded `__proto__` key (prototype-pollution guard): spell the
+      // object as a list of entries instead.
+      const entries: unknown[] = [];
+      for (const k of keys) {
+        checkString(k, path, "A property name");
+        entries.push(k, prepare(obj[k], child(path, k), walk));
+      }
+      out = new Tag(entries, TAG_OBJECT_ENTRIES);
+    } else {
+      const o: Record<string, unknown> = {};
+      for (const k of keys) {
+        checkString(k, path, "A property name");
+        o[k] = prepare(obj[k], child(path, k), walk);
+      }
+      out = o;
+    }
+    walk.ancestors.delete(v);
+    return out;
+  }
+  if (v instanceof Uint8Array) {
+    walk.mutable = true;
+    // A view, so that subclasses (Node's Buffer) are written as plain bytes.
+    return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  }
+  if (v instanceof Date && proto === Date.prototype) {
+    walk.mutable = true;
+    const t = v.getTime();
+    return new Tag(t !== t ? NaN : t, TAG_DATE);
+  }
+  if (v instanceof Map && proto === Map.prototype) {
+    walk.mutable = true;
+    walk.ancestors.add(v);
+    const out = new Map<unknown, unknown>();
+    let i = 0;
+    for (const [k, x] of v) {
+      const kk = prepare(k, rawChild(path, `.keys()[${i}]`), walk);
+      out.set(kk, prepare(x, rawChild(path, `.get(${describeKey(k)})`), walk));
+      i++;
+    }
+    walk.ancestors.delete(v);
+    return out;
+  }
+  if (v instanceof Set && proto === Set.prototype) {
+    walk.mutable = true;
+    walk.ancestors.add(v);
+    const out: unknown[] = [];
+    let i = 0;
+    for (const x of v) out.push(prepare(x, rawChild(path, `.values()[${i++}]`), walk));
+    walk.ancestors.delete(v);
+    return new Tag(out, TAG_SET);
+  }
+  unsupported(v, path);
+}
+
+/** The result of {@link encodeValue}. */
+export interface EncodedValue {
+  /** The encoding (a fresh array owned by the caller). */
+  bytes: Uint8Array;
+  /** Whether the value holds a `Map`, `Set`, `Date` or `Uint8Array`. */
+  mutable: boolean;
+}
+
+/**
+ * Encodes `value`. Throws `CodecError` naming the path of anything that cannot be stored
+ * (the root is `path`). `ancestors` are the objects that contain `value` (cycle detection);
+ * the set is left as it was given.
+ */
+export function encodeValue(
+  value: unknown,
+  path: ValuePath,
+  ancestors: Set<object> = new Set(),
+): EncodedValue {
+  const walk: Walk = { ancestors, mutable: false };
+  const prepared = prepare(value, path, walk);
+  // cbor-x returns a view of its reusable buffer (a Buffer): copy it into a plain array.
+  return { bytes: new Uint8Array(encoder.encode(prepared)), mutable: walk.mutable };
+}
+
+class Corrupt extends Error {}
+
+function restore(x: unknown, walk: { mutable: boolean }): unknown {
+  if (typeof x !== "object" || x === null) {
+    if (typeof x === "string" && !isWellFormed(x)) throw new Corrupt("ill-formed string");
+    if (typeof x === "symbol" || typeof x === "function") throw new Corrupt(typeof x);
+    return x;
+  }
+  if (x instanceof Tag) {
+    const t = x.tag as number;
+    const v = x.value as unknown;
+    if (t === TAG_DATE && typeof v === "number") {
+      walk.mutable = true;
+      return new Date(v);
+    }
+    if (t === TAG_NEGATIVE_ZERO && v === 0) return -0;
+    if (t === TAG_OBJECT_ENTRIES && Array.isArray(v) && v.length % 2 === 0) {
+      const out: Record<string, unknown> = {};
+      for (let i = 0; i < v.length; i += 2) {
+        const k = v[i];
+        if (typeof k !== "string") throw new Corrupt("non-string property name");
+        // defineProperty, so that `__proto__` becomes an own property, not the prototype.
+        Object.defineProperty(out, k, {
+          value: restore(v[i + 1], walk),
+          writable: true,
+          enumerable: true,
+          configurable: true,
+        });
+      }
+      return out;
+    }
+    throw new Corrupt(`unexpected tag ${t}`);
+  }
+  const proto = Object.getPrototypeOf(x);
+  if (Array.isArray(x)) {
+    for (let i = 0; i < x.length; i++) x[i] = restore(x[i], walk);
+    return x;
+  }
+  if (proto === Object.prototype) {
+    const obj = x as Record<string, unknown>;
+    for (const k of Object.keys(obj)) obj[k] = restore(obj[k], walk);
+    return obj;
+  }
+  if (x instanceof Uint8Array) {
+    walk.mutable = true;
+    // A plain Uint8Array of its own (the decoder may hand out a Buffer).
+    return new Uint8Array(x);
+  }
+  if (x instanceof Map) {
+    walk.mutable = true;
+    const out = new Map<unknown, unknown>();
+    for (const [k, v] of x) out.set(restore(k, walk), restore(v, walk));
+    if (out.size !== x.size) throw new Corrupt("duplicate map keys");
+    return out;
+  }
+  if (x instanceof Set) {
+    walk.mutable = true;
+    const out = new Set<unknown>();
+    for (const v of x) out.add(restore(v, walk));
+    if (out.size !== x.size) throw new Corrupt("duplicate set elements");
+    return out;
+  }
+  throw new Corrupt(`unexpected ${className(x)}`);
+}
+
+/** The result of {@link decodeValue}. */
+export interface DecodedValue {
+  /** The value. */
+  value: unknown;
+  /** Whether the value holds a `Map`, `Set`, `Date` or `Uint8Array`. */
+  mutable: boolean;
+}
+
+/**
+ * Decodes bytes made by {@link encodeValue}. Throws `CodecError` naming `where` (a storage key)
+ * if they are not such an encoding.
+ */
+export function decodeValue(bytes: Uint8Array, where: string): DecodedValue {
+  const walk = { mutable: false };
+  try {
+    const value = restore(decoder.decode(bytes), walk);
+    return { value, mutable: walk.mutable };
+  } catch (e) {
+    if (e instanceof RangeError && /call stack/i.test(e.message)) {
+      throw new CodecError("Stored value is nested too deeply to decode", where, { cause: e });
+    }
+    throw new CodecError(
+      `Stored bytes are not a valid value encoding (${e instanceof Error ? e.message : e})`,
+      where,
+      { cause: e },
+    );
+  }
+}
