@@ -8,7 +8,7 @@
  */
 
 import { readInt64LE, strinc, toHex } from "./bytes.ts";
-import { createInterimCodec } from "./codec/_interim.ts";
+import { createStateCodec } from "./codec/state.ts";
 import { CHANGE_INDEX, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
 import {
   decodeEnvelope,
@@ -122,7 +122,7 @@ export async function readServerView(
   options: ViewOptions = {},
 ): Promise<ServerView | undefined> {
   const keys = new ServerKeys(id);
-  const codec = createInterimCodec({ maxValueSize: tenant.backend.limits.maxValueSize });
+  const codec = createStateCodec({ maxValueSize: tenant.backend.limits.maxValueSize });
   return await tenant.transact(async (tx) => {
     const metaBytes = await tx.get(keys.meta);
     if (metaBytes === undefined) return undefined;

@@ -371,3 +371,16 @@ export function decodeValue(bytes: Uint8Array, where: string): DecodedValue {
     );
   }
 }
+
+/**
+ * Encodes a value that is not a state (a message, a reply, a record of dgen's) as one byte
+ * string; errors name paths from `root`.
+ */
+export function encode(value: unknown, root = "value"): Uint8Array {
+  return encodeValue(value, { up: null, step: root, raw: true }).bytes;
+}
+
+/** Decodes bytes made by {@link encode}; errors name `where` (a storage key). */
+export function decode(bytes: Uint8Array, where: string): unknown {
+  return decodeValue(bytes, where).value;
+}

@@ -211,6 +211,8 @@ export function writeState(
   if (next === loaded.state && !loaded.migrated) return;
   checkState(rt, next);
   const stats = rt.codec.write(tx, rt.keys.state, loaded.stored, next);
+  // Frozen after the write (the codec leaves hints that make freezing cheap then).
+  rt.codec.freeze(next);
   const stored = { found: true as const, state: next };
   loaded.stored = stored;
   loaded.state = next;
@@ -614,13 +616,15 @@ export async function consumeStep(
     }
     const from = m.kind === "call" ? { instance: m.sender, callId: m.callId! } : undefined;
     let result: HandlerResult<unknown>;
+    // Within a batch, the state a previous handler returned is frozen before the next sees it.
+    if (count > 0) state = rt.codec.freeze(state);
     try {
       result = await runHandler(rt, tx, m.kind, m.name, m.arg, from, state, "standard");
       checkState(rt, result.state);
     } catch (e) {
       throw new HandlerFailure(entry.key, e);
     }
-    state = rt.codec.freeze(result.state);
+    state = result.state;
     count++;
     removeFromQueue(tx, rt, entry.key);
     if (result.kind === "reply") {
@@ -773,7 +777,7 @@ export async function writeBack(
     ? result.state
     : merge3(work.state, result.state, loaded.state);
   checkState(rt, next);
-  writeState(tx, rt, loaded, rt.codec.freeze(next), effects);
+  writeState(tx, rt, loaded, next, effects);
   const m = held.message;
   if (m.kind === "call") {
     if (result.kind === "reply") {

@@ -18,7 +18,7 @@ import {
   ServerStoppedError,
   ValidationError,
 } from "../errors.ts";
-import { createInterimCodec } from "../codec/_interim.ts";
+import { createStateCodec } from "../codec/state.ts";
 import { pid, runtimeName, type TimerHandle, unrefTimer } from "../runtime/process.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
@@ -80,7 +80,7 @@ import {
   type StoredError,
   timeOrderedId,
 } from "./records.ts";
-import { encodeValue } from "../codec/_interim.ts";
+import { encode } from "../codec/value.ts";
 import { toHex } from "../bytes.ts";
 
 /**
@@ -385,7 +385,7 @@ class Instance {
       id: this.id,
       instance: this.instance,
       keys: new ServerKeys(this.id, opts.tenant.prefix),
-      codec: createInterimCodec({ maxValueSize: opts.tenant.backend.limits.maxValueSize }),
+      codec: createStateCodec({ maxValueSize: opts.tenant.backend.limits.maxValueSize }),
       batchSize: opts.batchSize ?? 1,
       deadLetterThreshold: opts.deadLetterThreshold ?? 5,
       lockLease: opts.lockLease ?? 10_000,
@@ -407,7 +407,6 @@ class Instance {
     const rt = this.#rt;
     const initial = await this.#def.init(...args);
     checkState(rt, initial);
-    const frozen = rt.codec.freeze(initial);
     await this.#transact(async (tx, effects) => {
       const meta = await readMeta(tx, rt);
       if (meta === undefined) {
@@ -423,12 +422,12 @@ class Instance {
             cacheHit: false,
             migrated: false,
           },
-          frozen,
+          initial,
           effects,
         );
       } else {
         const loaded = await loadState(tx, rt);
-        writeState(tx, rt, loaded, this.#reset ? frozen : loaded.state, effects);
+        writeState(tx, rt, loaded, this.#reset ? initial : loaded.state, effects);
       }
       this.#writePresence(tx);
     });
@@ -805,7 +804,7 @@ class Instance {
   #checkEncodable(arg: unknown, path: string): void {
     let size: number;
     try {
-      size = encodeValue(arg, path).length;
+      size = encode(arg, path).length;
     } catch (e) {
       if (e instanceof CodecError) {
         throw new ValidationError([{ path, message: e.message }], { cause: e });
@@ -990,8 +989,8 @@ class Instance {
     } catch (e) {
       throw new HandlerFailure(undefined, e);
     }
-    const state = rt.codec.freeze(result.state);
-    writeState(tx, rt, loaded, state, effects);
+    writeState(tx, rt, loaded, result.state, effects);
+    const state = loaded.state;
     const at = rt.now();
     if (result.kind === "reply") {
       effects.actions.push(...result.actions);
@@ -1115,7 +1114,7 @@ class Instance {
         "priority",
       );
       checkState(rt, result.state);
-      writeState(tx, rt, loaded, rt.codec.freeze(result.state), effects);
+      writeState(tx, rt, loaded, result.state, effects);
       if (result.kind === "lock") return undefined; // runHandler refuses lock on this path
       effects.actions.push(...result.actions);
       if (result.kind === "stop") effects.stopReason = result.reason;

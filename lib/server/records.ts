@@ -10,7 +10,7 @@
 import * as v from "valibot";
 import { printable } from "../bytes.ts";
 import { CodecError } from "../errors.ts";
-import { decodeValue, encodeValue } from "../codec/_interim.ts";
+import { decode, encode } from "../codec/value.ts";
 
 /** A queued message. */
 export interface Envelope {
@@ -189,7 +189,7 @@ const deadLetterSchema = v.object({
 function decoder<T>(schema: v.GenericSchema<unknown, T>, what: string) {
   return (bytes: Uint8Array, key: Uint8Array): T => {
     const where = printable(key);
-    const value = decodeValue(bytes, where);
+    const value = decode(bytes, where);
     const r = v.safeParse(schema, value);
     if (!r.success) {
       throw new CodecError(`Stored ${what} is malformed: ${r.issues[0]?.message}`, where);
@@ -199,7 +199,7 @@ function decoder<T>(schema: v.GenericSchema<unknown, T>, what: string) {
 }
 
 /** Encodes any record. */
-export const encodeRecord = (record: unknown): Uint8Array => encodeValue(record, "record");
+export const encodeRecord = (record: unknown): Uint8Array => encode(record, "record");
 /** Decodes a queued message. */
 export const decodeEnvelope = decoder(envelopeSchema, "message");
 /** Decodes a lock record. */
