@@ -35,6 +35,11 @@ export type {
 export { FOUNDATIONDB_LIMITS } from "./lib/storage/types.ts";
 export { type MemoryBackendOptions, openMemoryBackend } from "./lib/storage/memory.ts";
 export {
+  openPostgresBackend,
+  POSTGRES_MAX_KEY_SIZE,
+  type PostgresBackendOptions,
+} from "./lib/storage/postgres.ts";
+export {
   type FaultOptions,
   type FaultStats,
   type FaultyBackend,
