@@ -166,6 +166,46 @@ interface PgHooks {
   onnotify?: (channel: string, payload: string) => void;
   onclose?: () => void;
 }
+/** Where npm:postgres asks its `socket` option to connect (from the parsed URL). */
+interface SocketTarget {
+  host: string[];
+  port: number[];
+  path?: string | false;
+}
+type NetModule = typeof import("node:net");
+
+/** A TCP (or Unix) socket to the server, connected, as npm:postgres's `socket` option wants. */
+function openSocket(net: NetModule, target: SocketTarget, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const host = target.host[0] ?? "localhost";
+    const socket = target.path
+      ? net.connect(target.path)
+      : net.connect(target.port[0] ?? 5432, host);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(
+        connectionError("CONNECT_TIMEOUT", `Connecting to PostgreSQL took over ${timeoutMs} ms`),
+      );
+    }, timeoutMs);
+    const onError = (e: Error) => {
+      clearTimeout(timer);
+      reject(e);
+    };
+    socket.once("error", onError);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.removeListener("error", onError);
+      // npm:postgres reads the host name for TLS's server name.
+      Object.assign(socket, { host });
+      resolve(socket);
+    });
+  });
+}
+
+function connectionError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
 /** Opens a client of exactly one connection (each transaction needs a connection to itself). */
 type PgConnect = (hooks?: PgHooks) => PgSql;
 type PostgresFactory = (url: string, options: Record<string, unknown>) => PgSql;
@@ -181,6 +221,8 @@ const FOLD_AFTER_DELTAS = 16;
 const STAMPS_KEPT = 1024;
 /** Extra time a response may take beyond the lock time-out before the connection is presumed dead. */
 const RESPONSE_GRACE_MS = 10_000;
+/** Longest wait for a TCP connection to the server. */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Errors.
@@ -367,22 +409,49 @@ type Statements = ReturnType<typeof statements>;
 
 /** One connection, used by one transaction at a time. Never reused after a connection error. */
 class Session {
+  /** The connection is gone (or given up on): nothing more can be sent on it. */
   broken = false;
+  readonly sql: PgSql;
+  readonly #pending = new Set<PromiseWithResolvers<PgResult>>();
 
-  constructor(readonly sql: PgSql) {}
+  constructor(connect: PgConnect) {
+    this.sql = connect({ onclose: () => this.destroy() });
+  }
 
-  /** Sends a statement at once, pipelined behind those sent before. Rows come as arrays. */
-  send(text: string, params?: unknown[]): PgQuery {
+  /**
+   * Sends a statement at once, pipelined behind those sent before; rows come as arrays.
+   * Settles when the server answers, or rejects when the connection is lost: npm:postgres
+   * leaves statements queued behind a failed connection attempt unsettled, so the session
+   * settles them itself.
+   */
+  send(text: string, params?: unknown[]): Promise<PgResult> {
+    if (this.broken) {
+      return Promise.reject(connectionError("CONNECTION_LOST", "The connection was lost"));
+    }
     const q = params === undefined
       ? this.sql.unsafe(text)
       : this.sql.unsafe(text, params, { prepare: true });
-    return q.values().execute();
+    const d = Promise.withResolvers<PgResult>();
+    this.#pending.add(d);
+    q.values().execute().then((rows) => {
+      this.#pending.delete(d);
+      d.resolve(rows);
+    }, (e) => {
+      this.#pending.delete(d);
+      d.reject(e);
+      if (isConnectionError(e)) this.destroy();
+    });
+    return d.promise;
   }
 
-  /** Drops the connection: npm:postgres may hang a query sent on a half-closed socket. */
+  /** Gives the connection up, failing whatever still waits for an answer on it. */
   destroy(): void {
     if (this.broken) return;
     this.broken = true;
+    for (const d of this.#pending) {
+      d.reject(connectionError("CONNECTION_LOST", "The connection to PostgreSQL was lost"));
+    }
+    this.#pending.clear();
     this.sql.end({ timeout: 0 }).catch(noop);
   }
 }
@@ -399,8 +468,12 @@ class SessionPool {
     if (this.#closed) {
       return Promise.reject(new BackendUnavailableError("The PostgreSQL backend is closed"));
     }
-    const idle = this.#idle.pop();
-    if (idle !== undefined) return Promise.resolve(idle);
+    let idle: Session | undefined;
+    while ((idle = this.#idle.pop()) !== undefined) {
+      // Connections that closed while idle (server restart, idle time-out) are replaced.
+      if (!idle.broken) return Promise.resolve(idle);
+      this.#all.delete(idle);
+    }
     if (this.#all.size < this.max) return Promise.resolve(this.#open());
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
@@ -419,7 +492,7 @@ class SessionPool {
   }
 
   #open(): Session {
-    const s = new Session(this.connect());
+    const s = new Session(this.connect);
     this.#all.add(s);
     return s;
   }
@@ -574,6 +647,7 @@ class PgTransaction implements Transaction {
   #began = false;
   #ended = false;
   #done = false;
+  #aborted = false;
   #commitSent = false;
   #failure: unknown = undefined;
   #ops: Op[] = [];
@@ -668,8 +742,12 @@ class PgTransaction implements Transaction {
       this.#acquiring ??= this.backend.pool.acquire();
       const session = await this.#acquiring;
       this.#acquiring = undefined;
-      if (this.#session === undefined) this.#session = session;
-      else if (this.#session !== session) this.backend.pool.release(session);
+      if (this.#aborted) {
+        // The attempt ended while this read waited for a connection.
+        if (this.#session !== session) this.backend.pool.release(session);
+        throw new TransactionError("transaction_done", "Transaction already finished");
+      }
+      this.#session = session;
       this.#check();
     }
     if (!this.#began) {
@@ -680,8 +758,14 @@ class PgTransaction implements Transaction {
   }
 
   /** Sends a statement; its failure, if it is the first, becomes the attempt's failure. */
-  #send(text: string, params?: unknown[]): PgQuery {
-    const q = this.#session!.send(text, params);
+  #send(text: string, params?: unknown[]): Promise<PgResult> {
+    const session = this.#session!;
+    if (session.broken) {
+      // The connection died between statements (the transaction with it).
+      this.#failure ??= connectionError("CONNECTION_LOST", "The connection to PostgreSQL closed");
+      throw mapError(this.#failure, false, this.backend.closed);
+    }
+    const q = session.send(text, params);
     // Responses come in order, so the first rejection is the statement that failed; those after
     // it only report "current transaction is aborted".
     q.catch((e) => {
@@ -691,7 +775,7 @@ class PgTransaction implements Transaction {
   }
 
   /** Awaits a response; on failure, throws the attempt's first failure in dgen's taxonomy. */
-  async #await(q: PgQuery): Promise<PgResult> {
+  async #await(q: Promise<PgResult>): Promise<PgResult> {
     try {
       return await this.backend.withDeadline(q);
     } catch (e) {
@@ -972,7 +1056,7 @@ class PgTransaction implements Transaction {
     this.#flush();
     this.#done = true;
     const channel = this.backend.channel;
-    let stampQuery: PgQuery | undefined;
+    let stampQuery: Promise<PgResult> | undefined;
     if (stamped) {
       this.#send(this.#sql.lock);
       stampQuery = this.#send(this.#sql.stamp);
@@ -997,7 +1081,7 @@ class PgTransaction implements Transaction {
         this.#send(this.#sql.dropDeltas, [keys, channel]);
       }
     }
-    let versionsQuery: PgQuery | undefined;
+    let versionsQuery: Promise<PgResult> | undefined;
     if (this.#watches.length > 0) {
       versionsQuery = this.#send(this.#sql.versions, [
         byteaArray(this.#watches.map((w) => w.key)),
@@ -1049,7 +1133,8 @@ class PgTransaction implements Transaction {
 
   /** Ends a failed attempt: rolls back, returns the connection, settles stamp and watches. */
   async abort(): Promise<void> {
-    if (this.#session === undefined && this.#done && this.#ended) return;
+    if (this.#aborted) return;
+    this.#aborted = true;
     this.#done = true;
     this.#stamp.reject(new TransactionError("not_committed", "The transaction did not commit"));
     for (const w of this.#watches) w.handle.cancel();
@@ -1457,9 +1542,26 @@ export async function openPostgresBackend(
       { cause: e },
     );
   }
-  const connect: PgConnect = (hooks = {}) =>
-    postgres(opts.url, {
+  let net: NetModule;
+  try {
+    net = await import("node:net");
+  } catch (e) {
+    throw new BackendUnavailableError("The PostgreSQL backend needs node:net (Deno or Bun)", {
+      cause: e,
+    });
+  }
+  const connect: PgConnect = (hooks = {}) => {
+    let used = false;
+    return postgres(opts.url, {
       max: 1,
+      // Each client gets exactly one connection. npm:postgres would otherwise reconnect after a
+      // connection loss and run the statements still queued for the lost transaction (its
+      // writes, even its COMMIT) on the new connection, outside any transaction.
+      socket: (target: SocketTarget) => {
+        if (used) throw connectionError("CONNECTION_LOST", "This connection was lost");
+        used = true;
+        return openSocket(net, target, CONNECT_TIMEOUT_MS);
+      },
       // The array types are never needed (arrays are sent as text literals), and skipping
       // their lookup saves a round trip per connection.
       fetch_types: false,
@@ -1469,7 +1571,6 @@ export async function openPostgresBackend(
       // The listener must stay connected; transaction connections may idle out and come back.
       idle_timeout: hooks.onnotify ? null : 60,
       ...(hooks.onnotify ? { max_lifetime: null } : {}),
-      connect_timeout: 10,
       connection: {
         application_name: hooks.onnotify ? "dgen-listen" : "dgen",
         // Sequential scans take relation-wide predicate locks, which make every concurrent
@@ -1479,6 +1580,7 @@ export async function openPostgresBackend(
         idle_in_transaction_session_timeout: limits.maxTransactionDuration + RESPONSE_GRACE_MS,
       },
     });
+  };
   const sql = statements(schema);
   await setup(connect, sql, schema);
   return new PostgresBackend(
