@@ -9,7 +9,8 @@
 # (everything else goes to stderr) for:
 #   DGEN_PG_URL   connection URL for the tests (`tests/storage/_postgres.ts`) and `bench/`
 #   DGEN_PG_DATA  the data directory, DGEN_PG_CTL the pg_ctl binary, DGEN_PG_USER the OS user
-#                 that owns the server: the restart test stops and starts it with these.
+#                 that owns the server: the restart test restarts it with these.
+#   DGEN_PG_STARTED  1 if this call started the server, 0 if it was running already.
 #
 # Settings (environment): DGEN_PG_PORT (default 54329), DGEN_PG_DIR (default
 # ${TMPDIR:-/tmp}/dgen-pg-$DGEN_PG_PORT). Debian's `postgresql` package refuses to run as root,
@@ -47,6 +48,7 @@ install_postgres() {
 
 BIN=""
 RUN_AS=""
+STARTED=0
 setup_paths() {
   BIN="$(find_bin)"
   [[ -n "$BIN" ]] || die "pg_ctl not found: run '$0 start' to install PostgreSQL"
@@ -106,10 +108,15 @@ start() {
     log "starting on 127.0.0.1:$PORT (data $DIR, log $DIR/server.log)"
     as_owner "$BIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w -t 60 start >&2 ||
       { tail -n 30 "$DIR/server.log" >&2 || true; die "PostgreSQL did not start"; }
+    STARTED=1
   fi
-  as_owner "$BIN/pg_isready" -h 127.0.0.1 -p "$PORT" -t 30 >/dev/null ||
+  if ! as_owner "$BIN/pg_isready" -h 127.0.0.1 -p "$PORT" -t 30 >/dev/null; then
+    [[ "$STARTED" == 1 ]] && as_owner "$BIN/pg_ctl" -D "$DIR" -m immediate stop >&2 || true
     die "PostgreSQL on port $PORT does not accept connections"
+  fi
   print_env
+  # Tells the caller whether this call started the server (and so should stop it).
+  echo "export DGEN_PG_STARTED='$STARTED'"
 }
 
 stop() {

@@ -81,8 +81,15 @@ import {
 } from "./types.ts";
 
 /**
- * The largest key PostgreSQL can index here: a B-tree entry holds at most 2,704 bytes, and an
- * incompressible key of 2,684 bytes plus its `seq` is the most that fits.
+ * The largest key the PostgreSQL backend accepts (FoundationDB allows 10,000 bytes): a B-tree
+ * index entry holds at most 2,704 bytes, and an incompressible key of about 2,680 bytes is the
+ * most that fits. Keys built from tuples of ids are far shorter.
+ *
+ * @example
+ * ```ts
+ * import { POSTGRES_MAX_KEY_SIZE } from "../../mod.ts";
+ * console.log(POSTGRES_MAX_KEY_SIZE); // 2600
+ * ```
  */
 export const POSTGRES_MAX_KEY_SIZE = 2_600;
 
