@@ -179,6 +179,33 @@ describe("postgres backend", { skip: postgresSkip }, () => {
     }
   });
 
+  it("orders stamps as the commits serialize: a stale stamped transaction runs again", async () => {
+    const b = await openTestPostgres();
+    try {
+      // B reads x, then A writes x and a stamped key and commits, then B writes a stamped key.
+      // B's stamp would be after A's although B saw the state before A: B must run again.
+      let runs = 0;
+      const gate = Promise.withResolvers<void>();
+      const late = b.transact(async (tx) => {
+        runs++;
+        const x = await tx.get(k("x"));
+        if (runs === 1) await gate.promise;
+        tx.setVersionstampedKey(k("q/"), new Uint8Array(), x ?? k("none"));
+      });
+      await b.transact((tx) => {
+        tx.set(k("x"), k("A"));
+        tx.setVersionstampedKey(k("q/"), new Uint8Array(), k("first"));
+      });
+      gate.resolve();
+      await late;
+      assert.equal(runs, 2);
+      const queue = await b.transact((tx) => tx.getRange(k("q/"), k("q0")));
+      assert.deepEqual(queue.map((r) => new TextDecoder().decode(r.value)), ["first", "A"]);
+    } finally {
+      await b.close();
+    }
+  });
+
   describe("connection loss", () => {
     /** Terminates the sessions of `schema` that match `where`; resolves with how many. */
     const terminate = (sql: AdminSql, where: string) =>
