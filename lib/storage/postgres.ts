@@ -5,10 +5,10 @@
  * FoundationDB is not available.
  *
  * Everything lives in one schema (`dgen` by default), created on first open:
- * - `kv(key bytea, seq bigint, value bytea, primary key (key, seq))`. The row with `seq = 0`
- *   holds a key's value; rows with `seq > 0` are pending atomic additions ("deltas", one per
- *   `add`) that reads fold into the value. `bytea` compares as unsigned bytes (no collation
- *   applies), which is the contract's key order.
+ * - `kv(key bytea primary key, value bytea)`: the keys and values. `bytea` compares as unsigned
+ *   bytes (no collation applies), which is the contract's key order.
+ * - `deltas(key, seq, operand)`: pending atomic additions, one row per `add`, that reads fold
+ *   into the value (see atomic add below).
  * - `meta(id, format)`: one row, whose row lock orders versionstamped commits.
  * - `stamps(stamp)`, `stamp_seq`, `delta_seq`: see versionstamps and atomic adds below.
  *
@@ -25,7 +25,10 @@
  * - **Atomic add** inserts a delta row instead of updating the value, so concurrent adders never
  *   conflict with each other (an insert of a fresh row reads nothing). Readers fold the deltas;
  *   a background fold merges them into the value row after 64 adds to a key from one process,
- *   or when a read meets 16 or more.
+ *   or when a read meets 16 or more. The price: every read also scans `deltas`, and every
+ *   `set` or `clear` deletes the key's deltas, a read of `deltas` that orders it against
+ *   concurrent adders. Keeping deltas in their own table keeps that read away from `kv`, so a
+ *   blind `set` (an upsert) reads nothing there and does not conflict with its neighbours.
  * - **Versionstamps**: at commit, after its writes, a stamped transaction locks the `meta` row
  *   (`FOR UPDATE`), takes the next `stamp_seq` value, writes its stamped keys and values, and
  *   commits, all in one pipelined round trip. The lock is released only once the commit is
@@ -512,8 +515,10 @@ class SessionPool {
     this.#idle.length = 0;
     const all = [...this.#all];
     this.#all.clear();
-    // In-flight statements get a second to finish; then the sockets are closed.
+    // In-flight statements get a second to finish; then the sockets are closed, and anything
+    // still waiting for an answer fails.
     await Promise.allSettled(all.map((s) => s.sql.end({ timeout: 1 })));
+    for (const s of all) s.destroy();
   }
 }
 
@@ -908,7 +913,7 @@ class PgTransaction implements Transaction {
     // from that key. One more row than needed tells whether the last wanted key is complete.
     let extra = 1;
     for (;;) {
-      const want = limit === Infinity ? null : limit - out.length + extra;
+      const want = limit === Infinity ? null : Math.ceil(limit - out.length) + extra;
       const rows = await this.#await(
         this.#send(reverse ? this.#sql.rangeReverse : this.#sql.rangeForward, [lo, hi, want]),
       );
@@ -1292,13 +1297,13 @@ class PostgresBackend implements Backend {
       this.#reachable = this.#probe().finally(() => this.#reachable = undefined);
     }
     if (signal === undefined) return this.#reachable;
-    return Promise.race([
-      this.#reachable,
-      new Promise<never>((_, reject) => {
-        if (signal.aborted) reject(signal.reason);
-        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
-      }),
-    ]);
+    signal.throwIfAborted();
+    const aborted = Promise.withResolvers<never>();
+    const onAbort = () => aborted.reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    return Promise.race([this.#reachable, aborted.promise]).finally(() =>
+      signal.removeEventListener("abort", onAbort)
+    );
   }
 
   async #probe(): Promise<void> {
@@ -1498,8 +1503,9 @@ class PostgresBackend implements Backend {
     for (const set of this.#watches.values()) for (const w of [...set]) w.handle.cancel();
     this.#watches.clear();
     await this.#listener.close();
-    await Promise.allSettled([...this.#tasks]);
+    // Closing the pool first fails background work that waits for a connection.
     await this.pool.close();
+    await Promise.allSettled([...this.#tasks]);
   }
 }
 
