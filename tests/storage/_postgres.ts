@@ -104,25 +104,28 @@ export async function withAdmin<T>(fn: (sql: AdminSql) => Promise<T>): Promise<T
  * connection cut, crash recovery at start) and resolves once it accepts connections again.
  */
 export function restartPostgres(): Promise<void> {
+  return pgCtl(["-m", "immediate", "-w", "-t", "60", "restart"]);
+}
+
+/** Stops the test server at once (`pg_ctl stop -m immediate`), as a crash would. */
+export function stopPostgres(): Promise<void> {
+  return pgCtl(["-m", "immediate", "-w", "-t", "60", "stop"]);
+}
+
+/** Starts the test server again and resolves once it accepts connections. */
+export function startPostgres(): Promise<void> {
+  return pgCtl(["-w", "-t", "60", "start"]);
+}
+
+/** Runs `pg_ctl` on the test server's data directory (its settings live there). */
+function pgCtl(args: string[]): Promise<void> {
   if (postgresRestartSkip !== undefined) return Promise.reject(new Error(postgresRestartSkip));
   const data = process.env.DGEN_PG_DATA!;
-  const args = [
-    process.env.DGEN_PG_CTL!,
-    "-D",
-    data,
-    "-m",
-    "immediate",
-    "-w",
-    "-t",
-    "60",
-    "-l",
-    `${data}/server.log`,
-    "restart",
-  ];
+  const command = [process.env.DGEN_PG_CTL!, "-D", data, "-l", `${data}/server.log`, ...args];
   const user = process.env.DGEN_PG_USER;
   // Debian's server refuses to run as root: run pg_ctl as the owner of the data directory.
   const asOwner = user && process.getuid?.() === 0;
-  const [cmd, ...rest] = asOwner ? ["runuser", "-u", user, "--", ...args] : args;
+  const [cmd, ...rest] = asOwner ? ["runuser", "-u", user, "--", ...command] : command;
   return new Promise((resolve, reject) => {
     const child = spawn(cmd!, rest, { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
@@ -130,7 +133,7 @@ export function restartPostgres(): Promise<void> {
     child.on("error", reject);
     child.on("exit", (code) => {
       if (code === 0) resolve();
-      else reject(new Error(`pg_ctl restart exited with ${code}: ${stderr}`));
+      else reject(new Error(`pg_ctl ${args.at(-1)} exited with ${code}: ${stderr}`));
     });
   });
 }

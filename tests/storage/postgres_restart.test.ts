@@ -6,8 +6,14 @@
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readInt64LE, type Transaction } from "../../mod.ts";
-import { openTestPostgres, postgresRestartSkip, restartPostgres } from "./_postgres.ts";
+import { BackendUnavailableError, readInt64LE, type Transaction } from "../../mod.ts";
+import {
+  openTestPostgres,
+  postgresRestartSkip,
+  restartPostgres,
+  startPostgres,
+  stopPostgres,
+} from "./_postgres.ts";
 import { deadline, waitFor } from "../_helpers.ts";
 
 if (postgresRestartSkip) console.log(`PostgreSQL restart test skipped: ${postgresRestartSkip}`);
@@ -86,6 +92,44 @@ describe("postgres backend across a server crash", { skip: postgresRestartSkip }
       assert.equal(await deadline(watch.promise, 10_000, "watch did not fire after restart"), true);
     } finally {
       await b.close();
+    }
+  });
+
+  it("waits for a server that is down, up to reconnectTimeout, then fails unavailable", {
+    timeout: 120_000,
+  }, async () => {
+    const patient = await openTestPostgres({ reconnectTimeout: 60_000 });
+    const hasty = await openTestPostgres({ reconnectTimeout: 300 });
+    try {
+      await patient.transact((tx) => tx.set(k("before"), k("1")));
+      await hasty.transact((tx) => tx.set(k("before"), k("1")));
+      await stopPostgres();
+      let stopped = true;
+      try {
+        const waiting = patient.transact((tx) => tx.set(k("during"), k("1")));
+        await assert.rejects(
+          hasty.transact((tx) => tx.get(k("before"))),
+          (e) => e instanceof BackendUnavailableError && /300 ms/.test(e.message),
+        );
+        await startPostgres();
+        stopped = false;
+        // The patient backend's transaction went through once the server was back.
+        await waiting;
+        assert.equal(
+          new TextDecoder().decode(await patient.transact((tx) => tx.get(k("during")))),
+          "1",
+        );
+        // And the hasty one works again too.
+        assert.equal(
+          new TextDecoder().decode(await hasty.transact((tx) => tx.get(k("before")))),
+          "1",
+        );
+      } finally {
+        if (stopped) await startPostgres();
+      }
+    } finally {
+      await patient.close();
+      await hasty.close();
     }
   });
 });
