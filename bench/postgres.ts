@@ -10,7 +10,9 @@
  * - the same read-modify-write from concurrent clients on one key (conflicts and retries),
  *   beside concurrent atomic adds on one key (which never conflict);
  * - versionstamped commits from concurrent clients (they go one at a time through the stamp
- *   lock), beside plain blind writes from the same clients.
+ *   lock), beside plain blind writes from the same clients;
+ * - what the notification every write sends (for watches) costs: a bare upsert with and
+ *   without `pg_notify`, from one and from 16 clients.
  *
  * Settings (environment): BENCH_OPS (operations per case, default 2000).
  */
@@ -104,6 +106,7 @@ async function main(): Promise<void> {
   const schema = `bench_${Date.now().toString(36)}`;
   const admin = postgres(url, { max: 1, onnotice: () => {} });
   const bare = postgres(url, { max: 1, onnotice: () => {}, fetch_types: false });
+  const pool = postgres(url, { max: 16, onnotice: () => {}, fetch_types: false });
   const backend = await openPostgresBackend({ url, schema, maxConnections: 16 });
   const rows: Row[] = [];
   const [version] = await admin.unsafe("show server_version");
@@ -202,6 +205,30 @@ async function main(): Promise<void> {
       );
     }
 
+    // What notifications cost: every write of the backend sends one (for watches), and
+    // PostgreSQL serializes the commits of transactions that notify.
+    for (const c of [1, 16]) {
+      for (const notify of [false, true]) {
+        log(
+          await measure(
+            `upsert own row: bare npm:postgres${notify ? " + pg_notify" : ""}`,
+            c,
+            OPS,
+            async (client, i) => {
+              await pool.unsafe(
+                notify
+                  ? `with w as (insert into "${schema}".bare values ($1, $2) on conflict (k) do update set v = excluded.v returning k) select pg_notify('bench', k::text) from w`
+                  : `insert into "${schema}".bare values ($1, $2) on conflict (k) do update set v = excluded.v`,
+                [100 + client, i],
+                { prepare: true },
+              );
+              return 1;
+            },
+          ),
+        );
+      }
+    }
+
     // Versionstamped commits go one at a time through the stamp lock; plain writes do not.
     for (const c of CLIENTS) {
       log(
@@ -238,6 +265,7 @@ async function main(): Promise<void> {
     await backend.close();
     await admin.unsafe(`drop schema if exists "${schema}" cascade`);
     await bare.end();
+    await pool.end();
     await admin.end();
   }
 

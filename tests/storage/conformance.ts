@@ -189,12 +189,16 @@ export function registerConformance(
             const key = k("conflict");
             let runs = 0;
             const gate = Promise.withResolvers<void>();
+            const read = Promise.withResolvers<void>();
             const first = b.transact(async (tx) => {
               runs++;
               await tx.get(key);
+              read.resolve();
               if (runs === 1) await gate.promise;
               tx.set(k("out"), k(String(runs)));
             });
+            // Backends may take their snapshot at the first read: write only after it.
+            await read.promise;
             await b.transact((tx) => tx.set(key, k("v")));
             gate.resolve();
             await first;
@@ -241,12 +245,15 @@ export function registerConformance(
           const key = k("snap");
           let runs = 0;
           const gate = Promise.withResolvers<void>();
+          const read = Promise.withResolvers<void>();
           const first = b.transact(async (tx) => {
             runs++;
             await tx.snapshot.get(key);
+            read.resolve();
             await gate.promise;
             tx.set(k("out"), k("x"));
           });
+          await read.promise;
           await b.transact((tx) => tx.set(key, k("v")));
           gate.resolve();
           await first;
@@ -261,11 +268,14 @@ export function registerConformance(
           });
           const gate = Promise.withResolvers<void>();
           const seen: string[] = [];
+          const read = Promise.withResolvers<void>();
           const reader = b.transact(async (tx) => {
             seen.push(dec(await tx.get(k("x")))!);
+            read.resolve();
             await gate.promise;
             seen.push(dec(await tx.get(k("y")))!);
           }, { readOnly: true });
+          await read.promise;
           await b.transact((tx) => {
             tx.set(k("x"), k("1"));
             tx.set(k("y"), k("1"));
@@ -283,12 +293,15 @@ export function registerConformance(
           });
           let runs = 0;
           const gate = Promise.withResolvers<void>();
+          const read = Promise.withResolvers<void>();
           const consumer = b.transact(async (tx) => {
             runs++;
             const [head] = await tx.getRange(k("q"), k("r"), { limit: 1 });
+            read.resolve();
             if (runs === 1) await gate.promise;
             tx.clear(head!.key);
           });
+          await read.promise;
           await b.transact((tx) => tx.set(k("q9"), k("appended")));
           gate.resolve();
           await consumer;
@@ -384,12 +397,15 @@ export function registerConformance(
       withBackend(open, async (b) => {
         const key = k("between");
         const gate = Promise.withResolvers<void>();
+        const read = Promise.withResolvers<void>();
         const made = b.transact(async (tx) => {
           await tx.get(key);
           const w = tx.watch(key);
+          read.resolve();
           await gate.promise;
           return w;
         }, { readOnly: true });
+        await read.promise;
         await b.transact((tx) => tx.set(key, k("raced")));
         gate.resolve();
         const watch = await made;

@@ -186,12 +186,16 @@ describe("postgres backend", { skip: postgresSkip }, () => {
       // B's stamp would be after A's although B saw the state before A: B must run again.
       let runs = 0;
       const gate = Promise.withResolvers<void>();
+      const read = Promise.withResolvers<void>();
       const late = b.transact(async (tx) => {
         runs++;
         const x = await tx.get(k("x"));
+        read.resolve();
         if (runs === 1) await gate.promise;
         tx.setVersionstampedKey(k("q/"), new Uint8Array(), x ?? k("none"));
       });
+      // B's snapshot is taken at its first read: A commits after it.
+      await read.promise;
       await b.transact((tx) => {
         tx.set(k("x"), k("A"));
         tx.setVersionstampedKey(k("q/"), new Uint8Array(), k("first"));
