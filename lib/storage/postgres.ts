@@ -653,7 +653,12 @@ interface KeyRows {
 
 class PgTransaction implements Transaction {
   readonly snapshot: ReadTransaction;
-  readonly started = performance.now();
+  /**
+   * Start of the duration limit's clock: creation, then (as FoundationDB counts from the read
+   * version) the moment the server opened the transaction, so that waiting for a connection and
+   * connecting do not count against the body.
+   */
+  #started = performance.now();
   #session: Session | undefined;
   #acquiring: Promise<Session> | undefined;
   #began = false;
@@ -699,7 +704,7 @@ class PgTransaction implements Transaction {
   #check(): void {
     if (this.#done) throw new TransactionError("transaction_done", "Transaction already finished");
     if (this.backend.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
-    const elapsed = performance.now() - this.started;
+    const elapsed = performance.now() - this.#started;
     if (elapsed > this.#limits.maxTransactionDuration) {
       throw new LimitExceededError(
         "transaction_timeout",
@@ -751,8 +756,11 @@ class PgTransaction implements Transaction {
   async #open(): Promise<Session> {
     if (this.#session === undefined) {
       // Reads started together share one acquisition (and so one connection).
+      const waitStart = performance.now();
       this.#acquiring ??= this.backend.pool.acquire();
       const session = await this.#acquiring;
+      // Waiting for a free connection is not the body's time.
+      this.#started += performance.now() - waitStart;
       this.#acquiring = undefined;
       if (this.#aborted) {
         // The attempt ended while this read waited for a connection.
@@ -764,7 +772,9 @@ class PgTransaction implements Transaction {
     }
     if (!this.#began) {
       this.#began = true;
-      this.#send(this.readOnly ? this.#sql.beginRead : this.#sql.beginWrite);
+      this.#send(this.readOnly ? this.#sql.beginRead : this.#sql.beginWrite).then(() => {
+        this.#started = performance.now();
+      }, noop);
     }
     return this.#session;
   }
