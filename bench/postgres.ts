@@ -14,7 +14,8 @@
  * - what the notification every write sends (for watches) costs: a bare upsert with and
  *   without `pg_notify`, from one and from 16 clients.
  *
- * Settings (environment): BENCH_OPS (operations per case, default 2000).
+ * The cases of each comparison run in alternating rounds, so that load from other processes
+ * falls on them alike. Settings (environment): BENCH_OPS (operations per case, default 2000).
  */
 
 import process from "node:process";
@@ -22,6 +23,7 @@ import { spawnSync } from "node:child_process";
 import { type Backend, int64LE, openPostgresBackend, readInt64LE } from "../mod.ts";
 
 const OPS = Number(process.env.BENCH_OPS ?? 2000);
+const ROUNDS = 5;
 const CLIENTS = [1, 4, 16];
 
 function serverUrl(): string {
@@ -52,36 +54,53 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 }
 
-/** Runs `ops` operations from `clients` concurrent loops; `op` returns how many bodies ran. */
-async function measure(
-  name: string,
-  clients: number,
-  ops: number,
-  op: (client: number, i: number) => Promise<number>,
-): Promise<Row> {
-  const latencies: number[] = [];
-  let bodies = 0;
-  let next = 0;
-  const start = performance.now();
-  await Promise.all(Array.from({ length: clients }, async (_, c) => {
-    for (let i = next++; i < ops; i = next++) {
-      const t = performance.now();
-      const runs = await op(c, i);
-      bodies += runs;
-      latencies.push(performance.now() - t);
+/** One case of a comparison: `op` runs one operation and returns how many bodies ran. */
+interface Case {
+  name: string;
+  clients: number;
+  op: (client: number, i: number) => Promise<number>;
+}
+
+/**
+ * Runs the cases of one comparison in alternating rounds (ROUNDS rounds of OPS / ROUNDS
+ * operations each), so that the load other processes put on the machine falls on all of them
+ * alike rather than on whichever ran first.
+ */
+async function compare(cases: Case[]): Promise<Row[]> {
+  const stats = cases.map(() => ({ latencies: [] as number[], bodies: 0, seconds: 0, ops: 0 }));
+  const perRound = Math.ceil(OPS / ROUNDS);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [n, c] of cases.entries()) {
+      const st = stats[n]!;
+      let next = 0;
+      const start = performance.now();
+      await Promise.all(Array.from({ length: c.clients }, async (_, client) => {
+        for (let i = next++; i < perRound; i = next++) {
+          const t = performance.now();
+          const runs = await c.op(client, round * perRound + i);
+          st.bodies += runs;
+          st.latencies.push(performance.now() - t);
+        }
+      }));
+      st.seconds += (performance.now() - start) / 1000;
+      st.ops += perRound;
     }
-  }));
-  const elapsed = (performance.now() - start) / 1000;
-  latencies.sort((a, b) => a - b);
-  return {
-    case: name,
-    clients,
-    ops,
-    rate: Math.round(ops / elapsed),
-    p50: +percentile(latencies, 0.5).toFixed(2),
-    p99: +percentile(latencies, 0.99).toFixed(2),
-    retries: +((bodies - ops) / ops).toFixed(3),
-  };
+  }
+  return cases.map((c, n) => {
+    const st = stats[n]!;
+    st.latencies.sort((a, b) => a - b);
+    const row: Row = {
+      case: c.name,
+      clients: c.clients,
+      ops: st.ops,
+      rate: Math.round(st.ops / st.seconds),
+      p50: +percentile(st.latencies, 0.5).toFixed(2),
+      p99: +percentile(st.latencies, 0.99).toFixed(2),
+      retries: +((st.bodies - st.ops) / st.ops).toFixed(3),
+    };
+    console.error(`  ${row.case} ×${row.clients}: ${row.rate}/s`);
+    return row;
+  });
 }
 
 /** One transaction through the backend; resolves with how many times its body ran. */
@@ -115,151 +134,137 @@ async function main(): Promise<void> {
     await admin.unsafe(
       `create table "${schema}".bare (k int primary key, v bigint not null); insert into "${schema}".bare values (1, 0)`,
     );
-    const log = (r: Row) => {
-      rows.push(r);
-      console.error(`  ${r.case} ×${r.clients}: ${r.rate}/s`);
-    };
-
     // Warm up connections and prepared statements.
     for (let i = 0; i < 50; i++) {
       await backend.transact(async (tx) => tx.set(k("warm"), (await tx.get(k("warm"))) ?? k("0")));
     }
 
-    // Sequential read-modify-write: the backend beside npm:postgres alone.
-    log(
-      await measure(
-        "rmw: bare npm:postgres (BEGIN SERIALIZABLE; SELECT; UPDATE; COMMIT)",
-        1,
-        OPS,
-        async () => {
-          const [, [row]] = await Promise.all([
-            bare.unsafe("begin isolation level serializable"),
-            bare.unsafe(`select v from "${schema}".bare where k = $1`, [1], { prepare: true }),
-          ]);
-          await Promise.all([
-            bare.unsafe(
-              `update "${schema}".bare set v = $2 where k = $1`,
-              [1, Number(row!.v) + 1],
-              {
-                prepare: true,
-              },
-            ),
-            bare.unsafe("commit"),
-          ]);
-          return 1;
+    // Sequential read-modify-write and blind write: the backend beside npm:postgres alone.
+    rows.push(
+      ...await compare([
+        {
+          name: "rmw: bare npm:postgres (BEGIN SERIALIZABLE; SELECT; UPDATE; COMMIT)",
+          clients: 1,
+          op: async () => {
+            const [, [row]] = await Promise.all([
+              bare.unsafe("begin isolation level serializable"),
+              bare.unsafe(`select v from "${schema}".bare where k = $1`, [1], { prepare: true }),
+            ]);
+            await Promise.all([
+              bare.unsafe(`update "${schema}".bare set v = $2 where k = $1`, [
+                1,
+                Number(row!.v) + 1,
+              ], { prepare: true }),
+              bare.unsafe("commit"),
+            ]);
+            return 1;
+          },
         },
-      ),
-    );
-    log(
-      await measure(
-        "rmw: dgen backend (get + set)",
-        1,
-        OPS,
-        (_c, _i) =>
-          counted(backend, async (tx) => {
-            const n = readInt64LE(await tx.get(k("rmw")));
-            tx.set(k("rmw"), int64LE(n + 1n));
-          }),
-      ),
-    );
-    log(
-      await measure(
-        "upsert: bare npm:postgres (one statement, autocommit)",
-        1,
-        OPS,
-        async (_c, i) => {
-          await bare.unsafe(
-            `insert into "${schema}".bare values (1, $1) on conflict (k) do update set v = excluded.v`,
-            [i],
-            { prepare: true },
-          );
-          return 1;
+        {
+          name: "rmw: dgen backend (get + set)",
+          clients: 1,
+          op: () =>
+            counted(backend, async (tx) => {
+              const n = readInt64LE(await tx.get(k("rmw")));
+              tx.set(k("rmw"), int64LE(n + 1n));
+            }),
         },
-      ),
-    );
-    log(
-      await measure(
-        "set: dgen backend (blind write)",
-        1,
-        OPS,
-        (_c, i) => counted(backend, (tx) => tx.set(k("blind"), int64LE(i))),
-      ),
+        {
+          name: "upsert: bare npm:postgres (one statement, autocommit)",
+          clients: 1,
+          op: async (_c, i) => {
+            await bare.unsafe(
+              `insert into "${schema}".bare values (1, $1) on conflict (k) do update set v = excluded.v`,
+              [i],
+              { prepare: true },
+            );
+            return 1;
+          },
+        },
+        {
+          name: "set: dgen backend (blind write)",
+          clients: 1,
+          op: (_c, i) => counted(backend, (tx) => tx.set(k("blind"), int64LE(i))),
+        },
+      ]),
     );
 
     // Contention on one key: read-modify-write conflicts, adds do not.
     for (const c of CLIENTS.slice(1)) {
-      log(
-        await measure("rmw one key: dgen backend", c, OPS, () =>
-          counted(backend, async (tx) => {
-            const n = readInt64LE(await tx.get(k(`hot${c}`)));
-            tx.set(k(`hot${c}`), int64LE(n + 1n));
-          })),
-      );
-      log(
-        await measure(
-          "add one key: dgen backend",
-          c,
-          OPS,
-          () => counted(backend, (tx) => tx.add(k(`adds${c}`), 1)),
-        ),
+      rows.push(
+        ...await compare([
+          {
+            name: "rmw one key: dgen backend",
+            clients: c,
+            op: () =>
+              counted(backend, async (tx) => {
+                const n = readInt64LE(await tx.get(k(`hot${c}`)));
+                tx.set(k(`hot${c}`), int64LE(n + 1n));
+              }),
+          },
+          {
+            name: "add one key: dgen backend",
+            clients: c,
+            op: () => counted(backend, (tx) => tx.add(k(`adds${c}`), 1)),
+          },
+        ]),
       );
     }
 
     // What notifications cost: every write of the backend sends one (for watches), and
     // PostgreSQL serializes the commits of transactions that notify.
     for (const c of [1, 16]) {
-      for (const notify of [false, true]) {
-        log(
-          await measure(
-            `upsert own row: bare npm:postgres${notify ? " + pg_notify" : ""}`,
-            c,
-            OPS,
-            async (client, i) => {
-              await pool.unsafe(
-                notify
-                  ? `with w as (insert into "${schema}".bare values ($1, $2) on conflict (k) do update set v = excluded.v returning k) select pg_notify('bench', k::text) from w`
-                  : `insert into "${schema}".bare values ($1, $2) on conflict (k) do update set v = excluded.v`,
-                [100 + client, i],
-                { prepare: true },
-              );
-              return 1;
-            },
-          ),
-        );
-      }
+      rows.push(
+        ...await compare([false, true].map((notify) => ({
+          name: `upsert own row: bare npm:postgres${notify ? " + pg_notify" : ""}`,
+          clients: c,
+          op: async (client: number, i: number) => {
+            await pool.unsafe(
+              notify
+                ? `with w as (insert into "${schema}".bare values ($1, $2) on conflict (k) do update set v = excluded.v returning k) select pg_notify('bench', k::text) from w`
+                : `insert into "${schema}".bare values ($1, $2) on conflict (k) do update set v = excluded.v`,
+              [100 + client, i],
+              { prepare: true },
+            );
+            return 1;
+          },
+        }))),
+      );
     }
 
     // Versionstamped commits go one at a time through the stamp lock; plain writes do not.
     for (const c of CLIENTS) {
-      log(
-        await measure(
-          "stamped key: dgen backend",
-          c,
-          OPS,
-          (client, i) =>
-            counted(
-              backend,
-              (tx) =>
-                tx.setVersionstampedKey(k(`q${c}/`), new Uint8Array([client, i & 255]), k("m")),
-            ),
-        ),
-      );
-      log(
-        await measure(
-          "set own key: dgen backend",
-          c,
-          OPS,
-          (client, i) => counted(backend, (tx) => tx.set(k(`own${c}/${client}`), int64LE(i))),
-        ),
+      rows.push(
+        ...await compare([
+          {
+            name: "stamped key: dgen backend",
+            clients: c,
+            op: (client, i) =>
+              counted(backend, (tx) =>
+                tx.setVersionstampedKey(
+                  k(`q${c}/`),
+                  new Uint8Array([client, i >> 8, i & 255]),
+                  k("m"),
+                )),
+          },
+          {
+            name: "set own key: dgen backend",
+            clients: c,
+            op: (client, i) => counted(backend, (tx) => tx.set(k(`own${c}/${client}`), int64LE(i))),
+          },
+        ]),
       );
     }
 
     // The counters must be exact: this is also a check of the runs above.
-    const hot = await backend.transact((tx) => tx.get(k("rmw")));
-    if (readInt64LE(hot) !== BigInt(OPS)) throw new Error(`rmw counter ${readInt64LE(hot)}`);
+    const expected = BigInt(Math.ceil(OPS / ROUNDS) * ROUNDS);
+    const hot = readInt64LE(await backend.transact((tx) => tx.get(k("rmw"))));
+    if (hot !== expected) throw new Error(`rmw counter ${hot}, expected ${expected}`);
     for (const c of CLIENTS.slice(1)) {
-      const adds = readInt64LE(await backend.transact((tx) => tx.get(k(`adds${c}`))));
-      if (adds !== BigInt(OPS)) throw new Error(`add counter ×${c}: ${adds}`);
+      for (const name of [`adds${c}`, `hot${c}`]) {
+        const n = readInt64LE(await backend.transact((tx) => tx.get(k(name))));
+        if (n !== expected) throw new Error(`${name} counter ${n}, expected ${expected}`);
+      }
     }
   } finally {
     await backend.close();
