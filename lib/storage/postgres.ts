@@ -288,10 +288,12 @@ function mapError(e: unknown, commitSent: boolean, closed: boolean): unknown {
 // ---------------------------------------------------------------------------------------------
 // Encoding helpers.
 
-/** A Uint8Array view of a `Buffer` from npm:postgres (so callers never see `Buffer`). */
+/**
+ * A plain Uint8Array copy of a `Buffer` from npm:postgres: callers never see `Buffer`, and
+ * never a view into the shared pool small Buffers are carved from.
+ */
 function bytesOf(x: unknown): Uint8Array {
-  const b = x as Uint8Array;
-  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  return new Uint8Array(x as Uint8Array);
 }
 
 /** A `bytea[]` array literal; sent as text, PostgreSQL casts it (`$1::bytea[]`). */

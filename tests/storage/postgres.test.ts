@@ -93,6 +93,23 @@ describe("postgres backend", { skip: postgresSkip }, () => {
     }
   });
 
+  it("returns plain Uint8Arrays that own their bytes", async () => {
+    const b = await openTestPostgres();
+    try {
+      await b.transact((tx) => tx.set(k("p"), k("value")));
+      const [value, [row]] = await b.transact(async (tx) =>
+        [await tx.get(k("p")), await tx.getRange(k("p"), k("q"))] as const
+      );
+      for (const bytes of [value!, row!.key, row!.value]) {
+        assert.equal(Object.getPrototypeOf(bytes), Uint8Array.prototype);
+        assert.equal(bytes.byteOffset, 0);
+        assert.equal(bytes.buffer.byteLength, bytes.length);
+      }
+    } finally {
+      await b.close();
+    }
+  });
+
   it("never makes concurrent adders conflict", async () => {
     const b = await openTestPostgres();
     try {
