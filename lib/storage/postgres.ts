@@ -39,10 +39,12 @@
  *   transaction that read something a stamped transaction committed before it had not seen
  *   forms a cycle PostgreSQL aborts: stamp order is also the serialization order.
  * - **Watches** use LISTEN/NOTIFY: every write sends a notification (delivered only if the
- *   transaction commits) carrying a hash of the key on the schema's channel, and one listening
- *   connection per backend wakes the matching watches. A watch records the key's row versions
- *   (`xmin`) as its transaction saw them and compares them again once it listens, and after
- *   every reconnection of the listener, so writes made while nobody listened are not missed.
+ *   transaction commits) carrying a hash of the key and the writer's transaction id on the
+ *   schema's channel, and one listening connection per backend wakes the matching watches. A
+ *   watch records the key's row versions (`xmin`) as its transaction saw them: it ignores
+ *   notifications of writes it saw (or made), and compares the versions again once it listens
+ *   and after every reconnection of the listener, so writes made while nobody listened are not
+ *   missed.
  * - **Tenants** are tuple prefixes, as on the memory backend.
  * - **Connection loss**: an error before the commit was sent fails the attempt, retryably, with
  *   nothing applied; an error once it was sent is `CommitUnknownResultError`. Either way the
@@ -329,13 +331,24 @@ function noop(): void {}
 // SQL. The schema name is a validated identifier, so it is spliced in; everything else is a
 // parameter. The texts are fixed so that each connection prepares each statement once.
 
+/** A 64-bit transaction id (`xid8`) as the 32-bit id `xmin` shows, in decimal. */
+function xid32(xid8: string): string {
+  return `(${xid8}::text::bigint % 4294967296)::text`;
+}
+
 function statements(schema: string) {
   const s = `"${schema}"`;
   const kv = `${s}.kv`;
   const deltas = `${s}.deltas`;
-  /** Notification payload of a key: first 16 bytes of its SHA-256, in hex (see keyHash). */
+  /**
+   * Notification of a write to a key: the first 16 bytes of the key's SHA-256 in hex (see
+   * keyHash), a colon, and the writer's transaction id as it appears in `xmin`, which lets a
+   * watch ignore writes it had already seen.
+   */
   const notifyKeys = (channel: string, from: string) =>
-    `select count(pg_notify(${channel}, encode(substr(sha256(key), 1, 16), 'hex'))) from (select distinct key from ${from}) n`;
+    `select count(pg_notify(${channel}, encode(substr(sha256(key), 1, 16), 'hex') || ':' || ${
+      xid32("pg_current_xact_id()")
+    })) from (select distinct key from ${from}) n`;
   const stamp = `int8send(currval('${s}.stamp_seq')) || '\\x0000'::bytea`;
   const upsert =
     `insert into ${kv} (key, value) select k, v from t on conflict (key) do update set value = excluded.value returning key`;
@@ -405,6 +418,7 @@ function statements(schema: string) {
       }`,
     versions:
       `select key, seq, x::text from (select key, 0::int8 as seq, xmin as x from ${kv} where key = any($1::bytea[]) union all select key, seq, xmin from ${deltas} where key = any($1::bytea[])) r order by key, seq`,
+    ownXid: `select ${xid32("pg_current_xact_id_if_assigned()")}`,
     foldBase: `select value from ${kv} where key = $1 for update`,
     foldDeltas: `select seq, operand from ${deltas} where key = $1 order by seq for update`,
     foldSetBase: `update ${kv} set value = $2 where key = $1`,
@@ -643,6 +657,8 @@ interface PendingWatch {
   handle: WatchHandle;
   /** The key's row versions as the watching transaction saw them. */
   versions: string;
+  /** Transactions whose writes to the key the watching transaction saw (or made). */
+  seen: Set<string>;
   hash: string;
 }
 
@@ -1106,10 +1122,12 @@ class PgTransaction implements Transaction {
       }
     }
     let versionsQuery: Promise<PgResult> | undefined;
+    let xidQuery: Promise<PgResult> | undefined;
     if (this.#watches.length > 0) {
       versionsQuery = this.#send(this.#sql.versions, [
         byteaArray(this.#watches.map((w) => w.key)),
       ]);
+      xidQuery = this.#send(this.#sql.ownXid);
     }
     this.#commitSent = true;
     const result = await this.#await(this.#send(this.#sql.commit));
@@ -1127,18 +1145,19 @@ class PgTransaction implements Transaction {
       stamp = stampBytes(rows[0]![0] as string);
     }
     const versions = versionsQuery === undefined ? new Map() : versionsOf(await versionsQuery);
+    const ownXid = xidQuery === undefined ? null : (await xidQuery)[0]?.[0] as string | null;
     this.#finish(
       stamp,
-      this.#watches.map((w) => ({
-        ...w,
-        versions: versions.get(bytesToBinaryString(w.key)) ?? "",
-      })),
+      this.#watches.map((w) => {
+        const seen = versions.get(bytesToBinaryString(w.key)) ?? "";
+        return { ...w, versions: seen, seen: seenBy(seen, ownXid) };
+      }),
     );
   }
 
   #finish(
     stamp: Uint8Array | undefined,
-    watches: Array<{ key: Uint8Array; handle: WatchHandle; versions: string }>,
+    watches: Array<Omit<PendingWatch, "hash">>,
   ): void {
     const session = this.#session;
     this.#session = undefined;
@@ -1207,6 +1226,14 @@ function groupRows(rows: PgResult, reverse: boolean): KeyRows[] {
   // keep the documented order anyway.
   if (reverse) { for (const g of groups) g.deltas.reverse(); }
   return groups;
+}
+
+/** The transactions named in a `versions` entry ("seq:xmin,…"), and the watcher's own. */
+function seenBy(versions: string, ownXid: string | null): Set<string> {
+  const seen = new Set<string>();
+  if (versions !== "") { for (const v of versions.split(",")) seen.add(v.split(":")[1]!); }
+  if (ownXid !== null) seen.add(ownXid);
+  return seen;
 }
 
 /** `key → "seq:xmin,…"` from the `versions` statement: any commit to a key changes its entry. */
@@ -1437,7 +1464,7 @@ class PostgresBackend implements Backend {
   // --- watches ---------------------------------------------------------------------------------
 
   /** Arms the watches of a committed transaction (see the module notes). */
-  arm(watches: Array<{ key: Uint8Array; handle: WatchHandle; versions: string }>): void {
+  arm(watches: Array<Omit<PendingWatch, "hash">>): void {
     const live = watches.filter((w) => !w.handle.settled);
     if (live.length === 0) return;
     this.#track((async () => {
@@ -1469,10 +1496,14 @@ class PostgresBackend implements Backend {
     };
   }
 
-  #notified(hash: string): void {
-    const set = this.#watches.get(hash);
+  #notified(payload: string): void {
+    const [hash, xid] = payload.split(":");
+    const set = this.#watches.get(hash!);
     if (set === undefined) return;
-    for (const w of [...set]) w.handle.fire();
+    for (const w of [...set]) {
+      // A write the watching transaction saw, or made, is not a change after its snapshot.
+      if (xid === undefined || !w.seen.has(xid)) w.handle.fire();
+    }
   }
 
   /** Fires the watches whose key has changed since their transaction read it. */

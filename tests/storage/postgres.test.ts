@@ -382,6 +382,37 @@ describe("postgres backend", { skip: postgresSkip }, () => {
     });
   });
 
+  it("does not wake a watch for its own transaction's write", async () => {
+    const b = await openTestPostgres();
+    try {
+      const watchOn = (key: string) =>
+        b.transact(async (tx) => {
+          await tx.get(k(key));
+          return tx.watch(k(key));
+        });
+      // The listener delivers notifications in commit order: once the barrier's watch (on a
+      // key written after the watched commit) fires, the watched commit's notification has
+      // been handled.
+      const barrier = await watchOn("barrier");
+      const warm = await watchOn("warm");
+      await b.transact((tx) => tx.set(k("warm"), k("1")));
+      await deadline(warm.promise, 5_000, "the listener is not up");
+      const own = await b.transact((tx) => {
+        tx.set(k("own"), k("1"));
+        return tx.watch(k("own"));
+      });
+      let fired = false;
+      own.promise.then((v) => fired = v);
+      await b.transact((tx) => tx.set(k("barrier"), k("1")));
+      assert.equal(await deadline(barrier.promise, 5_000, "barrier watch"), true);
+      assert.equal(fired, false, "the watch fired for its own transaction's write");
+      await b.transact((tx) => tx.set(k("own"), k("2")));
+      assert.equal(await deadline(own.promise, 5_000, "watch missed a later write"), true);
+    } finally {
+      await b.close();
+    }
+  });
+
   it("lets backends in one schema share data and see each other's commits", async () => {
     const schema = testSchemaName();
     const one = await openTestPostgres({ schema, keepSchema: true });
