@@ -45,6 +45,11 @@ export {
   type SqliteBackendStats,
 } from "./lib/storage/sqlite.ts";
 export {
+  openPostgresBackend,
+  POSTGRES_MAX_KEY_SIZE,
+  type PostgresBackendOptions,
+} from "./lib/storage/postgres.ts";
+export {
   type FaultOptions,
   type FaultStats,
   type FaultyBackend,
