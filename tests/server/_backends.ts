@@ -13,6 +13,7 @@ import {
   openTenant,
   type Tenant,
 } from "../../mod.ts";
+import { openTestPostgres, postgresSkip } from "../storage/_postgres.ts";
 
 let root: string | undefined;
 let files = 0;
@@ -40,6 +41,7 @@ export interface TestBackend {
 export const backends: TestBackend[] = [
   { name: "memory", open: () => Promise.resolve(openMemoryBackend()) },
   { name: "sqlite", open: () => openSqliteBackend({ path: tempDbPath() }) },
+  { name: "postgres", open: () => openTestPostgres(), skip: postgresSkip },
 ];
 
 let n = 0;

@@ -9,7 +9,13 @@
  *   code); then `done`.
  */
 import process from "node:process";
-import { type Backend, openSqliteBackend, openTenant, start } from "../../mod.ts";
+import {
+  type Backend,
+  openPostgresBackend,
+  openSqliteBackend,
+  openTenant,
+  start,
+} from "../../mod.ts";
 import { Tally } from "./_tally.ts";
 
 const [specJson, role, paramsJson] = process.argv.slice(2);
@@ -17,6 +23,7 @@ const spec = JSON.parse(specJson!) as {
   kind: string;
   path?: string;
   url?: string;
+  schema?: string;
   tenant?: string;
 };
 const params = JSON.parse(paramsJson ?? "{}");
@@ -27,6 +34,9 @@ function out(line: Record<string, unknown>): void {
 
 async function open(): Promise<Backend> {
   if (spec.kind === "sqlite") return await openSqliteBackend({ path: spec.path! });
+  if (spec.kind === "postgres") {
+    return await openPostgresBackend({ url: spec.url!, schema: spec.schema! });
+  }
   throw new Error(`unknown backend ${spec.kind}`);
 }
 

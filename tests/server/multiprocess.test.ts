@@ -1,14 +1,24 @@
 /**
- * Several OS processes serve one server on a shared SQLite file: three consuming processes
- * (Deno and Bun) and a client process; consumers are SIGKILLed at random and restarted while
- * the client casts and calls. Afterwards every acknowledged cast was applied exactly once,
- * every call reply fits the sequential history, no lock is held and the queue is empty.
- * Random choices come from a printed seed (`DGEN_SEED` replays one).
+ * Several OS processes serve one server on a shared backend (a SQLite file; a PostgreSQL
+ * schema, each process with its own connections, as separate hosts would be): three consuming
+ * processes (Deno and Bun) and a client process; consumers are SIGKILLed at random and
+ * restarted while the client casts and calls (and, on PostgreSQL, the database is restarted
+ * with `pg_ctl restart -m immediate` midway). Afterwards every acknowledged cast was applied
+ * exactly once, every call reply fits the sequential history, no lock is held and the queue is
+ * empty. Random choices come from a printed seed (`DGEN_SEED` replays one).
  */
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
-import { openSqliteBackend, openTenant, readServerView } from "../../mod.ts";
+import { type Backend, openSqliteBackend, openTenant, readServerView } from "../../mod.ts";
+import {
+  dropTestSchema,
+  openTestPostgres,
+  postgresRestartSkip,
+  postgresUrl,
+  restartPostgres,
+  testSchemaName,
+} from "../storage/_postgres.ts";
 import { Child, missingRuntimes, type Runtime, testScript } from "../_processes.ts";
 import { tempDbPath } from "./_backends.ts";
 import { waitFor } from "../_helpers.ts";
@@ -52,86 +62,151 @@ export function checkTally(log: string[], count: number, h: History): string {
   return `${log.length} applied, ${h.ackedCasts.size} acked casts, ${h.okCalls.size} ok calls`;
 }
 
-describe("several processes serving one server on SQLite", { skip }, () => {
-  const children: Child[] = [];
-  after(async () => {
-    await Promise.all(children.map((c) => c.kill()));
-  });
+interface Engine {
+  name: string;
+  skip?: string;
+  /** The child's backend spec, and how to open it here to check the end state. */
+  prepare(): { spec: Record<string, unknown>; open(): Promise<Backend>; cleanup(): Promise<void> };
+  /** Something to do to the database midway (a restart), if any. */
+  disrupt?(): Promise<void>;
+}
 
-  it("applies every acknowledged message exactly once while consumers are killed", async () => {
-    const seed = Number(process.env.DGEN_SEED ?? Date.now() % 1_000_000);
-    console.log(`multi-process seed: ${seed} (replay with DGEN_SEED=${seed})`);
-    const random = prng(seed);
-    const path = tempDbPath("mp");
-    const spec = JSON.stringify({ kind: "sqlite", path, tenant: "mp" });
-    const runtimes: Runtime[] = ["deno", "bun", "deno"];
-    const consumers: Array<Child | undefined> = [];
-    const startConsumer = async (i: number) => {
-      const c = new Child(runtimes[i]!, SCRIPT, [
-        spec,
-        "consumer",
-        JSON.stringify({ lockLease: 1000 }),
-      ]);
-      children.push(c);
-      await c.next((d) => d.ready === true, 30_000, "consumer ready");
-      consumers[i] = c;
-    };
-    await Promise.all(runtimes.map((_, i) => startConsumer(i)));
-    const client = new Child(random() < 0.5 ? "deno" : "bun", SCRIPT, [
-      spec,
-      "client",
-      JSON.stringify({ casts: CASTS, calls: CALLS, concurrency: 8, prefix: "m", timeout: 60_000 }),
-    ]);
-    children.push(client);
-    await client.next((d) => d.ready === true, 30_000, "client ready");
+const engines: Engine[] = [
+  {
+    name: "SQLite",
+    prepare() {
+      const path = tempDbPath("mp");
+      return {
+        spec: { kind: "sqlite", path },
+        open: () => openSqliteBackend({ path }),
+        cleanup: () => Promise.resolve(),
+      };
+    },
+  },
+  {
+    name: "PostgreSQL",
+    skip: postgresRestartSkip,
+    prepare() {
+      const schema = testSchemaName();
+      return {
+        spec: { kind: "postgres", url: postgresUrl, schema },
+        open: () => openTestPostgres({ schema, keepSchema: true }),
+        cleanup: () => dropTestSchema(schema),
+      };
+    },
+    disrupt: () => restartPostgres(),
+  },
+];
 
-    // Nemesis: kill a random consumer every 0.2–0.8 s and restart it.
-    let kills = 0;
-    let clientDone = false;
-    const nemesis = (async () => {
-      while (!clientDone) {
-        await new Promise((r) => setTimeout(r, 200 + random() * 600));
-        if (clientDone) break;
-        const i = Math.floor(random() * runtimes.length);
-        const victim = consumers[i];
-        if (victim === undefined) continue;
-        consumers[i] = undefined;
-        await victim.kill();
-        kills++;
-        await startConsumer(i);
-      }
-    })();
-    const h: History = { ackedCasts: new Set(), okCalls: new Map(), invoked: new Set() };
-    let failures = 0;
-    for (;;) {
-      const m = await client.next(() => true, 120_000, "client progress");
-      const d = m.data;
-      if (d.done) break;
-      if (typeof d.invoke === "string") h.invoked.add(d.id as string);
-      else if (d.ok === "cast") h.ackedCasts.add(d.id as string);
-      else if (d.ok === "call") h.okCalls.set(d.id as string, d.reply as number);
-      else if (d.fail) failures++;
-    }
-    clientDone = true;
-    await nemesis;
-    const backend = await openSqliteBackend({ path });
-    try {
-      const tenant = await openTenant(backend, "mp");
-      const view = await waitFor(
-        async () => {
-          const v = await readServerView(tenant, "tally", { headLimit: 1 });
-          return v && v.queue.length === 0 && v.lock === null ? v : undefined;
-        },
-        60_000,
-        "queue not drained",
-      );
-      const state = view.state as { count: number; log: Array<{ id: string }> };
-      const summary = checkTally(state.log.map((x) => x.id), state.count, h);
-      console.log(`multi-process: ${summary}, ${kills} kills, ${failures} failed ops`);
-      assert.ok(kills >= 3, `the nemesis killed only ${kills} consumers`);
-      assert.equal(h.ackedCasts.size + h.okCalls.size + failures, CASTS + CALLS);
-    } finally {
-      await backend.close();
-    }
-  });
-});
+for (const engine of engines) {
+  describe(
+    `several processes serving one server on ${engine.name}`,
+    { skip: skip ?? engine.skip },
+    () => {
+      const children: Child[] = [];
+      after(async () => {
+        await Promise.all(children.map((c) => c.kill()));
+      });
+
+      it("applies every acknowledged message exactly once while consumers are killed", async () => {
+        const seed = Number(process.env.DGEN_SEED ?? Date.now() % 1_000_000);
+        console.log(`multi-process (${engine.name}) seed: ${seed} (replay with DGEN_SEED=${seed})`);
+        const random = prng(seed);
+        const db = engine.prepare();
+        const spec = JSON.stringify({ ...db.spec, tenant: "mp" });
+        const runtimes: Runtime[] = ["deno", "bun", "deno"];
+        const consumers: Array<Child | undefined> = [];
+        const startConsumer = async (i: number) => {
+          const c = new Child(runtimes[i]!, SCRIPT, [
+            spec,
+            "consumer",
+            JSON.stringify({ lockLease: 1000 }),
+          ]);
+          children.push(c);
+          await c.next((d) => d.ready === true, 60_000, "consumer ready");
+          consumers[i] = c;
+        };
+        await Promise.all(runtimes.map((_, i) => startConsumer(i)));
+        const client = new Child(random() < 0.5 ? "deno" : "bun", SCRIPT, [
+          spec,
+          "client",
+          JSON.stringify({
+            casts: CASTS,
+            calls: CALLS,
+            concurrency: 8,
+            prefix: "m",
+            timeout: 120_000,
+          }),
+        ]);
+        children.push(client);
+        await client.next((d) => d.ready === true, 60_000, "client ready");
+
+        // Nemesis: kill a random consumer every 0.2–0.8 s and restart it; disrupt the database
+        // once, about a third of the way in.
+        let kills = 0;
+        let disrupted = false;
+        let clientDone = false;
+        let acked = 0;
+        const nemesis = (async () => {
+          while (!clientDone) {
+            await new Promise((r) => setTimeout(r, 200 + random() * 600));
+            if (clientDone) break;
+            if (engine.disrupt && !disrupted && acked > (CASTS + CALLS) / 3) {
+              disrupted = true;
+              await engine.disrupt();
+              continue;
+            }
+            const i = Math.floor(random() * runtimes.length);
+            const victim = consumers[i];
+            if (victim === undefined) continue;
+            consumers[i] = undefined;
+            await victim.kill();
+            kills++;
+            await startConsumer(i);
+          }
+        })();
+        const h: History = { ackedCasts: new Set(), okCalls: new Map(), invoked: new Set() };
+        let failures = 0;
+        try {
+          for (;;) {
+            const m = await client.next(() => true, 180_000, "client progress");
+            const d = m.data;
+            if (d.done) break;
+            if (typeof d.invoke === "string") h.invoked.add(d.id as string);
+            else if (d.ok === "cast") (h.ackedCasts.add(d.id as string), acked++);
+            else if (d.ok === "call") (h.okCalls.set(d.id as string, d.reply as number), acked++);
+            else if (d.fail) failures++;
+          }
+        } finally {
+          clientDone = true;
+          await nemesis;
+        }
+        const backend = await db.open();
+        try {
+          const tenant = await openTenant(backend, "mp");
+          const view = await waitFor(
+            async () => {
+              const v = await readServerView(tenant, "tally", { headLimit: 1 });
+              return v && v.queue.length === 0 && v.lock === null ? v : undefined;
+            },
+            60_000,
+            "queue not drained",
+          );
+          const state = view.state as { count: number; log: Array<{ id: string }> };
+          const summary = checkTally(state.log.map((x) => x.id), state.count, h);
+          console.log(
+            `multi-process (${engine.name}): ${summary}, ${kills} kills${
+              engine.disrupt ? `, database restarted: ${disrupted}` : ""
+            }, ${failures} failed ops`,
+          );
+          assert.ok(kills >= 3, `the nemesis killed only ${kills} consumers`);
+          if (engine.disrupt) assert.ok(disrupted, "the database was not restarted");
+          assert.equal(h.ackedCasts.size + h.okCalls.size + failures, CASTS + CALLS);
+        } finally {
+          await backend.close();
+          await db.cleanup();
+        }
+      });
+    },
+  );
+}
