@@ -12,15 +12,17 @@ import { compareBytes, strinc } from "../bytes.ts";
 import {
   CallTimeoutError,
   CodecError,
+  ConflictError,
   DeadLetterError,
   DGenError,
   LockLostError,
+  RetriesExhaustedError,
   ServerStoppedError,
   ValidationError,
 } from "../errors.ts";
 import { createStateCodec } from "../codec/state.ts";
 import { pid, runtimeName, type TimerHandle, unrefTimer } from "../runtime/process.ts";
-import type { Transaction, Watch } from "../storage/types.ts";
+import type { Transaction, TransactOptions, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
 import { parse, safeParseUser, toIssues } from "../validate.ts";
 import {
@@ -104,6 +106,11 @@ export function testHooks(ref: ServerRef): TestHooks {
 
 /** Consuming instances collect garbage every this many heartbeats. */
 const GC_EVERY = 6;
+/**
+ * Conflict retries of one consume transaction before the consumer steps back (a consumer that
+ * keeps losing the race for the head of the queue backs off instead).
+ */
+const CONSUME_RETRIES = 3;
 /** Enqueue records are kept this long for idempotent retries, ms. */
 const REQUEST_TTL = 10 * 60_000;
 /** A reply slot answered but never read is removed after this long, ms. */
@@ -425,10 +432,13 @@ class Instance {
           initial,
           effects,
         );
-      } else {
+      } else if (this.#reset || meta.version !== rt.def.version) {
+        // Reset, or migrate (loadState refuses a state written by newer code).
         const loaded = await loadState(tx, rt);
         writeState(tx, rt, loaded, this.#reset ? initial : loaded.state, effects);
       }
+      // Otherwise the stored state wins and is not even read: a start does not contend with
+      // busy consumers of the same server.
       this.#writePresence(tx);
     });
     this.#state = "running";
@@ -566,6 +576,7 @@ class Instance {
    */
   async #transact<T>(
     body: (tx: Transaction, effects: TxEffects) => Promise<T>,
+    options?: TransactOptions,
   ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
     let effects = new TxEffects();
     let attempts = 0;
@@ -576,8 +587,10 @@ class Instance {
       effects = new TxEffects();
       const r = await body(tx, effects);
       stamp = effects.written ? tx.getVersionstamp() : undefined;
+      // An attempt that fails to commit rejects its stamp; only the last one is awaited.
+      stamp?.catch(() => {});
       return r;
-    });
+    }, options);
     await this.#afterCommit(effects, stamp);
     return { value, effects, attempts };
   }
@@ -651,7 +664,7 @@ class Instance {
           const o = await consumeStep(tx, this.#rt, effects, failing, this.#isExpired);
           cacheMissed = hadCache && effects.loadedFromStorage;
           return o;
-        });
+        }, { maxRetries: CONSUME_RETRIES });
         outcome = r.value;
         attempts = r.attempts;
         failing = undefined;
@@ -660,6 +673,13 @@ class Instance {
         if (signal.aborted) break;
         if (e instanceof HandlerFailure) {
           failing = e;
+          continue;
+        }
+        if (e instanceof RetriesExhaustedError && e.cause instanceof ConflictError) {
+          // Another consumer keeps winning the head of the queue: step back for a while so one
+          // instance tends to stay active, instead of fighting for every message.
+          this.#misses = Math.min(this.#misses + 1, 10);
+          await sleep(Math.random() * Math.min(25 * this.#misses, 250), signal);
           continue;
         }
         if (e instanceof ServerGoneError) {
