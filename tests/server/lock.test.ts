@@ -136,7 +136,7 @@ for (const b of backends) {
       testHooks(a).renewLeases = false; // A stalls: no renewals reach the backend
       const bRef = await start(j.def, [], { tenant, lockLease: 200 });
       await waitFor(() => j.gates.length === 2, 5000, "B did not take over");
-      assert.equal(j.started[1], bRef.instance);
+      // The requeued message runs again under a new lock (on whichever consumer wins it).
       assert.ok(j.tokens[1]! > j.tokens[0]!, "fencing tokens increase");
       const rec = decodeLock((await tenant.transact((tx) => tx.get(keys.lock)))!, keys.lock);
       assert.equal(

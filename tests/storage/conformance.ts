@@ -244,17 +244,21 @@ export function registerConformance(
         withBackend(open, async (b) => {
           const key = k("settle");
           const gate = Promise.withResolvers<void>();
+          const read = Promise.withResolvers<void>();
           const firsts: Array<{ watch: Promise<boolean>; stamp: Promise<Uint8Array> }> = [];
           const tx1 = b.transact(async (tx) => {
             await tx.get(key);
+            read.resolve();
             const watch = tx.watch(k("elsewhere"));
             const stamp = tx.getVersionstamp();
             stamp.catch(() => {});
             firsts.push({ watch: watch.promise, stamp });
             if (firsts.length === 1) await gate.promise;
-            tx.set(k("out"), k("x"));
+            // Writing the key it read, after another commit wrote it: a conflict everywhere.
+            tx.set(key, k("mine"));
           });
-          await b.transact((tx) => tx.set(key, k("v")));
+          await read.promise;
+          await b.transact((tx) => tx.set(key, k("theirs")));
           gate.resolve();
           await tx1;
           assert.equal(firsts.length, 2, "the first attempt conflicted");
