@@ -27,6 +27,7 @@ import {
   type ServerDefinition,
   type TxContext,
 } from "./definition.ts";
+import { crashPoint } from "./crashpoints.ts";
 import { ServerKeys } from "./keys.ts";
 import { deepEqual, merge3 } from "./merge.ts";
 import {
@@ -603,6 +604,7 @@ export async function consumeStep(
       watch: anyWatch(tx.watch(rt.keys.queueLength), tx.watch(rt.keys.meta)),
     };
   }
+  crashPoint("dequeued");
   const loaded = await loadState(tx, rt);
   let state = loaded.state;
   let count = 0;
@@ -652,6 +654,7 @@ export async function consumeStep(
     }
   }
   writeState(tx, rt, loaded, state, effects);
+  crashPoint("handled");
   return { kind: "processed", count };
 }
 

@@ -69,6 +69,7 @@ import {
   type LockedEvent,
   type MessageArgs,
 } from "./definition.ts";
+import { crashPoint } from "./crashpoints.ts";
 import { ServerKeys } from "./keys.ts";
 import {
   decodeDeadLetter,
@@ -623,9 +624,12 @@ class Instance {
         console.error(`dgen: handleDeadLetter of '${this.id}' threw:`, e);
       }
     }
+    if (effects.actions.length > 0) crashPoint("committed");
     for (const action of effects.actions) {
       try {
-        if (await action(effects.state) === "halt") break;
+        const r = await action(effects.state);
+        crashPoint("between-actions");
+        if (r === "halt") break;
       } catch (e) {
         this.stats.actionErrors++;
         console.error(
@@ -773,6 +777,7 @@ class Instance {
     }
     try {
       if (error === undefined && !lost.signal.aborted) {
+        crashPoint("before-release");
         try {
           const r = await this.#transact((tx, effects) =>
             writeBack(tx, rt, work, result!, effects)
