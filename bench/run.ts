@@ -1,0 +1,613 @@
+/**
+ * The benchmark of issue 7: dgen side by side with its floors and its peers, in one run,
+ * reported as ratios. Prints progress on stderr, then a table and one JSON line on stdout.
+ *
+ * Run: `deno task bench` (full) or `deno task bench --quick` (under two minutes). Options:
+ * `--seconds=N` per timed measurement, `--no-peers` to skip Durable Objects and Restate,
+ * `--only=P1,P5` to run some workloads. Files go to `.dgen/bench-<pid>/` (removed afterwards).
+ *
+ * Workloads (targets from the issue, on this 2-core machine):
+ * - P1 durable call on SQLite (FULL), one client, idle queue: ≥ 0.5× a bare single-row commit.
+ * - P2 cast throughput to one server from concurrent producers: ≥ 5× the bare commit rate.
+ * - P3 the sequential counter vs Durable Objects (miniflare) and Restate: ≥ 10× / 20×.
+ * - P4 one item of a 10,000-item collection ≤ 2× one of 10, ≥ 20× faster than a JSON rewrite.
+ * - P5 memory-backend call rate ≥ 1/20 of an in-process promise mailbox.
+ * - P6 cross-process call on SQLite, p50 ≤ 2 ms.
+ * - P7 100 servers driven from 1 then 2 processes: aggregate throughput × ≥ 1.6.
+ */
+
+import { closeSync, fdatasyncSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { join, resolve } from "node:path";
+import process from "node:process";
+import { DatabaseSync } from "node:sqlite";
+import {
+  type Backend,
+  defineServer,
+  noreply,
+  openMemoryBackend,
+  openSqliteBackend,
+  openTenant,
+  reply,
+  type ServerRef,
+  start,
+} from "../mod.ts";
+import { Child, missingRuntimes, testScript } from "../tests/_processes.ts";
+import { serveHttp } from "../lib/runtime/http.ts";
+
+// ---- options and output -------------------------------------------------------------------
+
+const argv = process.argv.slice(2);
+const flag = (name: string) => argv.includes(`--${name}`);
+const opt = (name: string, fallback: number) => {
+  const a = argv.find((x) => x.startsWith(`--${name}=`));
+  return a === undefined ? fallback : Number(a.slice(name.length + 3));
+};
+const QUICK = flag("quick");
+const SECONDS = opt("seconds", QUICK ? 1.5 : 4);
+const ONLY = argv.find((x) => x.startsWith("--only="))?.slice(7).split(",");
+const PEERS = !flag("no-peers");
+const runtime = "Bun" in globalThis
+  ? `bun ${(globalThis as { Bun?: { version: string } }).Bun!.version}`
+  : `deno ${(globalThis as { Deno?: { version: { deno: string } } }).Deno!.version.deno}`;
+
+const dir = resolve(".dgen", `bench-${process.pid}`);
+mkdirSync(dir, { recursive: true });
+let files = 0;
+const fresh = (name: string) => join(dir, `${name}-${files++}.sqlite`);
+const progress = (s: string): void => void process.stderr.write(`${s}\n`);
+
+interface Figure {
+  key: string;
+  name: string;
+  value: number;
+  unit: string;
+  note?: string;
+}
+const figures: Figure[] = [];
+function record(key: string, name: string, value: number, unit: string, note?: string): void {
+  figures.push({ key, name, value, unit, note });
+  progress(`    ${name}: ${fmt(value, unit)} ${unit}`);
+}
+interface Target {
+  id: string;
+  what: string;
+  ratio: number;
+  target: string;
+  met: boolean;
+  detail: string;
+}
+const targets: Target[] = [];
+function target(
+  id: string,
+  what: string,
+  ratio: number,
+  goal: number,
+  higherIsBetter: boolean,
+  detail: string,
+) {
+  const met = higherIsBetter ? ratio >= goal : ratio <= goal;
+  targets.push({ id, what, ratio, target: `${higherIsBetter ? "≥" : "≤"} ${goal}`, met, detail });
+  progress(
+    `  ${id}: ${ratio.toFixed(2)} (target ${higherIsBetter ? "≥" : "≤"} ${goal}) ${
+      met ? "met" : "MISSED"
+    }`,
+  );
+}
+function fmt(v: number, unit: string): string {
+  if (unit === "ms" || unit === "×") return v.toFixed(v < 10 ? 2 : 1);
+  return Math.round(v).toLocaleString("en-US");
+}
+const want = (id: string) => ONLY === undefined || ONLY.includes(id);
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+/** Runs `op` sequentially for SECONDS (after a short warm-up): rate and latencies. */
+async function timed(
+  op: () => unknown,
+  seconds = SECONDS,
+): Promise<{ rate: number; p50: number; p99: number; n: number }> {
+  const warm = performance.now() + Math.min(300, seconds * 100);
+  while (performance.now() < warm) await op();
+  const lat: number[] = [];
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  let t = t0;
+  while (t < end) {
+    await op();
+    const now = performance.now();
+    lat.push(now - t);
+    t = now;
+  }
+  lat.sort((a, b) => a - b);
+  return {
+    rate: lat.length / ((t - t0) / 1000),
+    p50: percentile(lat, 0.5),
+    p99: percentile(lat, 0.99),
+    n: lat.length,
+  };
+}
+
+// ---- servers ---------------------------------------------------------------------------------
+
+const Counter = defineServer({
+  name: "counter",
+  init: () => 0,
+  handleCall: {
+    increment: (_: undefined, _from, n: number) => reply(n + 1, n + 1),
+    value: (_: undefined, _from, n: number) => reply(n, n),
+  },
+  handleCast: {
+    bump: (_: undefined, n: number) => noreply(n + 1),
+  },
+});
+
+interface Item {
+  id: string;
+  title: string;
+  done: boolean;
+  n: number;
+}
+const Items = defineServer({
+  name: "items",
+  init: (size: number) => ({
+    items: Array.from(
+      { length: size },
+      (_, i): Item => ({ id: `i${i}`, title: `item ${i}`, done: false, n: 0 }),
+    ),
+  }),
+  handleCall: {
+    touch: (i: number, _from, s: { items: Item[] }) => {
+      const items = s.items.slice();
+      const old = items[i]!;
+      items[i] = { ...old, n: old.n + 1 };
+      return reply(old.n + 1, { items });
+    },
+  },
+});
+
+// ---- floors ----------------------------------------------------------------------------------
+
+let bareCommit = NaN;
+let mailboxRate = NaN;
+
+async function floors(): Promise<void> {
+  progress("floors");
+  const fd = openSync(join(dir, "fsync.bin"), "w");
+  const block = new Uint8Array(4096);
+  let i = 0;
+  const f = await timed(() => {
+    block[0] = i++ & 0xff; // identical bytes may skip the flush: change them
+    writeSync(fd, block, 0, block.length, 0);
+    fdatasyncSync(fd);
+  });
+  closeSync(fd);
+  record("fdatasyncPerSec", "disk: 4 KiB write + fdatasync", f.rate, "ops/s", "the durable floor");
+
+  const db = new DatabaseSync(fresh("bare"));
+  db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL");
+  db.exec(
+    "CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO t VALUES (1, 0)",
+  );
+  const update = db.prepare("UPDATE t SET v = v + 1 WHERE k = 1");
+  const b = await timed(() => update.run());
+  db.close();
+  bareCommit = b.rate;
+  record("bareCommitPerSec", "bare SQLite single-row commit (WAL, FULL)", b.rate, "commits/s");
+  record("bareCommitP50Ms", "bare SQLite commit p50", b.p50, "ms");
+
+  // The non-durable floor: request/reply through an in-process promise mailbox.
+  const inbox: Array<(v: number) => void> = [];
+  let wake: (() => void) | undefined;
+  let stopMailbox = false;
+  const server = (async () => {
+    let state = 0;
+    while (!stopMailbox) {
+      while (inbox.length > 0) inbox.shift()!(++state);
+      await new Promise<void>((r) => wake = r);
+    }
+  })();
+  const m = await timed(() =>
+    new Promise<number>((resolveReply) => {
+      inbox.push(resolveReply);
+      wake?.();
+    })
+  );
+  stopMailbox = true;
+  wake?.();
+  await server;
+  mailboxRate = m.rate;
+  record(
+    "mailboxPerSec",
+    "in-process promise mailbox (request/reply)",
+    m.rate,
+    "pairs/s",
+    "the non-durable floor",
+  );
+}
+
+// ---- P1, P3 (dgen side), P5 --------------------------------------------------------------------
+
+let dgenCall: { rate: number; p50: number; p99: number } | undefined;
+
+async function p1(): Promise<void> {
+  progress("P1 durable call on SQLite (FULL), one client, idle queue");
+  const backend = await openSqliteBackend({ path: fresh("p1") });
+  const tenant = await openTenant(backend, "bench");
+  const c = await start(Counter, [], { tenant });
+  const r = await timed(() => c.call("increment"));
+  dgenCall = r;
+  record("p1CallPerSec", "dgen durable call (SQLite FULL, inline path)", r.rate, "calls/s");
+  record("p1CallP50Ms", "dgen durable call p50", r.p50, "ms");
+  record("p1CallP99Ms", "dgen durable call p99", r.p99, "ms");
+  await c.stop();
+  await backend.close();
+  target(
+    "P1",
+    "durable call ÷ bare SQLite commit",
+    r.rate / bareCommit,
+    0.5,
+    true,
+    `${fmt(r.rate, "")} vs ${fmt(bareCommit, "")} commits/s`,
+  );
+}
+
+async function p5(): Promise<void> {
+  progress("P5 memory-backend call vs promise mailbox");
+  const backend = openMemoryBackend();
+  const tenant = await openTenant(backend, "bench");
+  const c = await start(Counter, [], { tenant });
+  const r = await timed(() => c.call("increment"));
+  record("p5CallPerSec", "dgen call on the memory backend", r.rate, "calls/s");
+  await c.stop();
+  await backend.close();
+  target(
+    "P5",
+    "memory call ÷ promise mailbox",
+    r.rate / mailboxRate,
+    1 / 20,
+    true,
+    `${fmt(r.rate, "")} vs ${fmt(mailboxRate, "")} /s`,
+  );
+}
+
+// ---- P2 ----------------------------------------------------------------------------------------
+
+async function p2(): Promise<void> {
+  progress("P2 cast throughput from concurrent producers (SQLite FULL)");
+  const backend = await openSqliteBackend({ path: fresh("p2") });
+  const tenant = await openTenant(backend, "bench");
+  const consumer = await start(Counter, [], { tenant, batchSize: 256 });
+  const producers = 32;
+  const total = Math.round((QUICK ? 6_000 : 20_000) / producers) * producers;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: producers }, async () => {
+    for (let i = 0; i < total / producers; i++) await consumer.cast("bump");
+  }));
+  const enqueued = performance.now();
+  while (await consumer.priorityCall("value") < total) await new Promise((r) => setTimeout(r, 5));
+  const t1 = performance.now();
+  const applied = total / ((t1 - t0) / 1000);
+  record(
+    "p2CastsAppliedPerSec",
+    `dgen casts enqueued and applied (${producers} producers, batchSize 256)`,
+    applied,
+    "casts/s",
+  );
+  record(
+    "p2CastsEnqueuedPerSec",
+    "dgen casts durably enqueued",
+    total / ((enqueued - t0) / 1000),
+    "casts/s",
+  );
+  record(
+    "p2PhysicalCommits",
+    "physical commits per applied cast",
+    backend.stats.physicalCommits / total,
+    "×",
+  );
+  await consumer.stop();
+  await backend.close();
+  target(
+    "P2",
+    "applied casts ÷ bare SQLite commit",
+    applied / bareCommit,
+    5,
+    true,
+    `${fmt(applied, "")} casts/s vs ${fmt(bareCommit, "")} commits/s`,
+  );
+}
+
+// ---- P4 ----------------------------------------------------------------------------------------
+
+async function p4(): Promise<void> {
+  progress("P4 one item of a collection: 10 vs 10,000 items, vs a JSON rewrite (SQLite FULL)");
+  const rates = new Map<number, number>();
+  for (const size of [10, 10_000]) {
+    const backend = await openSqliteBackend({ path: fresh(`p4-${size}`) });
+    const tenant = await openTenant(backend, "bench");
+    const ref = await start(Items, [size], { tenant });
+    let i = 0;
+    const r = await timed(() => ref.call("touch", (i++ * 7919) % size));
+    rates.set(size, r.rate);
+    record(
+      `p4Items${size}PerSec`,
+      `dgen: change one item of ${size.toLocaleString("en-US")}`,
+      r.rate,
+      "calls/s",
+    );
+    record(
+      `p4Items${size}P50Ms`,
+      `dgen: change one item of ${size.toLocaleString("en-US")}, p50`,
+      r.p50,
+      "ms",
+    );
+    await ref.stop();
+    await backend.close();
+  }
+  // The hand-written alternative: load the whole JSON state, change it, write it back.
+  const db = new DatabaseSync(fresh("p4-json"));
+  db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL");
+  db.exec("CREATE TABLE s (k TEXT PRIMARY KEY, v TEXT NOT NULL)");
+  const initial = {
+    items: Array.from(
+      { length: 10_000 },
+      (_, i): Item => ({ id: `i${i}`, title: `item ${i}`, done: false, n: 0 }),
+    ),
+  };
+  db.prepare("INSERT INTO s VALUES ('s', ?)").run(JSON.stringify(initial));
+  const get = db.prepare("SELECT v FROM s WHERE k = 's'");
+  const put = db.prepare("UPDATE s SET v = ? WHERE k = 's'");
+  let j = 0;
+  const json = await timed(() => {
+    db.exec("BEGIN IMMEDIATE");
+    const s = JSON.parse((get.get() as { v: string }).v) as { items: Item[] };
+    s.items[(j++ * 7919) % 10_000]!.n++;
+    put.run(JSON.stringify(s));
+    db.exec("COMMIT");
+  });
+  db.close();
+  record(
+    "p4JsonPerSec",
+    "JSON load/change/rewrite of 10,000 items, one SQLite transaction",
+    json.rate,
+    "updates/s",
+  );
+  const small = rates.get(10)!;
+  const big = rates.get(10_000)!;
+  target(
+    "P4a",
+    "cost of 10,000-item change ÷ 10-item change",
+    small / big,
+    2,
+    false,
+    `${fmt(big, "")} vs ${fmt(small, "")} calls/s`,
+  );
+  target(
+    "P4b",
+    "10,000-item change: dgen ÷ JSON rewrite",
+    big / json.rate,
+    20,
+    true,
+    `${fmt(big, "")} vs ${fmt(json.rate, "")} /s`,
+  );
+}
+
+// ---- P6, P7: other processes ------------------------------------------------------------------
+
+const CHILD = testScript("../bench/bench_child.ts");
+
+async function p6(): Promise<void> {
+  progress("P6 cross-process call on SQLite (consumer in another process)");
+  const skip = missingRuntimes();
+  if (skip) return progress(`  skipped: ${skip}`);
+  const path = fresh("p6");
+  const self = "Bun" in globalThis ? "bun" : "deno";
+  const consumer = new Child(self, CHILD, [path, "serve", JSON.stringify({ ids: ["counter"] })]);
+  try {
+    await consumer.next((d) => d.ready === true, 60_000, "consumer ready");
+    const backend = await openSqliteBackend({ path });
+    const tenant = await openTenant(backend, "bench");
+    const client = await start(Counter, [], { tenant, consume: false });
+    const r = await timed(() => client.call("increment"));
+    record("p6CallPerSec", "dgen cross-process call (SQLite FULL)", r.rate, "calls/s");
+    record("p6CallP50Ms", "dgen cross-process call p50", r.p50, "ms");
+    record("p6CallP99Ms", "dgen cross-process call p99", r.p99, "ms");
+    await client.stop();
+    await backend.close();
+    target("P6", "cross-process call p50 (ms)", r.p50, 2, false, `p99 ${r.p99.toFixed(2)} ms`);
+  } finally {
+    await consumer.kill();
+  }
+}
+
+async function p7(): Promise<void> {
+  progress("P7 100 servers driven from 1 and then 2 processes (SQLite FULL)");
+  const skip = missingRuntimes();
+  if (skip) return progress(`  skipped: ${skip}`);
+  const self = "Bun" in globalThis ? "bun" : "deno";
+  const ids = Array.from({ length: 100 }, (_, i) => `s${i}`);
+  const seconds = Math.max(2, SECONDS);
+  const rateWith = async (processes: number) => {
+    const path = fresh(`p7-${processes}`);
+    const per = ids.length / processes;
+    const children = Array.from(
+      { length: processes },
+      (_, p) =>
+        new Child(self, CHILD, [
+          path,
+          "drive",
+          JSON.stringify({ ids: ids.slice(p * per, (p + 1) * per), seconds }),
+        ]),
+    );
+    try {
+      await Promise.all(
+        children.map((c) => c.next((d) => d.ready === true, 60_000, "driver ready")),
+      );
+      children.forEach((c) => c.send("go"));
+      const results = await Promise.all(
+        children.map((c) => c.next((d) => typeof d.calls === "number", 120_000, "driver result")),
+      );
+      return results.reduce(
+        (sum, m) => sum + (m.data.calls as number) / (m.data.seconds as number),
+        0,
+      );
+    } finally {
+      await Promise.all(children.map((c) => c.kill()));
+    }
+  };
+  const one = await rateWith(1);
+  record("p7OneProcessPerSec", "100 servers, 1 process: calls/s", one, "calls/s");
+  const two = await rateWith(2);
+  record("p7TwoProcessesPerSec", "100 servers, 2 processes: calls/s", two, "calls/s");
+  target(
+    "P7",
+    "2 processes ÷ 1 process (100 servers)",
+    two / one,
+    1.6,
+    true,
+    `${fmt(two, "")} vs ${fmt(one, "")} calls/s`,
+  );
+}
+
+// ---- P3 ----------------------------------------------------------------------------------------
+
+interface PeerResult {
+  name: string;
+  mode: string;
+  ops: number;
+  opsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  durability: string;
+  runtime: string;
+  notes?: string;
+}
+
+async function dgenOverHttp(): Promise<{ rate: number; p50: number; p99: number }> {
+  const backend = await openSqliteBackend({ path: fresh("p3-http") });
+  const tenant = await openTenant(backend, "bench");
+  const c: ServerRef<typeof Counter> = await start(Counter, [], { tenant });
+  const server = await serveHttp({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: async () => new Response(String(await c.call("increment"))),
+  });
+  try {
+    const url = `http://127.0.0.1:${server.port}/`;
+    return await timed(async () => {
+      const res = await fetch(url);
+      await res.text();
+    });
+  } finally {
+    await server.close();
+    await c.stop();
+    await backend.close();
+  }
+}
+
+async function p3(): Promise<void> {
+  progress("P3 sequential counter vs Durable Objects and Restate");
+  const mine = dgenCall ?? (await (async () => {
+    await p1();
+    return dgenCall!;
+  })());
+  const http = await dgenOverHttp();
+  record("p3DgenHttpPerSec", "dgen counter over HTTP (SQLite FULL)", http.rate, "ops/s");
+  record("p3DgenHttpP50Ms", "dgen counter over HTTP, p50", http.p50, "ms");
+  if (!PEERS) return progress("  peers skipped (--no-peers)");
+  const n = QUICK ? 300 : 1000;
+  const peers: PeerResult[] = [];
+  for (
+    const [file, fn] of [["./peers/durable_objects.ts", "runDurableObjects"], [
+      "./peers/restate.ts",
+      "runRestate",
+    ]] as const
+  ) {
+    try {
+      const mod = await import(file) as Record<string, (o: unknown) => Promise<PeerResult[]>>;
+      peers.push(
+        ...await mod[fn]!({
+          n,
+          warmup: Math.min(100, n / 5),
+          log: (s: string) => progress(`  ${s}`),
+        }),
+      );
+    } catch (e) {
+      progress(`  ${file} could not run: ${e instanceof Error ? e.message : e}`);
+    }
+  }
+  for (const p of peers) {
+    record(
+      `p3Peer_${p.name}_${p.mode}`.replace(/\W+/g, "_"),
+      `${p.name} (${p.mode}), ${p.durability}`,
+      p.opsPerSec,
+      "ops/s",
+      p.runtime,
+    );
+    const viaHttp = /http/i.test(p.mode);
+    const ours = viaHttp ? http.rate : mine.rate;
+    const goal = /restate/i.test(p.name) ? 20 : 10;
+    target(
+      `P3 ${p.name} ${p.mode}`,
+      `dgen ${viaHttp ? "over HTTP" : "in process"} ÷ ${p.name} (${p.mode})`,
+      ours / p.opsPerSec,
+      goal,
+      true,
+      `${fmt(ours, "")} vs ${fmt(p.opsPerSec, "")} ops/s`,
+    );
+  }
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+const started = performance.now();
+progress(
+  `dgen benchmark (${
+    QUICK ? "quick" : "full"
+  }, ${SECONDS} s per measurement) on ${runtime}, ${cpus().length} cores, load ${
+    loadavg().map((x) => x.toFixed(2)).join(" ")
+  }`,
+);
+try {
+  await floors();
+  if (want("P1")) await p1();
+  if (want("P5")) await p5();
+  if (want("P2")) await p2();
+  if (want("P4")) await p4();
+  if (want("P6")) await p6();
+  if (want("P7")) await p7();
+  if (want("P3")) await p3();
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const width = Math.max(...figures.map((f) => f.name.length));
+console.log(`\n${"measurement".padEnd(width)}  ${"value".padStart(12)}  unit`);
+for (const f of figures) {
+  console.log(`${f.name.padEnd(width)}  ${fmt(f.value, f.unit).padStart(12)}  ${f.unit}`);
+}
+console.log(
+  `\n${"workload".padEnd(28)}  ${"ratio".padStart(8)}  ${"target".padEnd(7)}  result  detail`,
+);
+for (const t of targets) {
+  console.log(
+    `${t.id.padEnd(28)}  ${t.ratio.toFixed(2).padStart(8)}  ${t.target.padEnd(7)}  ${
+      t.met ? "met   " : "MISSED"
+    }  ${t.what}: ${t.detail}`,
+  );
+}
+console.log(JSON.stringify({
+  runtime,
+  cores: cpus().length,
+  cpu: cpus()[0]?.model,
+  load: loadavg(),
+  quick: QUICK,
+  seconds: SECONDS,
+  durationSeconds: Math.round((performance.now() - started) / 1000),
+  figures,
+  targets,
+}));
