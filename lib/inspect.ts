@@ -9,7 +9,8 @@
 
 import { readInt64LE, strinc, toHex } from "./bytes.ts";
 import { createStateCodec } from "./codec/state.ts";
-import { CHANGE_INDEX, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
+import { MEMBERSHIP, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
+import type { Watch } from "./storage/types.ts";
 import {
   decodeEnvelope,
   decodeLock,
@@ -175,50 +176,104 @@ export async function readServerView(
 
 /**
  * Calls `onChange` with the ids of the servers that changed (were created, written, killed, or
- * changed queue, lock, dead letters or instances), first with every server (an empty list for
- * an empty tenant), then after each change, until `signal` aborts; the next read waits for the
- * promise `onChange` returns, so a slow consumer throttles the feed instead of queueing. Driven by one watch on the tenant's change counter; a change
- * costs one range read of the per-server counters, not a re-read of every server.
+ * changed queue, lock, dead letters or instances), first with every server (even none), then
+ * after each change, until `signal` aborts. Each server is followed by one backend watch on its
+ * own change counter, and the tenant by one on its membership counter, so a change costs one
+ * counter read of that server only, whatever the number of servers. `onChange` calls do not
+ * overlap: ids changed meanwhile are batched into the next call.
  */
 export async function watchTenant(
   tenant: Tenant,
   onChange: (ids: string[]) => void | Promise<void>,
   signal: AbortSignal,
 ): Promise<void> {
-  const seen = new Map<string, bigint>();
-  const tenantKey = new ServerKeys("").tenantChange;
-  let first = true;
-  while (!signal.aborted) {
-    const { rows, watch } = await tenant.transact(async (tx) => {
-      const rows = await tx.getRange(CHANGE_INDEX, strinc(CHANGE_INDEX));
-      return { rows, watch: tx.watch(tenantKey) };
-    }, { readOnly: true });
-    const changed: string[] = [];
-    const present = new Set<string>();
-    for (const r of rows) {
-      const id = unpack(r.key)[1] as string;
-      present.add(id);
-      const n = readInt64LE(r.value);
-      if (seen.get(id) !== n) changed.push(id);
-      seen.set(id, n);
-    }
-    for (const id of [...seen.keys()]) {
-      if (!present.has(id)) {
-        seen.delete(id);
-        changed.push(id);
+  const pending = new Set<string>();
+  let wake: (() => void) | undefined;
+  let initial = -1; // first reads outstanding before the first call (-1: membership not read)
+  let failure: unknown;
+  const bell = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const fail = (e: unknown) => {
+    failure ??= e;
+    bell();
+  };
+  const waitFor = (watch: Watch, stop: AbortSignal) =>
+    new Promise<void>((resolve) => {
+      const done = () => {
+        watch.cancel();
+        stop.removeEventListener("abort", done);
+        resolve();
+      };
+      if (stop.aborted) return done();
+      stop.addEventListener("abort", done, { once: true });
+      watch.promise.then(done);
+    });
+  const followers = new Map<string, AbortController>();
+  const follow = async (id: string, stop: AbortSignal) => {
+    const keys = new ServerKeys(id);
+    let last: bigint | undefined;
+    let first = true;
+    while (!stop.aborted) {
+      const { n, watch } = await tenant.transact(async (tx) => ({
+        n: readInt64LE(await tx.get(keys.change)),
+        watch: tx.watch(keys.change),
+      }), { readOnly: true });
+      if (first || n !== last) pending.add(id);
+      if (first) {
+        first = false;
+        if (initial > 0) initial--;
       }
+      last = n;
+      bell();
+      await waitFor(watch, stop);
     }
-    // The first call comes even for an empty tenant, so a consumer knows the initial read is done.
-    if (changed.length > 0 || first) await onChange(changed);
-    first = false;
-    const onAbort = () => watch.cancel();
-    signal.addEventListener("abort", onAbort, { once: true });
-    // An abort during the read or onChange has already fired: the listener would never run.
-    if (signal.aborted) watch.cancel();
-    try {
-      await watch.promise;
-    } finally {
-      signal.removeEventListener("abort", onAbort);
+  };
+  const membership = async () => {
+    while (!signal.aborted) {
+      const { ids, watch } = await tenant.transact(async (tx) => {
+        const rows = await tx.getRange(SERVER_INDEX, strinc(SERVER_INDEX));
+        return { ids: rows.map((r) => unpack(r.key)[1] as string), watch: tx.watch(MEMBERSHIP) };
+      }, { readOnly: true });
+      const present = new Set(ids);
+      for (const [id, stop] of followers) {
+        if (present.has(id)) continue;
+        stop.abort();
+        followers.delete(id);
+        pending.add(id);
+      }
+      const fresh = ids.filter((id) => !followers.has(id));
+      if (initial === -1) initial = fresh.length;
+      for (const id of fresh) {
+        const stop = new AbortController();
+        followers.set(id, stop);
+        follow(id, stop.signal).catch(fail);
+      }
+      bell();
+      await waitFor(watch, signal);
     }
+  };
+  signal.addEventListener("abort", bell, { once: true });
+  membership().catch(fail);
+  try {
+    let first = true;
+    while (!signal.aborted) {
+      if (failure !== undefined) throw failure;
+      const ready = first ? initial === 0 : pending.size > 0;
+      if (!ready) {
+        await new Promise<void>((r) => wake = r);
+        continue;
+      }
+      // The first call comes even for an empty tenant, so a consumer knows the initial read is done.
+      const ids = [...pending];
+      pending.clear();
+      first = false;
+      await onChange(ids);
+    }
+  } finally {
+    signal.removeEventListener("abort", bell);
+    for (const stop of followers.values()) stop.abort();
   }
 }

@@ -80,6 +80,11 @@ export interface Runtime {
   cache: CachedState | undefined;
   /** Wall clock, ms (injectable for tests). */
   now(): number;
+  /**
+   * Whether to record requests for idempotent retries: only where a commit can report an
+   * unknown outcome (see `Backend.unknownCommitOutcomes`).
+   */
+  readonly idempotent: boolean;
 }
 
 /** The state as loaded in one transaction. */
@@ -231,7 +236,6 @@ export function writeState(
 /** Marks the server as changed (for watchers such as the dashboard). */
 export function bumpChange(tx: Transaction, rt: Runtime): void {
   tx.add(rt.keys.change, 1);
-  tx.add(rt.keys.tenantChange, 1);
 }
 
 /** The meta record this instance writes. */
@@ -364,6 +368,7 @@ export async function readRequest(
   rt: Runtime,
   id: string,
 ): Promise<{ record: RequestRecord; reply: unknown } | undefined> {
+  if (!rt.idempotent) return undefined;
   const key = rt.keys.request(id);
   const bytes = await tx.get(key);
   if (bytes === undefined) return undefined;
@@ -384,6 +389,7 @@ export function writeRequest(
   record: RequestRecord,
   reply?: unknown,
 ): void {
+  if (!rt.idempotent) return;
   const key = rt.keys.request(id);
   tx.set(key, encodeRecord(record));
   if (record.outcome === "reply") {
@@ -402,7 +408,7 @@ export async function enqueue(
   // One request id covers the whole batch: if it is recorded, a previous attempt whose commit
   // result was unknown did apply.
   const request = messages[0]!.request;
-  if (await tx.get(rt.keys.request(request)) !== undefined) return "duplicate";
+  if (rt.idempotent && await tx.get(rt.keys.request(request)) !== undefined) return "duplicate";
   writeRequest(tx, rt, request, { at: rt.now(), outcome: "queued" });
   for (const m of messages) {
     tx.setVersionstampedKey(

@@ -401,6 +401,7 @@ class Instance {
       signal: this.#abort.signal,
       cache: undefined,
       now: () => Date.now(),
+      idempotent: opts.tenant.backend.unknownCommitOutcomes !== false,
     };
     this.deadLetters = {
       list: () => this.#listDeadLetters(),
@@ -420,6 +421,7 @@ class Instance {
       if (meta === undefined) {
         tx.set(rt.keys.meta, encodeRecord(metaRecord(rt)));
         tx.set(rt.keys.index, encodeRecord({ created: rt.now() }));
+        tx.add(rt.keys.membership, 1);
         writeState(
           tx,
           rt,
@@ -551,8 +553,7 @@ class Instance {
     await rt.tenant.backend.transact((tx) => {
       tx.clearRange(rt.keys.root, strinc(rt.keys.root));
       tx.clear(rt.keys.index);
-      tx.clear(rt.keys.change);
-      tx.add(rt.keys.tenantChange, 1);
+      tx.add(rt.keys.membership, 1);
     });
     await this.#shutdown("killed", true);
   }
@@ -679,9 +680,10 @@ class Instance {
           failing = e;
           continue;
         }
-        if (e instanceof RetriesExhaustedError && e.cause instanceof ConflictError) {
-          // Another consumer keeps winning the head of the queue: step back for a while so one
-          // instance tends to stay active, instead of fighting for every message.
+        if (e instanceof RetriesExhaustedError) {
+          // Another consumer keeps winning the head of the queue (or commits keep reporting
+          // unknown results): step back for a while so one instance tends to stay active,
+          // instead of fighting for every message; the message is simply tried again.
           this.#misses = Math.min(this.#misses + 1, 10);
           await sleep(Math.random() * Math.min(25 * this.#misses, 250), signal);
           continue;

@@ -1,13 +1,14 @@
 /**
  * The one place that builds dgen's keys inside a tenant. Everything of server `id` lives
- * under `("s", id)`; the tenant-wide index of servers and change counters under
- * `("servers", id)` and `("chg", id)`.
+ * under `("s", id)`, its change counter included (so a message's commit touches one region
+ * of the key space, and there is no tenant-wide hot key); the index of servers lives under
+ * `("servers", id)`, with a membership counter bumped only when servers come and go.
  *
  * | key (tuple, relative to the tenant)   | value                                          |
  * |---------------------------------------|------------------------------------------------|
  * | `("servers", id)`                     | server index entry (creation time)             |
- * | `("chg", id)`                         | change counter of the server (atomic add)      |
- * | `("tchg")`                            | change counter of the tenant (atomic add)      |
+ * | `("members")`                         | bumped when a server is created or killed      |
+ * | `("s", id, "chg")`                    | change counter of the server (atomic add)      |
  * | `("s", id, "meta")`                   | meta: state version, creation time             |
  * | `("s", id, "st", …)`                  | the state, laid out by the state codec          |
  * | `("s", id, "sv")`                     | versionstamp of the last state write           |
@@ -33,10 +34,10 @@ export class ServerKeys {
   readonly root: Uint8Array;
   /** Server index entry. */
   readonly index: Uint8Array;
-  /** Change counter of the server. */
+  /** Change counter of the server (bumped by every commit that changes what tools show). */
   readonly change: Uint8Array;
-  /** Change counter of the tenant. */
-  readonly tenantChange: Uint8Array;
+  /** Membership counter of the tenant (bumped when a server is created or killed). */
+  readonly membership: Uint8Array;
   /** Meta record. */
   readonly meta: Uint8Array;
   /** State subspace prefix (for the codec). */
@@ -77,9 +78,9 @@ export class ServerKeys {
   constructor(readonly id: string, readonly prefix: Uint8Array = new Uint8Array(0)) {
     this.root = concatBytes(prefix, pack(["s", id]));
     this.index = concatBytes(prefix, pack(["servers", id]));
-    this.change = concatBytes(prefix, pack(["chg", id]));
-    this.tenantChange = concatBytes(prefix, TENANT_CHANGE);
+    this.membership = concatBytes(prefix, MEMBERSHIP);
     const sub = (name: string) => concatBytes(this.root, pack([name]));
+    this.change = sub("chg");
     this.meta = sub("meta");
     this.state = sub("st");
     this.stateVersion = sub("sv");
@@ -132,13 +133,11 @@ function appendString(prefix: Uint8Array, s: string): Uint8Array {
   return out;
 }
 
-/** The tenant-wide change counter. */
-const TENANT_CHANGE = pack(["tchg"]);
+/** The tenant's membership counter (relative key). */
+export const MEMBERSHIP = pack(["members"]);
 
 /** Prefix of the server index. */
 export const SERVER_INDEX = pack(["servers"]);
-/** Prefix of the per-server change counters. */
-export const CHANGE_INDEX = pack(["chg"]);
 
 /**
  * Appends the versionstamp type code (0x33) to a prefix, so `prefix ‖ 10-byte stamp ‖ 2-byte

@@ -219,15 +219,19 @@ export const decodePresence = decoder(presenceSchema, "presence record");
 export const decodeDeadLetter = decoder(deadLetterSchema, "dead letter");
 
 let counter = 0;
+/** Random per process: ids from different processes never collide. */
+const processTag = Array.from(
+  crypto.getRandomValues(new Uint32Array(2)),
+  (n) => n.toString(36).padStart(7, "0"),
+).join("");
 /**
  * A unique id whose string order follows creation time (ms, base 36), so records keyed by it
- * can be garbage-collected with one range clear.
+ * can be garbage-collected with one range clear: time, a per-process counter, and a random
+ * per-process tag.
  */
 export function timeOrderedId(now = Date.now()): string {
-  counter = (counter + 1) % 1_679_616;
-  const rand = crypto.getRandomValues(new Uint32Array(2));
-  return now.toString(36).padStart(9, "0") + counter.toString(36).padStart(4, "0") +
-    rand[0]!.toString(36).padStart(7, "0") + rand[1]!.toString(36).padStart(7, "0");
+  counter = (counter + 1) % 2_176_782_336; // 36^6
+  return now.toString(36).padStart(9, "0") + counter.toString(36).padStart(6, "0") + processTag;
 }
 
 /** The creation time encoded in a {@link timeOrderedId}. */

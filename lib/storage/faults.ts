@@ -138,6 +138,8 @@ export function withFaults(backend: Backend, options: FaultOptions): FaultyBacke
   return {
     kind: backend.kind,
     limits: backend.limits,
+    unknownCommitOutcomes: (opts.unknownAppliedRate ?? 0) > 0 ||
+      (opts.unknownNotAppliedRate ?? 0) > 0 || backend.unknownCommitOutcomes !== false,
     inner: backend,
     stats,
     transact<T>(fn: (tx: Transaction) => T | Promise<T>, options?: TransactOptions): Promise<T> {

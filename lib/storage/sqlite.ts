@@ -663,6 +663,8 @@ interface Registered {
 
 class SqliteBackendImpl implements SqliteBackend {
   readonly kind = "sqlite";
+  // A COMMIT either applies or fails (BEGIN IMMEDIATE: no busy error at commit time).
+  readonly unknownCommitOutcomes = false;
   readonly stats: SqliteBackendStats = { transactions: 0, physicalCommits: 0, lockWaits: 0 };
   closed = false;
   readonly #file: string;

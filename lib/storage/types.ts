@@ -154,6 +154,14 @@ export interface Backend {
   /** The limits this backend enforces. */
   readonly limits: BackendLimits;
   /**
+   * Whether a commit can end with an unknown outcome (`CommitUnknownResultError`, FoundationDB's
+   * `commit_unknown_result`): applied although it reported failure. Then dgen makes its own
+   * transactions idempotent with request records; an engine that always knows whether its
+   * commit applied (memory, SQLite) says `false` and spares that cost.
+   * @default true
+   */
+  readonly unknownCommitOutcomes?: boolean;
+  /**
    * Runs `fn` in a serializable transaction and commits it, running it again (with back-off)
    * after retryable failures. Resolves with `fn`'s result once the commit is durable.
    * If `fn` throws, nothing is written and the error is rethrown (not retried).
