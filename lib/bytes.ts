@@ -124,6 +124,20 @@ export function binaryStringToBytes(s: string): Uint8Array {
 /** Encodes a signed integer as 8 little-endian bytes (two's complement), as FDB's `add` takes. */
 export function int64LE(n: bigint | number): Uint8Array {
   const out = new Uint8Array(8);
+  if (typeof n === "number" && Number.isInteger(n) && n >= -0x8000_0000 && n < 0x8000_0000) {
+    // The common case (small deltas) without BigInt: two's complement, sign-extended.
+    const fill = n < 0 ? 0xff : 0;
+    out[0] = n & 0xff;
+    out[1] = (n >> 8) & 0xff;
+    out[2] = (n >> 16) & 0xff;
+    out[3] = (n >> 24) & 0xff;
+    out[4] =
+      out[5] =
+      out[6] =
+      out[7] =
+        fill;
+    return out;
+  }
   new DataView(out.buffer).setBigInt64(0, BigInt.asIntN(64, BigInt(n)), true);
   return out;
 }

@@ -270,12 +270,33 @@ export interface EncodedValue {
 export function encodeValue(
   value: unknown,
   path: ValuePath,
-  ancestors: Set<object> = new Set(),
+  ancestors?: Set<object>,
 ): EncodedValue {
-  const walk: Walk = { ancestors, mutable: false };
+  // Small integers and booleans are most of what a state's leaves hold: write their CBOR
+  // (RFC 8949 §3.1, shortest form, exactly what cbor-x writes) without the encoder's buffers.
+  if (
+    typeof value === "number" && Number.isInteger(value) && value !== 0 ||
+    value === 0 && 1 / value > 0
+  ) {
+    const n = value as number;
+    if (n >= -0x1_0000_0000 && n < 0x1_0000_0000) return { bytes: smallInt(n), mutable: false };
+  } else if (typeof value === "boolean") {
+    return { bytes: new Uint8Array([value ? 0xf5 : 0xf4]), mutable: false };
+  }
+  const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false };
   const prepared = prepare(value, path, walk);
   // cbor-x returns a view of its reusable buffer (a Buffer): copy it into a plain array.
   return { bytes: new Uint8Array(encoder.encode(prepared)), mutable: walk.mutable };
+}
+
+/** CBOR of an integer in [-2^32, 2^32): major type 0 or 1, shortest argument. */
+function smallInt(n: number): Uint8Array {
+  const major = n < 0 ? 0x20 : 0x00;
+  const u = n < 0 ? -1 - n : n;
+  if (u < 24) return new Uint8Array([major | u]);
+  if (u < 0x100) return new Uint8Array([major | 24, u]);
+  if (u < 0x10000) return new Uint8Array([major | 25, u >> 8, u & 0xff]);
+  return new Uint8Array([major | 26, u >>> 24, (u >>> 16) & 0xff, (u >>> 8) & 0xff, u & 0xff]);
 }
 
 class Corrupt extends Error {}

@@ -475,11 +475,29 @@ export async function writeReply(
   const slot = decodeReplySlot(bytes, key);
   if (slot.status !== "pending") return;
   if (outcome.ok) {
+    // A reply that fits in one value travels inside the slot record: one key written, one read.
+    const inline = encodeRecord({ status: "ok", at: rt.now(), inline: true, value: outcome.value });
+    if (inline.length <= rt.tenant.backend.limits.maxValueSize) {
+      tx.set(key, inline);
+      return;
+    }
     rt.codec.write(tx, replyValuePrefix(rt, callId), { found: false }, outcome.value);
     tx.set(key, encodeRecord({ status: "ok", at: rt.now() }));
   } else {
     tx.set(key, encodeRecord({ status: "error", error: outcome.error, at: rt.now() }));
   }
+}
+
+/** The reply an answered slot holds (inline, or stored through the codec beside it). */
+export async function readReplyValue(
+  tx: Transaction,
+  rt: Runtime,
+  callId: string,
+  slot: { inline?: boolean; value?: unknown },
+): Promise<unknown> {
+  if (slot.inline) return slot.value;
+  const stored = await rt.codec.read(tx, replyValuePrefix(rt, callId));
+  return stored.found ? stored.state : undefined;
 }
 
 /** Removes a reply slot and its value. */

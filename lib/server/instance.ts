@@ -42,10 +42,10 @@ import {
   queueHead,
   readLock,
   readMeta,
+  readReplyValue,
   readRequest,
   recordFailure,
   renewLock,
-  replyValuePrefix,
   runHandler,
   type Runtime,
   ServerGoneError,
@@ -1070,17 +1070,20 @@ class Instance {
           return { kind: "pending" as const, watch: tx.watch(key) };
         }
         if (slot.status === "error") return { kind: "error" as const, error: slot.error };
-        const stored = await rt.codec.read(tx, replyValuePrefix(rt, callId));
-        return { kind: "ok" as const, value: stored.found ? stored.state : undefined };
+        return { kind: "ok" as const, value: await readReplyValue(tx, rt, callId, slot) };
       }, { readOnly: true });
-      if (read.kind !== "pending" && read.kind !== "missing") {
+      if (read.kind === "ok" || read.kind === "error") {
+        // Answered: the caller has its reply; the slot is cleared off the reply's path, in a
+        // batch with other answered slots (one commit for many calls).
+        this.#clearSlotLater(callId);
+      } else if (read.kind === "abandoned") {
         // An abandoned slot is cleared only if still pending: a reply may have just landed.
         const late = await rt.tenant.backend.transact(async (tx) => {
           const bytes = await tx.get(key);
           if (bytes === undefined) return undefined;
           const slot = decodeReplySlot(bytes, key);
           const value = read.kind === "abandoned" && slot.status === "ok"
-            ? await rt.codec.read(tx, replyValuePrefix(rt, callId))
+            ? await readReplyValue(tx, rt, callId, slot)
             : undefined;
           clearReplySlot(tx, rt, callId);
           return read.kind === "abandoned" && slot.status !== "pending"
@@ -1089,7 +1092,7 @@ class Instance {
         });
         if (late !== undefined) {
           if (late.slot.status === "error") throw errorFromStored(late.slot.error);
-          return late.value?.found ? late.value.state : undefined;
+          return late.value;
         }
       }
       switch (read.kind) {
@@ -1115,6 +1118,31 @@ class Instance {
         case "pending":
           watch = read.watch;
       }
+    }
+  }
+
+  #slotsToClear: string[] = [];
+  #clearing: Promise<void> | undefined;
+
+  /** Clears an answered reply slot soon, together with the others answered meanwhile. */
+  #clearSlotLater(callId: string): void {
+    this.#slotsToClear.push(callId);
+    this.#clearing ??= this.#track(this.#clearSlots());
+  }
+
+  async #clearSlots(): Promise<void> {
+    try {
+      while (this.#slotsToClear.length > 0 && !this.#crashed) {
+        const ids = this.#slotsToClear.splice(0, 500);
+        await this.#rt.tenant.backend.transact((tx) => {
+          for (const id of ids) clearReplySlot(tx, this.#rt, id);
+        }).catch((e) => {
+          // Left for the garbage collection of answered slots.
+          console.error(`dgen: could not clear ${ids.length} answered reply slots:`, e);
+        });
+      }
+    } finally {
+      this.#clearing = undefined;
     }
   }
 

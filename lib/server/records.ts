@@ -96,7 +96,7 @@ const storedErrorSchema = v.object({
 /** A reply slot: pending until the consumer writes the outcome. */
 export type ReplySlot =
   | { status: "pending"; caller: string; deadline: number | null; at: number }
-  | { status: "ok"; at: number }
+  | { status: "ok"; at: number; inline?: boolean; value?: unknown }
   | { status: "error"; error: StoredError; at: number };
 
 const replySlotSchema = v.variant("status", [
@@ -106,7 +106,12 @@ const replySlotSchema = v.variant("status", [
     deadline: v.nullable(v.number()),
     at: v.number(),
   }),
-  v.object({ status: v.literal("ok"), at: v.number() }),
+  v.object({
+    status: v.literal("ok"),
+    at: v.number(),
+    inline: v.optional(v.boolean()),
+    value: v.optional(v.unknown()),
+  }),
   v.object({ status: v.literal("error"), error: storedErrorSchema, at: v.number() }),
 ]);
 

@@ -213,24 +213,24 @@ class MemoryTransaction implements Transaction {
     return bytesToBinaryString(key);
   }
 
-  checkWrite(key: Uint8Array, value?: Uint8Array): string {
+  checkWrite(key: Uint8Array, value?: Uint8Array, valueLength = value?.length ?? 0): string {
     this.check(false);
     if (this.readOnly) {
       throw new TransactionError("read_only", "Cannot write in a read-only transaction");
     }
     const k = this.checkKey(key);
-    if (value !== undefined) {
-      if (!(value instanceof Uint8Array)) throw new TypeError("Values are Uint8Arrays");
-      if (value.length > this.limits.maxValueSize) {
-        throw new LimitExceededError(
-          "value_too_large",
-          `Value of ${value.length} bytes for key ${
-            printable(key.subarray(0, 40))
-          } exceeds the ${this.limits.maxValueSize}-byte limit`,
-        );
-      }
+    if (value !== undefined && !(value instanceof Uint8Array)) {
+      throw new TypeError("Values are Uint8Arrays");
     }
-    this.size += key.length + (value?.length ?? 0);
+    if (valueLength > this.limits.maxValueSize) {
+      throw new LimitExceededError(
+        "value_too_large",
+        `Value of ${valueLength} bytes for key ${
+          printable(key.subarray(0, 40))
+        } exceeds the ${this.limits.maxValueSize}-byte limit`,
+      );
+    }
+    this.size += key.length + valueLength;
     return k;
   }
 
@@ -381,8 +381,8 @@ class MemoryTransaction implements Transaction {
     this.stampedKeys.push({ prefix: prefix.slice(), suffix: suffix.slice(), value: value.slice() });
   }
 
-  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = new Uint8Array()): void {
-    const k = this.checkWrite(key, new Uint8Array(prefix.length + 10 + suffix.length));
+  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY): void {
+    const k = this.checkWrite(key, undefined, prefix.length + 10 + suffix.length);
     this.writes.set(k, { kind: "stampedValue", prefix: prefix.slice(), suffix: suffix.slice() });
   }
 
@@ -523,6 +523,8 @@ class MemoryTransaction implements Transaction {
     for (const [, handle] of this.watches) handle.cancel();
   }
 }
+
+const EMPTY = new Uint8Array(0);
 
 function conflictMessage(k: string): string {
   return `Transaction conflicted on key ${printable(binaryStringToBytes(k).subarray(0, 60))}`;

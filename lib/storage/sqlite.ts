@@ -54,6 +54,7 @@ import {
 import { pack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import { checkTransactOptions, limitsSchema, WatchHandle } from "./common.ts";
+import { PeerBell } from "./_peer_bell.ts";
 import { retryLoop } from "./retry.ts";
 import {
   type Backend,
@@ -995,7 +996,20 @@ class SqliteBackendImpl implements SqliteBackend {
    */
   #signalCommit(): void {
     this.#writeRandom(this.#pulse, PULSE_OFFSET);
+    this.#bell?.ring();
   }
+
+  /** The loopback UDP bell (see `_peer_bell.ts`), once bound. */
+  #bell: PeerBell | undefined;
+
+  /** Attaches the bell; its rings are handled like notify-file events. */
+  attachBell(bell: PeerBell | undefined): void {
+    if (this.closed) bell?.close();
+    else this.#bell = bell;
+  }
+
+  /** Handles a ring of another process's bell. */
+  onRing = (): void => this.#onNotify();
 
   /** Writes 4 random bytes at `offset` of the notify file, keeping them in `into`. */
   #writeRandom(into: Uint8Array, offset: number): void {
@@ -1315,6 +1329,7 @@ class SqliteBackendImpl implements SqliteBackend {
         this.#checkDrained();
       });
     }
+    this.#bell?.close();
     for (const conn of this.#idleReaders.splice(0)) conn.db.close();
     this.#probe.db.close();
     this.#writer.db.close();
@@ -1355,13 +1370,16 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
   const opts = parse(optionsSchema, options, "options");
   const limits = { ...FOUNDATIONDB_LIMITS, ...opts.limits };
   // Loaded here, not at import: importing mod.ts must not need node:sqlite.
-  const [{ DatabaseSync }, fs, nodePath, { setImmediate }] = await Promise.all([
-    import("node:sqlite"),
-    import("node:fs"),
-    import("node:path"),
-    // The cheapest macrotask on both runtimes (setTimeout(0) costs a millisecond or more).
-    import("node:timers"),
-  ]);
+  const [{ DatabaseSync }, fs, nodePath, { setImmediate }, dgram, nodeProcess] = await Promise
+    .all([
+      import("node:sqlite"),
+      import("node:fs"),
+      import("node:path"),
+      // The cheapest macrotask on both runtimes (setTimeout(0) costs a millisecond or more).
+      import("node:timers"),
+      import("node:dgram"),
+      import("node:process"),
+    ]);
   const path = opts.path;
   const file = nodePath.resolve(path);
   try {
@@ -1394,7 +1412,7 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
     } finally {
       fs.closeSync(fd);
     }
-    return new SqliteBackendImpl(
+    const backend = new SqliteBackendImpl(
       path,
       file,
       limits,
@@ -1405,6 +1423,25 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
       writer,
       notifyPath,
     );
+    const alive = (pid: number) => {
+      try {
+        nodeProcess.default.kill(pid, 0);
+        return true;
+      } catch (e) {
+        return (e as { code?: string }).code === "EPERM";
+      }
+    };
+    backend.attachBell(
+      await PeerBell.open(
+        dgram.default,
+        fs,
+        `${file}-peers`,
+        nodeProcess.default.pid,
+        alive,
+        backend.onRing,
+      ),
+    );
+    return backend;
   } catch (e) {
     writer.close();
     if (e instanceof BackendUnavailableError) throw e;
