@@ -46,7 +46,6 @@ import {
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
-  CommitUnknownResultError,
   ConflictError,
   LimitExceededError,
   TransactionError,
@@ -957,9 +956,15 @@ class SqliteBackendImpl implements SqliteBackend {
       }
       const err = broken !== undefined
         ? storageError(e)
-        : new CommitUnknownResultError(`SQLite commit failed: ${(e as Error).message}`, {
-          cause: e,
-        });
+        // A failed COMMIT (an I/O error) may or may not have reached the disk. It is not
+        // retried: this backend promises callers a known outcome (unknownCommitOutcomes is
+        // false), so dgen does not make its writes idempotent here, and a blind retry could
+        // apply twice. The caller sees the error.
+        : new TransactionError(
+          "commit_unknown_result",
+          `SQLite commit failed, its outcome is unknown: ${(e as Error).message}`,
+          { cause: e, retryable: false, maybeCommitted: true },
+        );
       for (const d of done) {
         d.tx.abandon();
         d.req.reject(err);
