@@ -112,6 +112,9 @@ const GC_EVERY = 6;
  * keeps losing the race for the head of the queue backs off instead).
  */
 const CONSUME_RETRIES = 3;
+/** Most casts enqueued in one transaction, and their most argument bytes. */
+const CAST_BATCH = 1_000;
+const CAST_BATCH_BYTES = 2_000_000;
 /** Enqueue records are kept this long for idempotent retries, ms. */
 const REQUEST_TTL = 10 * 60_000;
 /** A reply slot answered but never read is removed after this long, ms. */
@@ -808,7 +811,8 @@ class Instance {
 
   // ---- sending -------------------------------------------------------------------------------
 
-  #checkMessage(kind: "call" | "cast", name: unknown, arg: unknown): void {
+  /** Validates a message; returns its argument's encoded size. */
+  #checkMessage(kind: "call" | "cast", name: unknown, arg: unknown): number {
     const def = this.#def;
     const handlers = kind === "call" ? def.handleCall : def.handleCast;
     if (typeof name !== "string" || handlers?.[name] === undefined) {
@@ -825,10 +829,10 @@ class Instance {
       const r = safeParseUser(schema, arg);
       if (!r.success) throw new ValidationError(toIssues(`arg of ${kind} '${name}'`, r.issues));
     }
-    this.#checkEncodable(arg, `arg of ${kind} '${name}'`);
+    return this.#checkEncodable(arg, `arg of ${kind} '${name}'`);
   }
 
-  #checkEncodable(arg: unknown, path: string): void {
+  #checkEncodable(arg: unknown, path: string): number {
     let size: number;
     try {
       size = encode(arg, path).length;
@@ -845,6 +849,7 @@ class Instance {
         message: `Expected an argument of at most ${max} encoded bytes, got ${size}`,
       }]);
     }
+    return size;
   }
 
   #envelope(kind: "call" | "cast", name: string, arg: unknown, request: string): Envelope {
@@ -863,9 +868,45 @@ class Instance {
 
   async cast(name: string, arg?: unknown): Promise<void> {
     this.#checkRunning();
-    this.#checkMessage("cast", name, arg);
+    const size = this.#checkMessage("cast", name, arg);
     const m = this.#envelope("cast", name, arg, timeOrderedId());
-    await this.#transact((tx, effects) => enqueue(tx, this.#rt, [m], effects));
+    await new Promise<void>((resolve, reject) => {
+      this.#castQueue.push({ m, size, resolve, reject });
+      this.#castFlush ??= this.#track(this.#flushCasts());
+    });
+  }
+
+  readonly #castQueue: Array<
+    { m: Envelope; size: number; resolve: () => void; reject: (e: unknown) => void }
+  > = [];
+  #castFlush: Promise<void> | undefined;
+
+  /**
+   * Enqueues waiting casts: casts made while an enqueue is in flight go together in the next
+   * transaction (in call order), so concurrent producers share commits. Each cast still
+   * resolves only once its own message is durably enqueued.
+   */
+  async #flushCasts(): Promise<void> {
+    try {
+      while (this.#castQueue.length > 0) {
+        let bytes = 0;
+        let n = 0;
+        while (n < this.#castQueue.length && n < CAST_BATCH && bytes < CAST_BATCH_BYTES) {
+          bytes += this.#castQueue[n++]!.size;
+        }
+        const batch = this.#castQueue.splice(0, n);
+        try {
+          await this.#transact((tx, effects) =>
+            enqueue(tx, this.#rt, batch.map((c) => c.m), effects)
+          );
+          for (const c of batch) c.resolve();
+        } catch (e) {
+          for (const c of batch) c.reject(e);
+        }
+      }
+    } finally {
+      this.#castFlush = undefined;
+    }
   }
 
   async castMany(messages: ReadonlyArray<readonly [string, unknown?]>): Promise<void> {
