@@ -161,7 +161,9 @@ const Items = defineServer({
   }),
   handleCall: {
     touch: (i: number, _from, s: { items: Item[] }) => {
-      const items = s.items.slice();
+      // Spread, not slice(): states are deep-frozen, and V8 copies frozen arrays with slice(),
+      // with() and toSpliced() 60–100× slower than with a spread (docs/state-codec.md).
+      const items = [...s.items];
       const old = items[i]!;
       items[i] = { ...old, n: old.n + 1 };
       return reply(old.n + 1, { items });
