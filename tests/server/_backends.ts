@@ -14,6 +14,7 @@ import {
   type Tenant,
 } from "../../mod.ts";
 import { openTestPostgres, postgresSkip } from "../storage/_postgres.ts";
+import { FDB_SKIP_REASON, openTestFoundationdb } from "../storage/_foundationdb.ts";
 
 let root: string | undefined;
 let files = 0;
@@ -42,6 +43,7 @@ export const backends: TestBackend[] = [
   { name: "memory", open: () => Promise.resolve(openMemoryBackend()) },
   { name: "sqlite", open: () => openSqliteBackend({ path: tempDbPath() }) },
   { name: "postgres", open: () => openTestPostgres(), skip: postgresSkip },
+  { name: "foundationdb", open: () => openTestFoundationdb(), skip: FDB_SKIP_REASON },
 ];
 
 let n = 0;
@@ -50,4 +52,9 @@ export async function fresh(b: TestBackend): Promise<{ backend: Backend; tenant:
   const backend = await b.open();
   const tenant = await openTenant(backend, `test-${++n}`);
   return { backend, tenant };
+}
+
+// A skipped backend says why (node:test reports it only as skipped or ignored).
+for (const b of backends) {
+  if (b.skip !== undefined) console.log(`server suites on ${b.name} skipped: ${b.skip}`);
 }

@@ -59,7 +59,11 @@ for (const b of backends) {
       assert.equal(blob.length, 1_000_000);
       assert.ok(blob.every((x) => x === 7));
       // Answered slots are cleared off the reply's path, soon after.
-      await waitFor(async () => (await replySlots(tenant, "big")).length === 0, 5000, "slot not cleared");
+      await waitFor(
+        async () => (await replySlots(tenant, "big")).length === 0,
+        5000,
+        "slot not cleared",
+      );
       await sender.stop();
       await consumer.stop();
       await backend.close();
