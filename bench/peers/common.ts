@@ -344,7 +344,7 @@ export async function run(
   const proc = new Proc(label, command, args, options);
   const code = await proc.exited;
   if (code !== 0) throw new Error(`${label} failed (exit ${code}):\n${proc.tail(30)}`);
-  return proc.tail(200);
+  return proc.tail(Number.MAX_SAFE_INTEGER);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -88,19 +88,31 @@ interface Runtime {
 async function startRuntime(
   miniflare: MiniflareModule,
   persistDir: string,
+  scratchDir: string,
   cleanup: Cleanup,
 ): Promise<Runtime> {
   const before = new Set(childPids("workerd"));
-  const mf = new miniflare.Miniflare({
-    modules: true,
-    scriptPath: WORKER_SCRIPT,
-    // Module names are taken relative to this root; without it they are relative to the cwd,
-    // and workerd refuses a path that climbs out of it with "..".
-    modulesRoot: dirname(WORKER_SCRIPT),
-    compatibilityDate: COMPATIBILITY_DATE,
-    durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
-    durableObjectsPersist: persistDir,
-  });
+  // miniflare makes a scratch directory under os.tmpdir() in its constructor and removes it on
+  // dispose; pointing TMPDIR into our own temp dir for that moment means an interrupted run
+  // (no dispose) leaves nothing behind in /tmp either.
+  const savedTmp = process.env.TMPDIR;
+  process.env.TMPDIR = scratchDir;
+  let mf: MiniflareInstance;
+  try {
+    mf = new miniflare.Miniflare({
+      modules: true,
+      scriptPath: WORKER_SCRIPT,
+      // Module names are taken relative to this root; without it they are relative to the cwd,
+      // and workerd refuses a path that climbs out of it with "..".
+      modulesRoot: dirname(WORKER_SCRIPT),
+      compatibilityDate: COMPATIBILITY_DATE,
+      durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
+      durableObjectsPersist: persistDir,
+    });
+  } finally {
+    if (savedTmp === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = savedTmp;
+  }
   const workerd: { pid?: number } = {};
   const stop = cleanup.add("dispose miniflare", () => mf.dispose(), () => {
     // Interrupted: kill the workerd this instance started (by pid), since dispose is async.
@@ -150,10 +162,11 @@ export async function runDurableObjects(options: PeerOptions): Promise<PeerResul
       join(dir, "node_modules", "miniflare"),
     ) as MiniflareModule;
     const persistDir = cleanup.tempDir("peer-do");
+    const scratchDir = cleanup.tempDir("peer-do-scratch");
 
     log(`${PEER}: starting workerd (state in ${persistDir}) …`);
     let t = performance.now();
-    let runtime = await startRuntime(miniflare, persistDir, cleanup);
+    let runtime = await startRuntime(miniflare, persistDir, scratchDir, cleanup);
     log(`${PEER}: ready at ${runtime.url.href} in ${(performance.now() - t).toFixed(0)} ms`);
 
     // Mode (a): a fetch per increment from here.
@@ -222,7 +235,7 @@ export async function runDurableObjects(options: PeerOptions): Promise<PeerResul
       log(`${PEER}: persistence check: restarting workerd on the same directory …`);
       const before = [await counterValue(runtime, "http"), await counterValue(runtime, "rpc")];
       await runtime.stop();
-      runtime = await startRuntime(miniflare, persistDir, cleanup);
+      runtime = await startRuntime(miniflare, persistDir, scratchDir, cleanup);
       const after = [await counterValue(runtime, "http"), await counterValue(runtime, "rpc")];
       const expected = [httpLast, rpcLast];
       for (const [i, result] of results.entries()) {
