@@ -34,6 +34,9 @@ import {
 } from "../mod.ts";
 import { Child, missingRuntimes, testScript } from "../tests/_processes.ts";
 import { serveHttp } from "../lib/runtime/http.ts";
+import type { PeerResult } from "./peers/common.ts";
+import { runDurableObjects } from "./peers/durable_objects.ts";
+import { runRestate } from "./peers/restate.ts";
 
 // ---- options and output -------------------------------------------------------------------
 
@@ -477,18 +480,6 @@ async function p7(): Promise<void> {
 
 // ---- P3 ----------------------------------------------------------------------------------------
 
-interface PeerResult {
-  name: string;
-  mode: string;
-  ops: number;
-  opsPerSec: number;
-  p50Ms: number;
-  p99Ms: number;
-  durability: string;
-  runtime: string;
-  notes?: string;
-}
-
 async function dgenOverHttp(): Promise<{ rate: number; p50: number; p99: number }> {
   const backend = await openSqliteBackend({ path: fresh("p3-http") });
   const tenant = await openTenant(backend, "bench");
@@ -522,44 +513,44 @@ async function p3(): Promise<void> {
   record("p3DgenHttpP50Ms", "dgen counter over HTTP, p50", http.p50, "ms");
   if (!PEERS) return progress("  peers skipped (--no-peers)");
   const n = QUICK ? 300 : 1000;
+  const options = {
+    n,
+    warmup: Math.min(100, n / 5),
+    log: (line: string) => progress(`  ${line}`),
+    fsyncProbeOps: QUICK ? 0 : 200,
+  };
   const peers: PeerResult[] = [];
-  for (
-    const [file, fn] of [["./peers/durable_objects.ts", "runDurableObjects"], [
-      "./peers/restate.ts",
-      "runRestate",
-    ]] as const
-  ) {
+  for (const run of [runDurableObjects, runRestate]) {
     try {
-      const mod = await import(file) as Record<string, (o: unknown) => Promise<PeerResult[]>>;
-      peers.push(
-        ...await mod[fn]!({
-          n,
-          warmup: Math.min(100, n / 5),
-          log: (s: string) => progress(`  ${s}`),
-        }),
-      );
+      peers.push(...await run(options));
     } catch (e) {
-      progress(`  ${file} could not run: ${e instanceof Error ? e.message : e}`);
+      progress(`  a peer could not run: ${e instanceof Error ? e.message : e}`);
     }
   }
   for (const p of peers) {
+    const label = `${p.name} (${p.mode})`;
+    if (p.error !== undefined || !(p.opsPerSec > 0)) {
+      progress(`  ${label} not measured: ${p.error ?? "no figure"}`);
+      continue;
+    }
+    const fsyncs = p.fsyncsPerOp === undefined ? "" : `, ${p.fsyncsPerOp.toFixed(2)} fsyncs/op`;
     record(
       `p3Peer_${p.name}_${p.mode}`.replace(/\W+/g, "_"),
-      `${p.name} (${p.mode}), ${p.durability}`,
+      label,
       p.opsPerSec,
       "ops/s",
-      p.runtime,
+      `${p.runtime}${fsyncs}`,
     );
-    const viaHttp = /http/i.test(p.mode);
+    const viaHttp = /http/i.test(p.mode) || /restate/i.test(p.name);
     const ours = viaHttp ? http.rate : mine.rate;
     const goal = /restate/i.test(p.name) ? 20 : 10;
     target(
-      `P3 ${p.name} ${p.mode}`,
-      `dgen ${viaHttp ? "over HTTP" : "in process"} ÷ ${p.name} (${p.mode})`,
+      `P3 ${p.name}`.slice(0, 28),
+      `dgen ${viaHttp ? "over HTTP" : "in process"} ÷ ${label}`,
       ours / p.opsPerSec,
       goal,
       true,
-      `${fmt(ours, "")} vs ${fmt(p.opsPerSec, "")} ops/s`,
+      `${fmt(ours, "")} vs ${fmt(p.opsPerSec, "")} ops/s${fsyncs}`,
     );
   }
 }

@@ -15,6 +15,8 @@ type Fs = typeof import("node:fs");
 type Socket = import("node:dgram").Socket;
 
 const RING = new Uint8Array([1]);
+/** How stale the list of registered processes may be, ms. */
+const REFRESH_MS = 5;
 
 /** Loopback UDP bell of one process for one database file. */
 export class PeerBell {
@@ -26,6 +28,8 @@ export class PeerBell {
   #port = 0;
   #file: string | undefined;
   #peers: number[] = [];
+  /** Other registered processes without a UDP bell (port 0). */
+  #deaf = 0;
   #dirStamp = -1;
   #closed = false;
 
@@ -37,8 +41,8 @@ export class PeerBell {
   }
 
   /**
-   * Binds the socket and registers it; resolves undefined where UDP is not available (the
-   * backend then relies on the notify file alone). `onRing` runs for each datagram received.
+   * Binds the socket and registers this process (as port 0 where UDP is not available: the
+   * others then signal it through the notify file). `onRing` runs for each datagram received.
    */
   static async open(
     dgram: Dgram,
@@ -47,7 +51,7 @@ export class PeerBell {
     pid: number,
     alive: (pid: number) => boolean,
     onRing: () => void,
-  ): Promise<PeerBell | undefined> {
+  ): Promise<PeerBell> {
     const bell = new PeerBell(fs, dir, pid, alive);
     try {
       const socket = dgram.createSocket("udp4");
@@ -64,14 +68,26 @@ export class PeerBell {
       socket.unref();
       bell.#socket = socket;
       bell.#port = (socket.address() as { port: number }).port;
+    } catch {
+      bell.#socket = undefined;
+      bell.#port = 0;
+    }
+    try {
       fs.mkdirSync(dir, { recursive: true });
       bell.#file = `${dir}/${bell.#port}.${pid}`;
       fs.writeFileSync(bell.#file, "");
-      return bell;
     } catch {
-      bell.close();
-      return undefined;
+      // Unregistered: others cannot know this process, so it must not skip the notify file
+      // (see fileNeeded).
+      bell.#file = undefined;
     }
+    return bell;
+  }
+
+  /** Whether any other process has the database open. */
+  get alone(): boolean {
+    this.#refresh();
+    return this.#file !== undefined && this.#peers.length === 0 && this.#deaf === 0;
   }
 
   /** Rings every other registered process. */
@@ -88,18 +104,30 @@ export class PeerBell {
     }
   }
 
-  /** Re-reads the registered ports when the directory changed; drops dead processes' files. */
+  /** When the directory was last looked at (performance.now()). */
+  #lookedAt = -Infinity;
+
+  /**
+   * Re-reads the registered ports when the directory changed (looked at most every
+   * REFRESH_MS: a process that opens the database is noticed within that); drops dead
+   * processes' files.
+   */
   #refresh(): void {
+    const now = performance.now();
+    if (now - this.#lookedAt < REFRESH_MS) return;
+    this.#lookedAt = now;
     let stamp: number;
     try {
       stamp = this.#fs.statSync(this.#dir).mtimeMs;
     } catch {
       this.#peers = [];
+      this.#deaf = 0;
       return;
     }
     if (stamp === this.#dirStamp) return;
     this.#dirStamp = stamp;
     const peers: number[] = [];
+    let deaf = 0;
     let names: string[];
     try {
       names = this.#fs.readdirSync(this.#dir);
@@ -118,9 +146,11 @@ export class PeerBell {
         } catch { /* another process pruned it */ }
         continue;
       }
-      peers.push(port);
+      if (port === 0) deaf++;
+      else peers.push(port);
     }
     this.#peers = peers;
+    this.#deaf = deaf;
   }
 
   /** Unregisters and closes the socket. */

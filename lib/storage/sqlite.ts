@@ -824,7 +824,9 @@ class SqliteBackendImpl implements SqliteBackend {
   #pace(): Promise<void> | undefined {
     const now = performance.now();
     if (now - this.#lastGroupEnd >= STREAK_MS) this.#streakStart = now;
-    else if (now - this.#streakStart >= FAIR_SHARE_MS && this.#waiterArrived()) {
+    else if (
+      now - this.#streakStart >= FAIR_SHARE_MS && !this.#bell?.alone && this.#waiterArrived()
+    ) {
       this.#streakStart = now;
       return this.#yieldToWaiters();
     }
@@ -907,8 +909,11 @@ class SqliteBackendImpl implements SqliteBackend {
         versionstamp(counter, index),
       );
       index++;
+      // The first member needs no savepoint: if it fails, rolling back the whole transaction
+      // undoes exactly it (a lone transaction, the common case, saves two statements).
+      const first = index === 1;
       try {
-        w.savepoint.run();
+        if (!first) w.savepoint.run();
       } catch (e) {
         broken = e;
         this.#queue.unshift(req);
@@ -918,10 +923,18 @@ class SqliteBackendImpl implements SqliteBackend {
         const result = await runBody(req.fn, tx, this.limits.maxTransactionDuration);
         req.signal?.throwIfAborted();
         tx.finish();
-        w.release.run();
+        if (!first) w.release.run();
         done.push({ req, tx, result });
       } catch (e) {
         tx.abandon();
+        req.reject(e);
+        if (first) {
+          // Undo it and start the group afresh for whoever waits.
+          try {
+            w.rollback.run();
+          } catch { /* the next BEGIN reports an unusable connection */ }
+          return;
+        }
         try {
           w.rollbackTo.run();
           w.release.run();
@@ -930,7 +943,6 @@ class SqliteBackendImpl implements SqliteBackend {
           // cannot commit.
           broken = e2;
         }
-        req.reject(e);
         if (broken !== undefined) break;
       }
       if (!w.db.isTransaction) {
@@ -1000,15 +1012,21 @@ class SqliteBackendImpl implements SqliteBackend {
    * to look at, and a lock wait also ends by its back-off timer.
    */
   #signalCommit(): void {
+    const bell = this.#bell;
+    // Nobody else has the database open: nothing to signal (a process that opens it later
+    // reads the current state first).
+    if (bell !== undefined && bell.alone) return;
+    // The file's pulse also tells a waiting process's lock hand-off (see #yieldToWaiters) that
+    // a commit landed; the bell is the fast path for watches and lock waits.
     this.#writeRandom(this.#pulse, PULSE_OFFSET);
-    this.#bell?.ring();
+    bell?.ring();
   }
 
   /** The loopback UDP bell (see `_peer_bell.ts`), once bound. */
   #bell: PeerBell | undefined;
 
   /** Attaches the bell; its rings are handled like notify-file events. */
-  attachBell(bell: PeerBell | undefined): void {
+  attachBell(bell: PeerBell): void {
     if (this.closed) bell?.close();
     else this.#bell = bell;
   }
