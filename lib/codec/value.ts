@@ -282,6 +282,10 @@ export function encodeValue(
     if (n >= -0x1_0000_0000 && n < 0x1_0000_0000) return { bytes: smallInt(n), mutable: false };
   } else if (typeof value === "boolean") {
     return { bytes: new Uint8Array([value ? 0xf5 : 0xf4]), mutable: false };
+  } else if (value === undefined) {
+    return { bytes: new Uint8Array([0xf7]), mutable: false };
+  } else if (value === null) {
+    return { bytes: new Uint8Array([0xf6]), mutable: false };
   }
   const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false };
   const prepared = prepare(value, path, walk);

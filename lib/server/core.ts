@@ -632,13 +632,18 @@ export async function consumeStep(
   const loaded = await loadState(tx, rt);
   let state = loaded.state;
   let count = 0;
+  // The queue length moves once per batch, not once per message.
+  const done = (outcome: ConsumeOutcome): ConsumeOutcome => {
+    if (count > 0) tx.add(rt.keys.queueLength, -count);
+    return outcome;
+  };
   for (const entry of entries) {
     const m = entry.message;
     if (failing?.queueKey !== undefined && equalBytes(failing.queueKey, entry.key)) {
       // Commit the messages before it, then its failed attempt.
       writeState(tx, rt, loaded, state, effects);
       const result = await recordFailure(tx, rt, entry.key, m, failing.error, effects);
-      return count > 0 ? { kind: "processed", count } : { kind: "failed", result };
+      return done(count > 0 ? { kind: "processed", count } : { kind: "failed", result });
     }
     const from = m.kind === "call" ? { instance: m.sender, callId: m.callId! } : undefined;
     let result: HandlerResult<unknown>;
@@ -652,7 +657,7 @@ export async function consumeStep(
     }
     state = result.state;
     count++;
-    removeFromQueue(tx, rt, entry.key);
+    tx.clear(entry.key);
     if (result.kind === "reply") {
       await writeReply(tx, rt, m.callId!, { ok: true, value: result.value });
     }
@@ -663,7 +668,7 @@ export async function consumeStep(
       const event: LockedEvent = m.kind === "call"
         ? { kind: "call", name: m.name, arg: m.arg, from: from! }
         : { kind: "cast", name: m.name, arg: m.arg };
-      return { kind: "processed", count, lock: { event, state, lock } };
+      return done({ kind: "processed", count, lock: { event, state, lock } });
     }
     if (result.kind === "stop") {
       if (m.kind === "call") {
@@ -674,12 +679,12 @@ export async function consumeStep(
       }
       writeState(tx, rt, loaded, state, effects);
       effects.stopReason = result.reason;
-      return { kind: "processed", count, stopped: result.reason };
+      return done({ kind: "processed", count, stopped: result.reason });
     }
   }
   writeState(tx, rt, loaded, state, effects);
   crashPoint("handled");
-  return { kind: "processed", count };
+  return done({ kind: "processed", count });
 }
 
 /** Takes the lock for the message at `queueKey`, with the next fencing token. */
