@@ -28,6 +28,7 @@
  */
 
 import * as v from "valibot";
+import { slowArrayFreeze } from "../runtime/process.ts";
 import {
   bytesToBinaryString,
   concatBytes,
@@ -129,6 +130,7 @@ const NOT_A_COLLECTION = Symbol("not a collection");
 
 const optionsSchema = v.strictObject({
   maxValueSize: v.pipe(v.number(), v.integer(), v.minValue(64)),
+  freezeArrayLimit: v.optional(v.pipe(v.number(), v.minValue(0))),
 });
 
 /** Options of {@link createStateCodec}. */
@@ -138,6 +140,14 @@ export interface StateCodecOptions {
    * encodings are chunked over several keys. At least 64.
    */
   maxValueSize: number;
+  /**
+   * Arrays longer than this are not frozen by `freeze` (their items still are); they count as
+   * mutable containers instead, so the next diff compares them with the copy it kept. Freezing
+   * costs about 0.5 µs per element on JavaScriptCore (Bun), which made a 10,000-item change cost
+   * milliseconds there; V8 freezes cheaply.
+   * @default 1000 on Bun, unlimited elsewhere
+   */
+  freezeArrayLimit?: number;
 }
 
 /**
@@ -163,8 +173,8 @@ export interface StateCodecOptions {
  * ```
  */
 export function createStateCodec(options: StateCodecOptions): StateCodec {
-  const { maxValueSize } = parse(optionsSchema, options, "options");
-  return new Codec(maxValueSize);
+  const { maxValueSize, freezeArrayLimit } = parse(optionsSchema, options, "options");
+  return new Codec(maxValueSize, freezeArrayLimit ?? (slowArrayFreeze ? 1000 : Infinity));
 }
 
 function checkPrefix(prefix: Uint8Array): void {
@@ -203,7 +213,22 @@ class Codec implements StateCodec {
   /** Unfrozen copies of collection arrays, read instead of them by the next diff. */
   readonly shadows = new WeakMap<object, readonly unknown[]>();
 
-  constructor(readonly maxValueSize: number) {}
+  constructor(readonly maxValueSize: number, readonly freezeArrayLimit: number) {}
+
+  /**
+   * Whether `freeze` leaves array `x` unfrozen (see `freezeArrayLimit`): only collections
+   * (arrays of items with ids), whose diff reads the copy the codec keeps of them.
+   */
+  unfrozenArray(x: unknown[]): boolean {
+    if (x.length <= this.freezeArrayLimit) return false;
+    const shape = this.shapes.get(x);
+    if (shape !== undefined) return shape.kind === "collection";
+    try {
+      return this.arrayShape(x, ROOT_PATH).kind === "collection";
+    } catch {
+      return false;
+    }
+  }
 
   // ---- What kind of node a value is ----------------------------------------------------
 
@@ -259,7 +284,7 @@ class Codec implements StateCodec {
     if (cached !== undefined) return cached;
     let m: boolean;
     if (isMutableLeaf(x)) m = true;
-    else if (Array.isArray(x)) m = x.some((e) => this.isMutable(e));
+    else if (Array.isArray(x)) m = this.unfrozenArray(x) || x.some((e) => this.isMutable(e));
     else if (isPlain(x)) m = Object.values(x).some((e) => this.isMutable(e));
     else m = false;
     this.mutables.set(x, m);
@@ -388,6 +413,8 @@ class Codec implements StateCodec {
           stack.push(e);
         }
       }
+      // A long array stays unfrozen where freezing is slow; it counts as mutable instead.
+      if (Array.isArray(x) && this.unfrozenArray(x)) continue;
       Object.freeze(x);
       frozen.add(x);
     }
@@ -574,6 +601,7 @@ class Writer {
       const at = bytesToBinaryString(node);
       this.after.push(() => this.codec.placeOrder(arr, at, keys));
       this.shadow(arr);
+      mutable ||= this.codec.unfrozenArray(arr);
     }
     ancestors.delete(obj);
     this.codec.mutables.set(obj, mutable);
@@ -594,7 +622,7 @@ class Writer {
     prev: { x: unknown; bytes: Uint8Array | undefined; committed: boolean } | undefined,
     prevLength: number | "none" | "unknown",
   ): boolean {
-    const { bytes, mutable } = encodeValue(x, path, ancestors);
+    const { bytes, mutable } = encodeValue(x, path, ancestors, this.codec.freezeArrayLimit);
     const same = prev?.bytes !== undefined && equalBytes(prev.bytes, bytes);
     if (!same) this.putValue(node, bytes, prevLength);
     if (typeof x === "object" && x !== null) {
@@ -709,7 +737,26 @@ class Writer {
       if (!nextIsObject || !codec.isMutable(next)) return false;
     }
     const rel = this.rel(node);
-    const prevKind = codec.kindOf(prev, rel, path);
+    let storedShape: Shape | undefined;
+    if (prev === next && Array.isArray(next) && codec.unfrozenArray(next)) {
+      // An array freeze leaves unfrozen (freezeArrayLimit), maybe changed in place: its cached
+      // shape, order keys and copy describe what is stored; its content is measured afresh.
+      storedShape = codec.shapes.get(next);
+      codec.shapes.delete(next);
+      const old = codec.shadows.get(next);
+      if (old !== undefined && storedShape !== undefined) {
+        const copy = [...old];
+        codec.shapes.set(copy, storedShape);
+        const order = codec.orders.get(next);
+        if (order !== undefined) codec.orders.set(copy, order);
+        // This write places the array afresh (not a second store disagreeing on its keys).
+        codec.orders.delete(next);
+        prev = copy;
+      }
+    }
+    const prevKind = storedShape !== undefined
+      ? kindAt(storedShape, rel)
+      : codec.kindOf(prev, rel, path);
     if (prevKind === "record" && isPlain(next) && codec.kindOf(next, rel, path) === "record") {
       return this.diffRecord(node, prev as Record<string, unknown>, next, path, ancestors);
     }
@@ -863,6 +910,8 @@ class Writer {
     for (let j = from; j < to; j++) visit(j);
     // Unvisited items are identical and hold no mutable container (those were touched).
     ancestors.delete(next);
+    // A long array left unfrozen (see freezeArrayLimit) can change in place: never skip it.
+    mutable ||= codec.unfrozenArray(next);
     codec.mutables.set(next, mutable);
     this.after.push(() => codec.placeOrder(next, at, keys));
     this.shadow(next);
@@ -1048,7 +1097,8 @@ class Reader {
       this.fail("an item has no place in the order", itemKey(key, id));
     }
     this.codec.shapes.set(out, { kind: out.length > 0 ? "collection" : "value", seg });
-    this.codec.mutables.set(out, mutable);
+    // An array freeze will leave unfrozen can change in place: never skip it in a diff.
+    this.codec.mutables.set(out, mutable || this.codec.unfrozenArray(out));
     this.codec.placeOrder(out, bytesToBinaryString(key), keys);
     this.codec.shadows.set(out, out.slice());
     return out;

@@ -156,6 +156,8 @@ interface Walk {
   readonly ancestors: Set<object>;
   /** Whether a mutable leaf container was met. */
   mutable: boolean;
+  /** Arrays longer than this count as mutable containers. */
+  readonly mutableArrayLength: number;
 }
 
 /** Turns a value into what `cbor-x` writes exactly as the table above says. */
@@ -182,6 +184,8 @@ function prepare(v: unknown, path: ValuePath, walk: Walk): unknown {
   if (walk.ancestors.has(v)) cycle(path);
   const proto = Object.getPrototypeOf(v);
   if (proto === Array.prototype && Array.isArray(v)) {
+    // A long array left unfrozen (the state codec's freezeArrayLimit) can change in place.
+    if (v.length > walk.mutableArrayLength) walk.mutable = true;
     walk.ancestors.add(v);
     const out = new Array<unknown>(v.length);
     for (let i = 0; i < v.length; i++) {
@@ -271,6 +275,7 @@ export function encodeValue(
   value: unknown,
   path: ValuePath,
   ancestors?: Set<object>,
+  mutableArrayLength = Infinity,
 ): EncodedValue {
   // Small integers and booleans are most of what a state's leaves hold: write their CBOR
   // (RFC 8949 §3.1, shortest form, exactly what cbor-x writes) without the encoder's buffers.
@@ -287,7 +292,7 @@ export function encodeValue(
   } else if (value === null) {
     return { bytes: new Uint8Array([0xf6]), mutable: false };
   }
-  const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false };
+  const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false, mutableArrayLength };
   const prepared = prepare(value, path, walk);
   // cbor-x returns a view of its reusable buffer (a Buffer): copy it into a plain array.
   return { bytes: new Uint8Array(encoder.encode(prepared)), mutable: walk.mutable };

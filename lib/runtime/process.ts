@@ -51,3 +51,4 @@ export function cwd(): string {
   if (d !== undefined) return d.cwd();
   return (globalThis as { process?: { cwd(): string } }).process?.cwd() ?? ".";
 }
+export const slowArrayFreeze: boolean = runtimeName === "bun";

@@ -132,10 +132,13 @@ export interface Bench {
 }
 
 /** Opens a {@link Bench}. */
-export async function openBench(maxValueSize = 100_000): Promise<Bench> {
+export async function openBench(
+  maxValueSize = 100_000,
+  freezeArrayLimit?: number,
+): Promise<Bench> {
   const backend = openMemoryBackend();
   const tenant = await openTenant(backend, "codec");
-  const codec = createStateCodec({ maxValueSize });
+  const codec = createStateCodec({ maxValueSize, freezeArrayLimit });
   const prefix = pack(["server", "s"]);
   const bench: Bench = {
     tenant,
@@ -150,7 +153,7 @@ export async function openBench(maxValueSize = 100_000): Promise<Bench> {
       bench.prev = { found: true, state: next };
       return { stats, counts };
     },
-    get(c = createStateCodec({ maxValueSize })) {
+    get(c = createStateCodec({ maxValueSize, freezeArrayLimit })) {
       return tenant.transact((tx) => c.read(tx, prefix));
     },
     async rows() {
