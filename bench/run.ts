@@ -22,7 +22,6 @@ import { join, resolve } from "node:path";
 import process from "node:process";
 import { DatabaseSync } from "node:sqlite";
 import {
-  type Backend,
   defineServer,
   noreply,
   openMemoryBackend,

@@ -12,7 +12,6 @@ import { compareBytes, strinc } from "../bytes.ts";
 import {
   CallTimeoutError,
   CodecError,
-  ConflictError,
   DeadLetterError,
   DGenError,
   LockLostError,
