@@ -148,33 +148,39 @@ function actionsFor(id: string) {
  * The crash-point sweep's server: `step` (cast, or call replying the log length) appends its id
  * and has two actions, each appending a line to the side-effect file; `slow` takes the lock,
  * and `handleLocked` appends a side-effect line (idempotent by its key) before its write-back
- * appends the id.
+ * appends the id (with an action, `done`). For the model's sake, handlers also append a `run`
+ * line each time they run: real handlers must be pure; these lines only count the runs.
  */
 export const Sweep = defineServer({
   name: "sweep",
   init: (): SweepState => ({ log: [], locked: {} }),
   handleCall: {
     step: (id: string, _from, s: SweepState, ctx) => {
+      effect(`${id} run`);
       mark(ctx, id);
       return reply(s.log.length + 1, { ...s, log: [...s.log, { id }] }, actionsFor(id));
     },
     slow: (id: string, _from, s: SweepState, ctx) => {
+      effect(`${id} run`);
       mark(ctx, `${id}/lock`);
       return lock({ ...s, locked: { ...s.locked, [id]: true as const } });
     },
   },
   handleCast: {
     step: (id: string, s: SweepState, ctx) => {
+      effect(`${id} run`);
       mark(ctx, id);
       return noreply({ ...s, log: [...s.log, { id }] }, actionsFor(id));
     },
     slow: (id: string, s: SweepState, ctx) => {
+      effect(`${id} run`);
       mark(ctx, `${id}/lock`);
       return lock({ ...s, locked: { ...s.locked, [id]: true as const } });
     },
   },
   handleLocked: (event, s: SweepState) => {
     const id = event.arg as string;
+    effect(`${id} locked-run`);
     sweepEnv.point("locked-before", id);
     effect(`${id} locked-effect`);
     sweepEnv.point("locked-after", id);

@@ -195,7 +195,11 @@ async function sweepConsumer(): Promise<void> {
   }
   const backend = await openSqliteBackend({ path: path! });
   const tenant = await openTenant(backend, "faults");
-  const ref = await start(Sweep, [], { tenant, lockLease: params.lockLease ?? 1_000 });
+  const ref = await start(Sweep, [], {
+    tenant,
+    lockLease: params.lockLease ?? 1_000,
+    deadLetterThreshold: params.deadLetterThreshold ?? 5,
+  });
   out({ ready: true, pid: process.pid, instance: ref.instance });
   await ref.stopped;
   await backend.close();
