@@ -16,8 +16,9 @@
  * - `stale-consumer` `{ lockLease, hold, file }`: a consuming Stale instance whose handleLocked
  *   prints `{"entered":id}` and then takes `hold` ms (a timer: a SIGSTOPped process misses its
  *   lease); prints `{"lockLost":n}` whenever its `stats.lockLost` changes.
- * - `poison-consumer` `{ threshold }`: a consuming Poison instance; prints `{"deadLetter":…}`
- *   from handleDeadLetter and `{"attempt":arg}` for every failed run.
+ * - `poison-consumer` `{ threshold, dieAt? }`: a consuming Poison instance; prints
+ *   `{"deadLetter":…}` from handleDeadLetter and `{"attempt":arg}` for every failed run; dies
+ *   (SIGKILL) on the `dieAt`-th run of a poison message.
  * - `sqlite-writer` `{ concurrency }`: checks the file (`PRAGMA integrity_check`, counter equals
  *   log length, log keys 1..counter), prints `{"checked":…}`, then runs tight write
  *   transactions (counter + 1 and a log entry, one transaction each), printing
@@ -60,30 +61,6 @@ function out(line: Record<string, unknown>): void {
 function die(): never {
   process.kill(process.pid, "SIGKILL");
   throw new Error("unreachable: SIGKILL did not kill");
-}
-
-switch (role) {
-  case "nem-consumer":
-    await nemConsumer();
-    break;
-  case "nem-client":
-    await nemClient();
-    break;
-  case "sweep-consumer":
-    await sweepConsumer();
-    break;
-  case "stale-consumer":
-    await staleConsumer();
-    break;
-  case "poison-consumer":
-    await poisonConsumer();
-    break;
-  case "sqlite-writer":
-    await sqliteWriter();
-    break;
-  default:
-    console.error(`unknown role ${role}`);
-    process.exit(2);
 }
 
 async function nemConsumer(): Promise<void> {
@@ -248,7 +225,12 @@ async function staleConsumer(): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 
-/** The poison test's server: `rec` appends, except that `poison` always throws. */
+let poisonRuns = 0;
+
+/**
+ * The poison test's server: `rec` appends, except that `poison…` always throws (and, with
+ * `dieAt`, SIGKILLs the process on that run instead, before its failure is recorded).
+ */
 const Poison = defineServer({
   name: "poison",
   init: () => ({ applied: [] as string[] }),
@@ -256,6 +238,7 @@ const Poison = defineServer({
     rec: (arg: string, s: { applied: string[] }) => {
       if (arg.startsWith("poison")) {
         out({ attempt: arg, pid: process.pid });
+        if (++poisonRuns === params.dieAt) die();
         throw new Error(`${arg} always fails`);
       }
       return noreply({ applied: [...s.applied, arg] });
@@ -327,4 +310,29 @@ async function sqliteWriter(): Promise<void> {
   };
   out({ writing: true });
   await Promise.all(Array.from({ length: params.concurrency ?? 4 }, worker));
+}
+
+// Dispatch last: the definitions above must be initialized first.
+switch (role) {
+  case "nem-consumer":
+    await nemConsumer();
+    break;
+  case "nem-client":
+    await nemClient();
+    break;
+  case "sweep-consumer":
+    await sweepConsumer();
+    break;
+  case "stale-consumer":
+    await staleConsumer();
+    break;
+  case "poison-consumer":
+    await poisonConsumer();
+    break;
+  case "sqlite-writer":
+    await sqliteWriter();
+    break;
+  default:
+    console.error(`unknown role ${role}`);
+    process.exit(2);
 }
