@@ -133,7 +133,9 @@ export async function runNemesis(o: NemesisOptions): Promise<NemesisRun> {
     {
       const backend = await openSqliteBackend({ path });
       const tenant = await openTenant(backend, "faults");
-      for (const id of counters) await (await start(NemCounter, [], { tenant, id, consume: false })).stop();
+      for (const id of counters) {
+        await (await start(NemCounter, [], { tenant, id, consume: false })).stop();
+      }
       for (const id of registers) {
         await (await start(NemRegister, [], { tenant, id, consume: false })).stop();
       }
@@ -379,7 +381,9 @@ export function checkExactlyOnce(history: HistoryEvent[], applied: Map<string, n
     total += n;
   }
   for (const [id, o] of outcome) {
-    if (o === "ok") assert.equal(applied.get(id), 1, `acknowledged ${id} applied ${applied.get(id) ?? 0} times`);
+    if (o === "ok") {
+      assert.equal(applied.get(id), 1, `acknowledged ${id} applied ${applied.get(id) ?? 0} times`);
+    }
   }
   return total;
 }
@@ -394,7 +398,11 @@ export function checkExactlyOnce(history: HistoryEvent[], applied: Map<string, n
  * call did so before its client died or gave up, and a queued one (if enqueued, it was by then)
  * before any later-invoked call returned.
  */
-export function checkKey(history: HistoryEvent[], key: string, model: "counter" | "register"): number {
+export function checkKey(
+  history: HistoryEvent[],
+  key: string,
+  model: "counter" | "register",
+): number {
   const invokes = new Map<string, HistoryEvent & { ev: "invoke" }>();
   const ends = new Map<string, HistoryEvent>();
   for (const e of history) {
@@ -410,7 +418,9 @@ export function checkKey(history: HistoryEvent[], key: string, model: "counter" 
     .map((i) => ({ call: i.t, ret: ends.get(i.id)!.t }))
     .sort((a, b) => a.call - b.call);
   const suffixMin = new Array<number>(calls.length + 1).fill(Infinity);
-  for (let i = calls.length - 1; i >= 0; i--) suffixMin[i] = Math.min(calls[i]!.ret, suffixMin[i + 1]!);
+  for (let i = calls.length - 1; i >= 0; i--) {
+    suffixMin[i] = Math.min(calls[i]!.ret, suffixMin[i + 1]!);
+  }
   const bound = (t: number): number => {
     let lo = 0, hi = calls.length;
     while (lo < hi) {

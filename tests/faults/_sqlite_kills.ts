@@ -45,7 +45,11 @@ export async function runSqliteKills(
   };
   for (let i = 0; i <= o.kills; i++) {
     const runtime: Runtime = random() < 0.5 ? "deno" : "bun";
-    const child = new Child(runtime, SCRIPT, [path, "sqlite-writer", JSON.stringify({ concurrency: 4 })]);
+    const child = new Child(runtime, SCRIPT, [
+      path,
+      "sqlite-writer",
+      JSON.stringify({ concurrency: 4 }),
+    ]);
     try {
       const checked = await child.next((d) => d.checked === true, 60_000, "writer check");
       check(checked.data, i);
@@ -80,5 +84,10 @@ export async function runSqliteKills(
   } finally {
     db.close();
   }
-  return { kills: o.kills, midWrite, finalCounter: last, seconds: (performance.now() - started) / 1000 };
+  return {
+    kills: o.kills,
+    midWrite,
+    finalCounter: last,
+    seconds: (performance.now() - started) / 1000,
+  };
 }

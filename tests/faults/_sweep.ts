@@ -78,7 +78,9 @@ export async function runSweep(
       if (i % 2 === 0) await sender.cast(name, id);
       else {
         calls.push(
-          sender.call(name, id, { timeout: Infinity }).then((r) => [id, r as number] as [string, number]),
+          sender.call(name, id, { timeout: Infinity }).then((r) =>
+            [id, r as number] as [string, number]
+          ),
         );
       }
     }
@@ -159,7 +161,11 @@ export async function runSweep(
         secondActionLost: point === "between-actions" ? o.kills : 0,
       };
       assert.deepEqual(
-        { extraRuns: out.extraRuns, actionsLost: out.actionsLost, secondActionLost: out.secondActionLost },
+        {
+          extraRuns: out.extraRuns,
+          actionsLost: out.actionsLost,
+          secondActionLost: out.secondActionLost,
+        },
         expect,
         `${point}: handler runs and actions`,
       );

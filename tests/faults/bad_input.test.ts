@@ -61,7 +61,8 @@ const Subject = defineServer({
     setN: (n: number, _from, s: State) => reply(n, { ...s, n }),
     broken: (_: undefined, _from, s: State) => reply(42 as unknown as string, s),
     badState: (_: undefined, _from, s: State) => reply(1, { ...s, n: "x" as unknown as number }),
-    fnState: (_: undefined, _from, s: State) => reply(1, { ...s, extra: { f: () => 1 } }),
+    fnState: (_: undefined, _from, s: State) =>
+      reply(1, { ...s, extra: { f: () => 1 } } as unknown as State),
     fnReply: (_: undefined, _from, s: State) => reply(() => 1, s),
     bigState: (_: undefined, _from, s: State) =>
       reply(1, { ...s, items: [{ id: "x".repeat(1_500_000), v: 1 }] }),
@@ -136,7 +137,7 @@ async function firstKey(env: Env, prefix: Uint8Array, end: Uint8Array): Promise<
   return rows[0]!.key;
 }
 
-async function corrupt(env: Env, key: Uint8Array, value = garbage): Promise<void> {
+async function corrupt(env: Env, key: Uint8Array, value: Uint8Array = garbage): Promise<void> {
   await env.backend.transact((tx) => tx.set(key, value));
 }
 
@@ -191,7 +192,7 @@ const cases: Case[] = [
   },
   {
     area: "options",
-    input: "`openSqliteBackend({ path: \":memory:\" })`",
+    input: '`openSqliteBackend({ path: ":memory:" })`',
     error: "ValidationError",
     code: "validation",
     names: "options.path",
@@ -199,7 +200,7 @@ const cases: Case[] = [
   },
   {
     area: "options",
-    input: "`openSqliteBackend` with `synchronous: \"sometimes\"`",
+    input: '`openSqliteBackend` with `synchronous: "sometimes"`',
     error: "ValidationError",
     code: "validation",
     names: "options.synchronous",
@@ -275,7 +276,7 @@ const cases: Case[] = [
   },
   {
     area: "options",
-    input: "`sandboxOpen(\"../x\", \"t\")` (a path, not a file name)",
+    input: '`sandboxOpen("../x", "t")` (a path, not a file name)',
     error: "ValidationError",
     code: "validation",
     names: "db",
@@ -283,7 +284,7 @@ const cases: Case[] = [
   },
   {
     area: "options",
-    input: "`openTenant({}, \"t\")` (not a backend)",
+    input: '`openTenant({}, "t")` (not a backend)',
     error: "ValidationError",
     code: "validation",
     names: "backend",
@@ -327,7 +328,7 @@ const cases: Case[] = [
     error: "ValidationError",
     code: "validation",
     names: "definition",
-    act: (e) => start({ name: "x", init: () => 0 } as never, [], { tenant: e.tenant }),
+    act: (e) => start({ name: "x", init: () => 0 } as never, [] as never, { tenant: e.tenant }),
   },
   {
     area: "options",
@@ -363,7 +364,7 @@ const cases: Case[] = [
   },
   {
     area: "options",
-    input: "`start` with `consume: \"yes\"`",
+    input: '`start` with `consume: "yes"`',
     error: "ValidationError",
     code: "validation",
     names: "options.consume",
@@ -387,7 +388,7 @@ const cases: Case[] = [
   },
   {
     area: "options",
-    input: "`call(name, arg, { timeout: \"5s\" })`",
+    input: '`call(name, arg, { timeout: "5s" })`',
     error: "ValidationError",
     code: "validation",
     names: "options.timeout",
@@ -440,7 +441,7 @@ const cases: Case[] = [
     error: "ValidationError",
     code: "validation",
     names: "name",
-    act: (e) => e.ref.call("nope" as never),
+    act: (e) => e.ref.call("nope" as never, undefined as never),
   },
   {
     area: "messages",
@@ -448,7 +449,7 @@ const cases: Case[] = [
     error: "ValidationError",
     code: "validation",
     names: "name",
-    act: (e) => e.ref.cast("nope" as never),
+    act: (e) => e.ref.cast("nope" as never, undefined as never),
   },
   {
     area: "messages",
@@ -540,7 +541,7 @@ const cases: Case[] = [
     error: "ValidationError",
     code: "validation",
     names: "name",
-    act: (e) => e.ref.priorityCall("nope" as never),
+    act: (e) => e.ref.priorityCall("nope" as never, undefined as never),
   },
   {
     area: "messages",
@@ -575,7 +576,7 @@ const cases: Case[] = [
   },
   {
     area: "messages",
-    input: "`deadLetters.requeue(\"zz\")` (not a key from `list()`)",
+    input: '`deadLetters.requeue("zz")` (not a key from `list()`)',
     error: "ValidationError",
     code: "validation",
     names: "key",
@@ -705,7 +706,7 @@ const cases: Case[] = [
   },
   {
     area: "keys",
-    input: "`openTenant(backend, \"a//b\")` (empty segment)",
+    input: '`openTenant(backend, "a//b")` (empty segment)',
     error: "ValidationError",
     code: "validation",
     names: 'name (segment 2 of "a//b")',
@@ -766,7 +767,8 @@ const cases: Case[] = [
   },
   {
     area: "stored data",
-    input: "garbage bytes in a queued message, met by a consuming instance (reported, left in place)",
+    input:
+      "garbage bytes in a queued message, met by a consuming instance (reported, left in place)",
     error: "CodecError",
     code: "codec",
     names: K("q"),
@@ -777,7 +779,8 @@ const cases: Case[] = [
     act: async (e) => {
       const logged: unknown[] = [];
       const error = console.error;
-      console.error = (...args: unknown[]) => void logged.push(args.find((a) => a instanceof Error));
+      console.error = (...args: unknown[]) =>
+        void logged.push(args.find((a) => a instanceof Error));
       const consumer = await start(Subject, [], { tenant: e.tenant });
       try {
         await waitFor(() => logged.length > 0, 5_000, "the consumer did not report");
@@ -970,7 +973,9 @@ async function dump(backend: Backend, [begin, end]: [Uint8Array, Uint8Array]): P
 }
 
 function describeError(e: unknown): string {
-  return e instanceof Error ? `${e.constructor.name}(${(e as { code?: string }).code}): ${e.message}` : String(e);
+  return e instanceof Error
+    ? `${e.constructor.name}(${(e as { code?: string }).code}): ${e.message}`
+    : String(e);
 }
 
 /** Checks an error against what the case expects. */
@@ -1004,7 +1009,13 @@ describe("bad-input catalogue: each input fails clearly, and nothing is written"
       const backend = openMemoryBackend({ limits: { maxTransactionSize: 1_000_000 } });
       const tenant = await openTenant(backend, "bad");
       const ref = await start(Subject, [], { tenant, consume: false, cache: false });
-      const env: Env = { backend, tenant, keys: new ServerKeys("subject", tenant.prefix), ref, dir };
+      const env: Env = {
+        backend,
+        tenant,
+        keys: new ServerKeys("subject", tenant.prefix),
+        ref,
+        dir,
+      };
       try {
         if (c.dashboard) env.dashboard = await serveDashboard({ tenants: [tenant], token: TOKEN });
         await c.setup?.(env);

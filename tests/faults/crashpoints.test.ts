@@ -20,15 +20,19 @@ import { testSeed } from "./_seed.ts";
 const skip = missingRuntimes();
 const KILLS = Number(process.env.DGEN_SWEEP_KILLS ?? 3);
 
-describe("crash-point sweep (SIGKILL at each point, restart, compare with the model)", { skip }, () => {
-  const dir = mkdtempSync(join(tmpdir(), "dgen-sweep-"));
-  after(() => rmSync(dir, { recursive: true, force: true }));
-  const seed = skip ? 0 : testSeed("crash-point sweep");
-  for (const [i, point] of SWEEP_POINTS.entries()) {
-    it(`dies ${KILLS} times at '${point}' and recovers as the model says`, async () => {
-      const out = await runSweep(point, { seed: seed + i, kills: KILLS, dir });
-      console.log(`sweep '${point}' (seed ${seed + i}): ${JSON.stringify(out)}`);
-      assert.equal(out.kills, KILLS);
-    });
-  }
-});
+describe(
+  "crash-point sweep (SIGKILL at each point, restart, compare with the model)",
+  { skip },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), "dgen-sweep-"));
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    const seed = skip ? 0 : testSeed("crash-point sweep");
+    for (const [i, point] of SWEEP_POINTS.entries()) {
+      it(`dies ${KILLS} times at '${point}' and recovers as the model says`, async () => {
+        const out = await runSweep(point, { seed: seed + i, kills: KILLS, dir });
+        console.log(`sweep '${point}' (seed ${seed + i}): ${JSON.stringify(out)}`);
+        assert.equal(out.kills, KILLS);
+      });
+    }
+  },
+);

@@ -87,7 +87,9 @@ async function nemClient(): Promise<void> {
   const backend = await openSqliteBackend({ path: path! });
   const tenant = await openTenant(backend, "faults");
   const counters = await Promise.all(
-    (params.counters as string[]).map((id) => start(NemCounter, [], { tenant, id, consume: false })),
+    (params.counters as string[]).map((id) =>
+      start(NemCounter, [], { tenant, id, consume: false })
+    ),
   );
   const registers = await Promise.all(
     (params.registers as string[]).map((id) =>
@@ -189,7 +191,7 @@ const Stale = defineServer({
   name: "stale",
   init: () => ({ done: [] as string[], n: 0 }),
   handleCast: {
-    job: (id: string, s: { done: string[]; n: number }) => lock(s),
+    job: (_id: string, s: { done: string[]; n: number }) => lock(s),
     bump: (_id: string, s: { done: string[]; n: number }) => noreply({ ...s, n: s.n + 1 }),
   },
   handleCall: {

@@ -185,7 +185,9 @@ describe("linearizability checker: generated histories", () => {
    * Simulates clients running operations on an atomic counter: each operation takes effect at
    * one instant strictly inside its window, so the history is linearizable by construction.
    */
-  function simulate(steps: Array<{ by: number; read: boolean; start: number; len: number; at: number }>) {
+  function simulate(
+    steps: Array<{ by: number; read: boolean; start: number; len: number; at: number }>,
+  ) {
     const ops = steps.map((s, i) => {
       const call = s.start;
       const ret = s.start + s.len + 1;

@@ -36,9 +36,7 @@ describe("nemesis: SIGKILL and SIGSTOP of consumers and clients on SQLite", { sk
 
     // The checks are not vacuous: each mutation of the real history must be caught.
     const history = run.history;
-    const invokes = history.filter((e): e is HistoryEvent & { ev: "invoke" } =>
-      e.ev === "invoke"
-    );
+    const invokes = history.filter((e): e is HistoryEvent & { ev: "invoke" } => e.ev === "invoke");
     const outcome = new Map(history.filter((e) => e.ev !== "invoke").map((e) => [e.id, e]));
     const okOf = (path: string, f: string, key: (k: string) => boolean) =>
       invokes.find((i) =>
@@ -58,18 +56,17 @@ describe("nemesis: SIGKILL and SIGSTOP of consumers and clients on SQLite", { sk
 
     // A counter read that returns an impossible value.
     const read = okOf("call", "read", isCounter);
-    const badRead = history.map((e) =>
-      e.ev === "ok" && e.id === read.id ? { ...e, value: -1 } : e
-    );
+    const badRead = history.map((e) => e.ev === "ok" && e.id === read.id ? { ...e, value: -1 } : e);
     assert.throws(() => checkKey(badRead, read.key, "counter"), /not linearizable/);
 
     // A register read that sees a write invoked only after the read returned.
     const rread = invokes.find((i) => {
       if (!isRegister(i.key) || i.f !== "read" || i.path === "cast") return false;
       const end = outcome.get(i.id);
-      return end?.ev === "ok" && invokes.some((w) =>
-        w.key === i.key && w.f === "write" && w.t > end.t + 10 && outcome.get(w.id)?.ev === "ok"
-      );
+      return end?.ev === "ok" &&
+        invokes.some((w) =>
+          w.key === i.key && w.f === "write" && w.t > end.t + 10 && outcome.get(w.id)?.ev === "ok"
+        );
     })!;
     const readEnd = outcome.get(rread.id)!;
     const future = invokes.find((w) =>

@@ -109,7 +109,12 @@ describe("a poison message on SQLite, across processes", { skip }, () => {
     const letters = await sender.deadLetters.list();
     assert.deepEqual(
       letters.map((l) => [l.kind, l.arg, l.attempts, l.error.code]),
-      [["cast", "poison-cast", THRESHOLD, "handler"], ["call", "poison-call", THRESHOLD, "handler"]],
+      [["cast", "poison-cast", THRESHOLD, "handler"], [
+        "call",
+        "poison-call",
+        THRESHOLD,
+        "handler",
+      ]],
     );
     assert.match(letters[0]!.error.message, /poison-cast always fails/);
     // The attempts were made in both processes.

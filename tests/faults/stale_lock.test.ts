@@ -17,7 +17,6 @@ import {
   openSqliteBackend,
   openTenant,
   readServerView,
-  reply,
   start,
 } from "../../mod.ts";
 import { Child, missingRuntimes, type Runtime, testScript } from "../_processes.ts";

@@ -13,7 +13,6 @@ import process from "node:process";
 import {
   type Backend,
   CommitUnknownResultError,
-  DeadLetterError,
   defineServer,
   lock,
   noreply,
@@ -64,7 +63,7 @@ function ucServer() {
         mark(ctx, id);
         return reply(s.log.length + 1, append(s, id), [act(id)]);
       },
-      slow: (id: string, _from, s: UcState) => lock(s),
+      slow: (_id: string, _from, s: UcState) => lock(s),
       len: (_: undefined, _from, s: UcState) => reply(s.log.length, s),
     },
     handleCast: {
@@ -72,8 +71,8 @@ function ucServer() {
         mark(ctx, id);
         return noreply(append(s, id), [act(id)]);
       },
-      slow: (id: string, s: UcState) => lock(s),
-      poison: (id: string, s: UcState) => {
+      slow: (_id: string, s: UcState) => lock(s),
+      poison: (id: string, _s: UcState) => {
         runs.set(id, (runs.get(id) ?? 0) + 1);
         throw new Error(`${id} always fails`);
       },
@@ -113,7 +112,9 @@ async function checkOnce(
   assert.equal(new Set(logged).size, logged.length, `an id logged twice: ${logged.join(",")}`);
   assert.deepEqual([...logged].sort(), [...ids].sort(), "every message applied");
   const applied = await readApplied(tenant);
-  for (const id of marked) assert.equal(applied.get(id), 1, `${id} applied ${applied.get(id)} times`);
+  for (const id of marked) {
+    assert.equal(applied.get(id), 1, `${id} applied ${applied.get(id)} times`);
+  }
   for (const [id, n] of s.actions) assert.ok(n <= 1, `actions of ${id} ran ${n} times`);
   return state;
 }
@@ -272,7 +273,10 @@ for (const b of backends) {
               const id = `w${w}-${i}`;
               ids.push(id);
               if (i % 2 === 0) await sender.cast("slow", id);
-              else replies.set(id, await [a, c, sender][w]!.call("slow", id, { timeout: Infinity }));
+              else {
+                const r = await [a, c, sender][w]!.call("slow", id, { timeout: Infinity });
+                replies.set(id, r as number);
+              }
             }
           })),
           60_000,
@@ -406,7 +410,8 @@ for (const b of backends) {
       // The consume transaction that takes the lock commits, but reports "unknown".
       const fired = held.arm(
         Promise.resolve(),
-        (r) => (r as { kind?: string; lock?: unknown })?.kind === "processed" &&
+        (r) =>
+          (r as { kind?: string; lock?: unknown })?.kind === "processed" &&
           (r as { lock?: unknown }).lock !== undefined,
       );
       await sender.cast("slow", "x");
