@@ -130,6 +130,14 @@ describe("linearizability checker: counter", () => {
     assert.ok(v.explored < 100_000, `explored ${v.explored}`);
   });
 
+  it("checks a long history with bounded concurrency in near-linear work", () => {
+    // 20,000 adds, each overlapping its neighbours, observed in invocation order.
+    const ops = Array.from({ length: 20_000 }, (_, i) => add(`a${i}`, 1, i, i + 2.5, i + 1));
+    const v = counter([...ops, read("r", 30_000, 30_001, 20_000)]);
+    assert.equal(v.ok, true);
+    assert.ok(v.explored < 200_000, `explored ${v.explored}`);
+  });
+
   it("says it cannot decide when the budget runs out", () => {
     const ops = Array.from({ length: 12 }, (_, i) => add(`a${i}`, 1, 0, 100));
     assert.throws(

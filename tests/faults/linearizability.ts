@@ -75,8 +75,19 @@ class Bits {
   clear(i: number): void {
     this.words[i >>> 5]! &= ~(1 << (i & 31));
   }
+  /**
+   * Identifies the set. Operations take effect roughly in history order, so a set is mostly a
+   * run of full words, a short ragged window and then zero words: only the window is spelled
+   * out (keys stay short and memory bounded on long histories).
+   */
   key(): string {
-    return String.fromCharCode(...new Uint16Array(this.words.buffer));
+    const w = this.words;
+    let lo = 0;
+    while (lo < w.length && w[lo] === 0xffffffff) lo++;
+    let hi = w.length;
+    while (hi > lo && w[hi - 1] === 0) hi--;
+    const window = new Uint16Array(w.buffer, lo * 4, (hi - lo) * 2);
+    return lo.toString(36) + ":" + String.fromCharCode(...window);
   }
 }
 

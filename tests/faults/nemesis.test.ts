@@ -20,7 +20,7 @@ const OPS = Number(process.env.DGEN_NEMESIS_OPS ?? 5_000);
 describe("nemesis: SIGKILL and SIGSTOP of consumers and clients on SQLite", { skip }, () => {
   it("applies every acknowledged operation exactly once, and every history is linearizable", async () => {
     const seed = testSeed("nemesis");
-    const run = await runNemesis({ seed, ops: OPS, faultEvery: [120, 500], log: console.log });
+    const run = await runNemesis({ seed, ops: OPS, faultEvery: [200, 700], log: console.log });
     const f = run.figures;
     console.log(
       `nemesis (seed ${seed}): ${f.ops} ops (${f.ok} ok, ${f.fail} fail, ${f.unknown} unknown), ` +
