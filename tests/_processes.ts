@@ -51,6 +51,8 @@ export class Child {
   #stdout = "";
   /** Set once the process has exited and its output is fully read. */
   #ended = false;
+  /** Set once the process has exited (its output may still be arriving). */
+  #exited = false;
   /** Resolves once the process has exited and its pipes are closed. */
   readonly closed: Promise<number | null>;
 
@@ -65,6 +67,7 @@ export class Child {
       stdio: ["pipe", "pipe", "inherit"],
       env: { ...process.env, NO_COLOR: "1" },
     });
+    this.#proc.on("exit", () => this.#exited = true);
     this.closed = new Promise((resolve) =>
       this.#proc.on("close", (code) => {
         this.#ended = true;
@@ -124,16 +127,23 @@ export class Child {
 
   /** Kills the child (SIGKILL) if it still runs, and waits until it has gone. */
   async kill(): Promise<void> {
-    if (this.#proc.exitCode === null && this.#proc.signalCode === null) {
-      this.#proc.kill("SIGKILL");
-    }
+    this.signal("SIGKILL");
     this.#proc.stdin?.destroy();
     await this.closed;
   }
 
-  /** Sends a signal (e.g. `"SIGSTOP"`, `"SIGCONT"`) if the child still runs. */
-  signal(sig: "SIGSTOP" | "SIGCONT" | "SIGTERM"): void {
-    if (this.#proc.exitCode === null && this.#proc.signalCode === null) this.#proc.kill(sig);
+  /**
+   * Sends a signal (e.g. `"SIGSTOP"`, `"SIGCONT"`) if the child still runs. Through
+   * `process.kill`: Deno's `ChildProcess.kill` records the first signal as the exit signal and
+   * refuses to send any other (a SIGSTOPped child could never be continued or killed).
+   */
+  signal(sig: "SIGSTOP" | "SIGCONT" | "SIGTERM" | "SIGKILL"): void {
+    if (this.#exited || this.#ended || this.#proc.pid === undefined) return;
+    try {
+      process.kill(this.#proc.pid, sig);
+    } catch {
+      // It exited between the check and the signal.
+    }
   }
 
   /** The OS process id. */
@@ -143,7 +153,7 @@ export class Child {
 
   /** Whether the process has exited. */
   get exited(): boolean {
-    return this.#ended || this.#proc.exitCode !== null || this.#proc.signalCode !== null;
+    return this.#ended || this.#exited;
   }
 }
 

@@ -120,8 +120,13 @@ export class HandlerFailure extends Error {
    *
    * @param queueKey The failing message's queue key (undefined for inline and priority).
    * @param error The underlying error.
+   * @param attempts The message's attempt count when it failed (to record the failure once).
    */
-  constructor(readonly queueKey: Uint8Array | undefined, readonly error: unknown) {
+  constructor(
+    readonly queueKey: Uint8Array | undefined,
+    readonly error: unknown,
+    readonly attempts?: number,
+  ) {
     super(error instanceof Error ? error.message : String(error), { cause: error });
   }
 }
@@ -613,7 +618,9 @@ export async function consumeStep(
 ): Promise<ConsumeOutcome> {
   const held = await readLock(tx, rt);
   if (held !== undefined) {
-    if (held.holder !== rt.instance && isExpired(held)) {
+    // Our own lock too: one taken by an attempt whose commit result was unknown runs nowhere
+    // (`isExpired` never expires a lock this instance is running).
+    if (isExpired(held)) {
       await takeOver(tx, rt, held, effects);
       return { kind: "expired", lock: held };
     }
@@ -642,6 +649,11 @@ export async function consumeStep(
     if (failing?.queueKey !== undefined && equalBytes(failing.queueKey, entry.key)) {
       // Commit the messages before it, then its failed attempt.
       writeState(tx, rt, loaded, state, effects);
+      if (failing.attempts !== undefined && m.attempts !== failing.attempts) {
+        // Already recorded, by an attempt of this transaction whose commit result was unknown
+        // (or by another consumer that failed it too): count it once.
+        return count > 0 ? { kind: "processed", count } : { kind: "failed", result: "retry" };
+      }
       const result = await recordFailure(tx, rt, entry.key, m, failing.error, effects);
       return done(count > 0 ? { kind: "processed", count } : { kind: "failed", result });
     }
@@ -653,7 +665,7 @@ export async function consumeStep(
       result = await runHandler(rt, tx, m.kind, m.name, m.arg, from, state, "standard");
       checkState(rt, result.state);
     } catch (e) {
-      throw new HandlerFailure(entry.key, e);
+      throw new HandlerFailure(entry.key, e, m.attempts);
     }
     state = result.state;
     count++;

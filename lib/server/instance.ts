@@ -962,6 +962,9 @@ class Instance {
         }
         if (outcome.kind === "locked") this.#track(this.#runLocked(outcome.work));
         watch = outcome.watch;
+        // After a retry, an earlier attempt may have committed and the reply may have landed
+        // before this attempt's watch was made: such a watch would never fire.
+        checkFirst = r.attempts > 1;
       } catch (e) {
         if (!(e instanceof HandlerFailure)) throw e;
         // Same outcome as on the queue: the message is queued with one failed attempt.
@@ -981,6 +984,7 @@ class Instance {
         return tx.watch(rt.keys.reply(m.callId!));
       });
       watch = r.value;
+      checkFirst = r.attempts > 1; // as above: the reply may predate the retry's watch
     }
     return await this.#awaitReply(m.callId!, watch, timeout, started, name, checkFirst);
   }
@@ -1303,15 +1307,17 @@ class Instance {
     for (let i = 0; i < 12; i++) {
       bytes[rt.keys.deadLetters.length + i] = parseInt(key.slice(i * 2, i * 2 + 2), 16);
     }
+    const request = timeOrderedId();
     const r = await this.#transact(async (tx, effects) => {
       const value = await tx.get(bytes);
-      if (value === undefined) return false;
+      // Gone: requeued by an earlier attempt whose commit result was unknown, or not there.
+      if (value === undefined) return await tx.get(rt.keys.request(request)) !== undefined;
       const d = decodeDeadLetter(value, bytes);
       tx.clear(bytes);
       tx.add(rt.keys.deadLetterCount, -1);
       // A requeued call's caller was already answered (DeadLetterError): its reply slot is gone,
       // so the reply of the retry is dropped.
-      const message: Envelope = { ...d.message, attempts: 0, request: timeOrderedId() };
+      const message: Envelope = { ...d.message, attempts: 0, request };
       delete message.lastError;
       await enqueue(tx, rt, [message], effects);
       return true;

@@ -6,16 +6,27 @@
  */
 
 import { concatBytes, strinc } from "../bytes.ts";
+import { ValidationError } from "../errors.ts";
 import type { KeyValue, RangeOptions, ReadTransaction, Transaction, Watch } from "./types.ts";
+
+/**
+ * Checks a relative key (or value) before it is joined to the prefix: `concatBytes` would
+ * silently turn a string, a number or an array into other bytes, writing where nobody meant.
+ */
+function bytes(x: Uint8Array, what: "key" | "begin" | "end" | "value"): Uint8Array {
+  if (x instanceof Uint8Array) return x;
+  const got = x === null ? "null" : Array.isArray(x) ? "an array" : typeof x;
+  throw new ValidationError([{ path: what, message: `Expected a Uint8Array, received ${got}` }]);
+}
 
 function scopedReads(inner: ReadTransaction, prefix: Uint8Array): ReadTransaction {
   const end = strinc(prefix);
   return {
-    get: (key) => inner.get(concatBytes(prefix, key)),
+    get: (key) => inner.get(concatBytes(prefix, bytes(key, "key"))),
     async getRange(begin, stop, options?: RangeOptions): Promise<KeyValue[]> {
-      const b = concatBytes(prefix, begin);
+      const b = concatBytes(prefix, bytes(begin, "begin"));
       // An empty end means "to the end of the subspace".
-      const e = stop.length === 0 ? end : concatBytes(prefix, stop);
+      const e = bytes(stop, "end").length === 0 ? end : concatBytes(prefix, stop);
       const rows = await inner.getRange(b, e, options);
       for (const row of rows) row.key = row.key.subarray(prefix.length);
       return rows;
@@ -30,14 +41,16 @@ function scopedReads(inner: ReadTransaction, prefix: Uint8Array): ReadTransactio
 export function scopeTransaction(tx: Transaction, prefix: Uint8Array): Transaction {
   const reads = scopedReads(tx, prefix);
   const end = strinc(prefix);
-  const abs = (key: Uint8Array) => concatBytes(prefix, key);
+  const abs = (key: Uint8Array, what: "key" | "begin" | "end" = "key") =>
+    concatBytes(prefix, bytes(key, what));
   return {
     get: reads.get,
     getRange: reads.getRange,
     snapshot: scopedReads(tx.snapshot, prefix),
-    set: (key, value) => tx.set(abs(key), value),
+    set: (key, value) => tx.set(abs(key), bytes(value, "value")),
     clear: (key) => tx.clear(abs(key)),
-    clearRange: (begin, stop) => tx.clearRange(abs(begin), stop.length === 0 ? end : abs(stop)),
+    clearRange: (begin, stop) =>
+      tx.clearRange(abs(begin, "begin"), bytes(stop, "end").length === 0 ? end : abs(stop)),
     add: (key, delta) => tx.add(abs(key), delta),
     setVersionstampedKey: (p, suffix, value) => tx.setVersionstampedKey(abs(p), suffix, value),
     setVersionstampedValue: (key, p, suffix) => tx.setVersionstampedValue(abs(key), p, suffix),
@@ -45,6 +58,9 @@ export function scopeTransaction(tx: Transaction, prefix: Uint8Array): Transacti
     watch: (key): Watch => tx.watch(abs(key)),
     addReadConflictKey: (key) => tx.addReadConflictKey(abs(key)),
     addReadConflictRange: (begin, stop) =>
-      tx.addReadConflictRange(abs(begin), stop.length === 0 ? end : abs(stop)),
+      tx.addReadConflictRange(
+        abs(begin, "begin"),
+        bytes(stop, "end").length === 0 ? end : abs(stop),
+      ),
   };
 }
