@@ -652,7 +652,7 @@ export async function consumeStep(
       if (failing.attempts !== undefined && m.attempts !== failing.attempts) {
         // Already recorded, by an attempt of this transaction whose commit result was unknown
         // (or by another consumer that failed it too): count it once.
-        return count > 0 ? { kind: "processed", count } : { kind: "failed", result: "retry" };
+        return done(count > 0 ? { kind: "processed", count } : { kind: "failed", result: "retry" });
       }
       const result = await recordFailure(tx, rt, entry.key, m, failing.error, effects);
       return done(count > 0 ? { kind: "processed", count } : { kind: "failed", result });
