@@ -16,6 +16,7 @@ import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
 import { scopeTransaction } from "../storage/subspace.ts";
+import { encode } from "../codec/value.ts";
 import { pack } from "../tuple.ts";
 import { safeParseUser, toIssues } from "../validate.ts";
 import {
@@ -336,6 +337,9 @@ export async function runHandler(
 
 /** Checks a call's reply against its schema. */
 export function checkReply(rt: Runtime, name: string, value: unknown): void {
+  // Every path replies alike: a reply that could not travel through the backend (as a queued
+  // call's must) fails on the inline and priority paths too.
+  encode(value, `reply of ${name}`);
   const schema = rt.def.schemas?.reply?.[name];
   if (schema === undefined) return;
   const r = safeParseUser(schema, value);

@@ -212,7 +212,12 @@ const decodeEnvelopeChecked = decoder(envelopeSchema, "message");
  * every message consumed); anything unusual goes through the schema for a precise error.
  */
 export function decodeEnvelope(bytes: Uint8Array, key: Uint8Array): Envelope {
-  const m = decode(bytes, "") as Partial<Envelope> | null;
+  let m: Partial<Envelope> | null;
+  try {
+    m = decode(bytes, "") as Partial<Envelope> | null;
+  } catch {
+    return decodeEnvelopeChecked(bytes, key); // throws, naming the key
+  }
   if (
     m !== null && typeof m === "object" && (m.kind === "call" || m.kind === "cast") &&
     typeof m.name === "string" && typeof m.attempts === "number" &&

@@ -668,7 +668,7 @@ const cases: Case[] = [
     input: "a priority call's reply is a function",
     error: "CodecError",
     code: "codec",
-    names: "state",
+    names: "reply of fnReply",
     act: (e) => e.ref.priorityCall("fnReply"),
   },
   // ---- keys
