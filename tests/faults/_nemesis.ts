@@ -29,6 +29,13 @@ import {
 } from "./linearizability.ts";
 
 const SCRIPT = testScript("./faults/fault_child.ts");
+const FIRST_FAULTS = [
+  ["consumer", "kill"],
+  ["consumer", "stop"],
+  ["client", "kill"],
+  ["client", "stop"],
+] as const;
+
 /** Clock slack between processes when judging real-time order, ms. */
 const MARGIN = 2;
 
@@ -233,8 +240,14 @@ export async function runNemesis(o: NemesisOptions): Promise<NemesisRun> {
           `nemesis: ${figures.ok + figures.fail + figures.unknown} ops settled, ${faults()} faults`,
         );
       }
-      const kind = pick(random, ["kill", "kill", "stop"] as const);
-      const onClient = random() < 0.3;
+      // The first four faults cover every kind of victim and fault; then chance decides.
+      const drawnKind = pick(random, ["kill", "kill", "stop"] as const);
+      const drawnOnClient = random() < 0.3;
+      const first = FIRST_FAULTS.find(([who, what]) =>
+        figures[`${who}${what === "kill" ? "Kills" : "Stops"}`] === 0
+      );
+      const kind = first?.[1] ?? drawnKind;
+      const onClient = first ? first[0] === "client" : drawnOnClient;
       if (onClient) {
         const i = Math.floor(random() * clients.length);
         const s = clients[i]!;
