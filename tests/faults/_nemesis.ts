@@ -38,6 +38,8 @@ const FIRST_FAULTS = [
 
 /** Clock slack between processes when judging real-time order, ms. */
 const MARGIN = 2;
+/** Operations of an extra round a finished client runs while the nemesis wants more faults. */
+const TOP_UP_OPS = 300;
 
 /** Parameters of a run. */
 export interface NemesisOptions {
@@ -232,8 +234,19 @@ export async function runNemesis(o: NemesisOptions): Promise<NemesisRun> {
     const minFaults = o.minFaults ?? 20;
     const [lo, hi] = o.faultEvery ?? [250, 900];
     let lastReport = performance.now();
-    while (!clients.every((c) => c.done)) {
+    while (!clients.every((c) => c.done) || faults() < minFaults) {
       await new Promise((r) => setTimeout(r, between(random, lo, hi)));
+      // A fast machine may finish the operations before the nemesis has struck often enough:
+      // a finished client then runs another round, so the workload outlasts the faults.
+      if (faults() < minFaults) {
+        clients.forEach((s, i) => {
+          if (!s.done) return;
+          s.done = false;
+          s.up = false;
+          s.remaining = TOP_UP_OPS;
+          track(startClient(s, i));
+        });
+      }
       if (performance.now() - lastReport > 10_000) {
         lastReport = performance.now();
         log(
