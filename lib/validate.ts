@@ -49,7 +49,8 @@ function describeValue(x: unknown): string {
 /** Converts valibot issues into dgen's issue list, rooted at `root` (e.g. `"options"`). */
 export function toIssues(root: string, issues: readonly v.BaseIssue<unknown>[]): ValidationIssue[] {
   return issues.map((issue) => {
-    if (issue.type === "strict_object" || issue.expected === "never") {
+    // A strict object's extra key (a non-object input is a schema issue of the same type).
+    if (issue.expected === "never") {
       return { path: issuePath(root, issue), message: "Unknown field" };
     }
     // A custom check's own message says what was expected (its `expected` is "unknown").

@@ -65,7 +65,8 @@ describe("openSqliteBackend options", () => {
   };
 
   it("rejects a missing, empty or in-memory path, naming the field", async () => {
-    await rejects(undefined, /^Invalid options:/);
+    await rejects(undefined, /^Invalid options: Expected Object, received undefined/);
+    await rejects("db.sqlite", /^Invalid options: Expected Object, received "db.sqlite"/);
     await rejects({}, /options\.path/);
     await rejects({ path: "" }, /options\.path: Expected a non-empty file path/);
     await rejects({ path: 42 }, /options\.path: Expected string/);
