@@ -10,7 +10,7 @@
  * @module
  */
 
-import { concatBytes, equalBytes, readInt64LE, strinc } from "../bytes.ts";
+import { concatBytes, equalBytes, keyAfter, readInt64LE, strinc } from "../bytes.ts";
 import { CodecError, DGenError, LockLostError, ValidationError } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
@@ -643,9 +643,15 @@ export async function consumeStep(
   const loaded = await loadState(tx, rt);
   let state = loaded.state;
   let count = 0;
-  // The queue length moves once per batch, not once per message.
+  // The applied messages leave the queue together: the first `count` entries are all the
+  // queue holds up to the last of them (the range read saw nothing else there, and a
+  // serializable commit keeps it so), so one range clear removes them, and the queue length
+  // moves once per batch.
   const done = (outcome: ConsumeOutcome): ConsumeOutcome => {
-    if (count > 0) tx.add(rt.keys.queueLength, -count);
+    if (count > 0) {
+      tx.clearRange(rt.keys.queue, keyAfter(entries[count - 1]!.key));
+      tx.add(rt.keys.queueLength, -count);
+    }
     return outcome;
   };
   for (const entry of entries) {
@@ -673,7 +679,6 @@ export async function consumeStep(
     }
     state = result.state;
     count++;
-    tx.clear(entry.key);
     if (result.kind === "reply") {
       await writeReply(tx, rt, m.callId!, { ok: true, value: result.value });
     }
