@@ -14,6 +14,7 @@ import {
   CodecError,
   DeadLetterError,
   DGenError,
+  LimitExceededError,
   LockLostError,
   RetriesExhaustedError,
   ServerStoppedError,
@@ -62,6 +63,7 @@ import {
   type CastArg,
   type CastName,
   type DeadLetterMessage,
+  type HandlerResult,
   type InfoOf,
   type InitArgsOf,
   isDefinition,
@@ -84,6 +86,15 @@ import {
 } from "./records.ts";
 import { encode } from "../codec/value.ts";
 import { toHex } from "../bytes.ts";
+
+/**
+ * Thrown inside an inline-cast attempt to abandon it (nothing commits): the cast at `index`
+ * must go through the queue (with the `error` its handler threw, if it `threw`). Not an
+ * `Error`: no stack to capture on this path.
+ */
+class QueueFrom {
+  constructor(readonly index: number, readonly threw: boolean, readonly error: unknown) {}
+}
 
 /**
  * Test hooks (not exported from mod.ts): simulate an instance whose process froze or died, as
@@ -894,10 +905,10 @@ class Instance {
           bytes += this.#castQueue[n++]!.size;
         }
         const batch = this.#castQueue.splice(0, n);
+        const messages = batch.map((c) => c.m);
         try {
-          await this.#transact((tx, effects) =>
-            enqueue(tx, this.#rt, batch.map((c) => c.m), effects)
-          );
+          if (this.#consume) await this.#castInline(messages);
+          else await this.#transact((tx, effects) => enqueue(tx, this.#rt, messages, effects));
           for (const c of batch) c.resolve();
         } catch (e) {
           for (const c of batch) c.reject(e);
@@ -906,6 +917,94 @@ class Instance {
     } finally {
       this.#castFlush = undefined;
     }
+  }
+
+  /**
+   * The inline fast path of casts, as for calls: on an idle, unlocked queue, a consuming
+   * instance applies a batch of casts in the transaction that would have enqueued them (as if
+   * enqueued and dequeued in one commit: no queue rows, no consume transaction), up to
+   * `batchSize` of them. From the first cast whose handler throws or returns `lock` or `stop`,
+   * the casts are enqueued instead, for the queue's consumer to apply (the lock, the stop); a
+   * throw counts as the cast's first failed attempt, as on the queue (or dead-letters it at a
+   * threshold of 1). The attempt that met it is abandoned and the batch runs again with the
+   * casts before it applied inline, so a handler's discarded run never commits anything.
+   */
+  async #castInline(messages: readonly Envelope[]): Promise<void> {
+    let inline = Math.min(messages.length, this.#rt.batchSize);
+    let failed: QueueFrom | undefined;
+    for (;;) {
+      try {
+        const r = await this.#transact((tx, effects) =>
+          this.#inlineCasts(tx, messages, inline, failed, effects)
+        );
+        this.stats.processed += r.value;
+        return;
+      } catch (e) {
+        if (e instanceof QueueFrom && e.index < inline) {
+          inline = e.index;
+          failed = e.threw ? e : undefined;
+        } else if (e instanceof LimitExceededError && inline > 0) {
+          inline = 0; // too much for one transaction: the consumer takes them in batches
+          failed = undefined;
+        } else throw e;
+      }
+    }
+  }
+
+  /**
+   * One attempt of {@link #castInline}: applies `messages[0, inline)` and enqueues the rest,
+   * the first of them with its failed attempt if `failed` says it threw. Returns how many it
+   * applied.
+   */
+  async #inlineCasts(
+    tx: Transaction,
+    messages: readonly Envelope[],
+    inline: number,
+    failed: QueueFrom | undefined,
+    effects: TxEffects,
+  ): Promise<number> {
+    const rt = this.#rt;
+    if (inline === 0 && failed === undefined) return (await enqueue(tx, rt, messages, effects), 0);
+    if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
+    // One request record covers the batch, as for an enqueue: if it exists, an attempt whose
+    // commit result was unknown did apply (or enqueue) the whole batch.
+    const request = messages[0]!.request;
+    if (await readRequest(tx, rt, request) !== undefined) return 0;
+    if (await readLock(tx, rt) !== undefined || (await queueHead(tx, rt, 1)).length > 0) {
+      return (await enqueue(tx, rt, messages, effects), 0);
+    }
+    const loaded = await loadState(tx, rt);
+    let state = loaded.state;
+    for (let i = 0; i < inline; i++) {
+      const m = messages[i]!;
+      // Within a batch, the state a previous handler returned is frozen before the next sees it.
+      if (i > 0) state = rt.codec.freeze(state);
+      let result: HandlerResult<unknown>;
+      try {
+        result = await runHandler(rt, tx, "cast", m.name, m.arg, undefined, state, "standard");
+        checkState(rt, result.state);
+      } catch (e) {
+        throw new QueueFrom(i, true, e);
+      }
+      if (result.kind !== "noreply") throw new QueueFrom(i, false, undefined);
+      state = result.state;
+      effects.actions.push(...result.actions);
+    }
+    writeState(tx, rt, loaded, state, effects);
+    let rest = messages.slice(inline);
+    if (failed !== undefined) {
+      const m = rest[0]!;
+      const outcome = await recordFailure(tx, rt, undefined, m, failed.error, effects);
+      const lastError = failed.error instanceof Error ? failed.error.message : String(failed.error);
+      rest = outcome === "retry"
+        ? [{ ...m, attempts: m.attempts + 1, lastError }, ...rest.slice(1)]
+        : rest.slice(1);
+    }
+    // Before the batch's request record: when the failed cast is the batch's first, its
+    // enqueue must not take that record for a duplicate.
+    if (rest.length > 0) await enqueue(tx, rt, rest, effects);
+    writeRequest(tx, rt, request, { at: rt.now(), outcome: "queued" });
+    return inline;
   }
 
   async castMany(messages: ReadonlyArray<readonly [string, unknown?]>): Promise<void> {

@@ -256,6 +256,35 @@ for (const b of backends) {
       });
     });
 
+    it("casts through consuming instances (applied inline or queued): each applied once", async () => {
+      await forSeeds(`unknown commits, inline casts (${b.name})`, async (seed) => {
+        const { backend, tenant: plain } = await fresh(b);
+        const faulty = withFaults(backend, faultsFor(seed));
+        const tenant = await openTenant(faulty, plain.name);
+        const s = ucServer();
+        const opts = { tenant, deadLetterThreshold: 1_000, batchSize: 4 };
+        const a = await start(s.def, [], opts);
+        const c = await start(s.def, [], opts);
+        const ids: string[] = [];
+        await deadline(
+          Promise.all([a, c, a, c, a, c].map(async (ref, w) => {
+            for (let i = 0; i < 8; i++) {
+              const id = `w${w}-${i}`;
+              ids.push(id);
+              await ref.cast("rec", id);
+            }
+          })),
+          60_000,
+          "the workload did not finish",
+        );
+        await checkOnce(plain, ids, s);
+        await a.stop();
+        await c.stop();
+        await backend.close();
+        return faulty.stats.unknownApplied;
+      });
+    });
+
     it("locked messages: each written back once, the lock released", async () => {
       await forSeeds(`unknown commits, locks (${b.name})`, async (seed) => {
         const { backend, tenant: plain } = await fresh(b);
