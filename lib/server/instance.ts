@@ -39,7 +39,7 @@ import {
   lockedWork,
   metaRecord,
   openReplySlot,
-  queueHead,
+  queueLength,
   readLock,
   readMeta,
   readReplyValue,
@@ -970,7 +970,7 @@ class Instance {
     // commit result was unknown did apply (or enqueue) the whole batch.
     const request = messages[0]!.request;
     if (await readRequest(tx, rt, request) !== undefined) return 0;
-    if (await readLock(tx, rt) !== undefined || (await queueHead(tx, rt, 1)).length > 0) {
+    if (await readLock(tx, rt) !== undefined || await queueLength(tx, rt) > 0) {
       return (await enqueue(tx, rt, messages, effects), 0);
     }
     const loaded = await loadState(tx, rt);
@@ -1149,7 +1149,8 @@ class Instance {
       return slotWatch();
     };
     if (await readLock(tx, rt) !== undefined) return await queueIt();
-    if ((await queueHead(tx, rt, 1)).length > 0) return await queueIt();
+    // The length (one key every enqueue and dequeue moves) says it as a range read would.
+    if (await queueLength(tx, rt) > 0) return await queueIt();
     const loaded = await loadState(tx, rt);
     const from = { instance: this.instance, callId: m.callId! };
     let result;

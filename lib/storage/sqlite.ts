@@ -620,32 +620,6 @@ function isThenable(x: unknown): x is PromiseLike<unknown> {
  * waits for another write transaction of the same backend (which would wait for this one) into
  * a timeout instead of a deadlock.
  */
-async function runBody<T>(
-  fn: (tx: Transaction) => T | Promise<T>,
-  tx: SqliteTransaction,
-  limit: number,
-): Promise<T> {
-  const r = fn(tx);
-  if (!isThenable(r)) return r;
-  const p = Promise.resolve(r);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    const left = limit - (performance.now() - tx.started);
-    timer = setTimeout(() => {
-      const elapsed = performance.now() - tx.started;
-      tx.done = true;
-      reject(tx.timeoutError(elapsed));
-    }, Math.max(0, left) + 1);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-    // A body abandoned on timeout may still fail later; nobody is listening then.
-    p.catch(() => {});
-  }
-}
-
 function versionstamp(counter: number, index: number): Uint8Array {
   const stamp = new Uint8Array(10);
   const view = new DataView(stamp.buffer);
@@ -920,7 +894,7 @@ class SqliteBackendImpl implements SqliteBackend {
         break;
       }
       try {
-        const result = await runBody(req.fn, tx, this.limits.maxTransactionDuration);
+        const result = await this.#runBody(req.fn, tx);
         req.signal?.throwIfAborted();
         tx.finish();
         if (!first) w.release.run();
@@ -1083,6 +1057,50 @@ class SqliteBackendImpl implements SqliteBackend {
 
   // ---- Read-only transactions ----
 
+  /** Bodies that returned a promise and have not settled, watched by {@link #watchdog}. */
+  readonly #bodies = new Set<{ tx: SqliteTransaction; fail: (e: unknown) => void }>();
+  #watchdog: ReturnType<typeof setInterval> | undefined;
+
+  /**
+   * Runs a transaction body, failing it with `transaction_timeout` if it runs past
+   * `maxTransactionDuration` (its writes then roll back, and the lock is free again). One
+   * timer, ticking every quarter of the limit (at most 250 ms) while a body is pending, watches
+   * every body: no timer per transaction on the hot path.
+   */
+  #runBody<T>(fn: (tx: Transaction) => T | Promise<T>, tx: SqliteTransaction): T | Promise<T> {
+    const r = fn(tx);
+    if (!isThenable(r)) return r;
+    return new Promise<T>((resolve, reject) => {
+      const body = { tx, fail: reject };
+      this.#bodies.add(body);
+      this.#watchdog ??= setInterval(() => this.#watchBodies(), this.#watchTick());
+      Promise.resolve(r).then(
+        (v) => (this.#bodies.delete(body), resolve(v)),
+        (e) => (this.#bodies.delete(body), reject(e)),
+      );
+    });
+  }
+
+  #watchTick(): number {
+    return Math.max(5, Math.min(250, this.limits.maxTransactionDuration / 4));
+  }
+
+  #watchBodies(): void {
+    const now = performance.now();
+    for (const body of this.#bodies) {
+      const elapsed = now - body.tx.started;
+      if (elapsed > this.limits.maxTransactionDuration) {
+        this.#bodies.delete(body);
+        body.tx.done = true;
+        body.fail(body.tx.timeoutError(elapsed));
+      }
+    }
+    if (this.#bodies.size === 0) {
+      clearInterval(this.#watchdog);
+      this.#watchdog = undefined;
+    }
+  }
+
   async #read<T>(
     fn: (tx: Transaction) => T | Promise<T>,
     signal: AbortSignal | undefined,
@@ -1096,7 +1114,7 @@ class SqliteBackendImpl implements SqliteBackend {
         const tx = new SqliteTransaction(this, conn, true, undefined, undefined, 0, 0, undefined);
         let result: T;
         try {
-          result = await runBody(fn, tx, this.limits.maxTransactionDuration);
+          result = await this.#runBody(fn, tx);
           tx.finish();
         } catch (e) {
           tx.abandon();
@@ -1480,8 +1498,20 @@ async function setUp(db: DatabaseSync, path: string, synchronous: string): Promi
   // Setting up may meet another process creating the same file: wait for it in SQLite (only
   // ever at open), then use async waits for the lock from here on.
   db.exec("PRAGMA busy_timeout = 5000");
-  const mode = (db.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: string })
-    ?.journal_mode;
+  // Switching a new file to WAL can report "locked" at once, without SQLite's busy wait, while
+  // another process switches it too (seen with two processes opening one new file): retry.
+  let mode: string | undefined;
+  for (let delay = 1, waited = 0;; delay = Math.min(delay * 2, LOCK_WAIT_CAP_MS)) {
+    try {
+      mode = (db.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: string })
+        ?.journal_mode;
+      break;
+    } catch (e) {
+      if (!isBusy(e) || waited > 10_000) throw e;
+      await new Promise((r) => setTimeout(r, delay));
+      waited += delay;
+    }
+  }
   if (mode !== "wal") {
     throw new BackendUnavailableError(
       `SQLite could not use write-ahead logging for ${path} (journal mode "${mode}")`,

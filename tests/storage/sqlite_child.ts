@@ -16,6 +16,9 @@
  *   reports `{"fired":i}` when the watch fires.
  * - `tenant` `{ tenant, count, tag }`: writes `count` keys in the tenant, then reads the whole
  *   tenant back and reports `{"done":true,"keys":n,"foreign":m}` (`m` values not its own tag).
+ * - `open` `{ key }`: reports ready _before_ opening the file; on `go`, opens it (so that many
+ *   processes open one new file at once), adds 1 to the counter at `key`, closes it and reports
+ *   `{"done":true}`.
  */
 
 import process from "node:process";
@@ -39,6 +42,16 @@ const commands = createInterface({ input: process.stdin });
 const waiting: Array<(line: string) => void> = [];
 commands.on("line", (line) => waiting.shift()?.(line.trim()));
 const command = () => new Promise<string>((resolve) => waiting.push(resolve));
+
+if (mode === "open") {
+  await say({ ready: true });
+  await command();
+  const b = await openSqliteBackend({ path });
+  await b.transact((tx) => tx.add(enc.encode(params.key), 1));
+  await b.close();
+  await say({ done: true });
+  process.exit(0);
+}
 
 const backend = await openSqliteBackend({ path });
 

@@ -52,6 +52,49 @@ function percentile(sorted: number[], p: number): number {
 describe("sqlite across OS processes (Deno and Bun)", () => {
   if (skip) console.log(`skipping multi-process SQLite tests: ${skip}`);
 
+  it(
+    "lets many processes open one file at once, new or busy with another's writes",
+    TEST,
+    async () => {
+      // Each round: six processes (Deno and Bun) released at once on a file none has created,
+      // then on a file another process keeps writing to.
+      const opens: Runtime[] = ["deno", "bun", "deno", "bun", "deno", "bun"];
+      for (let round = 0; round < 6; round++) {
+        const path = fresh();
+        const busy = round % 2 === 1;
+        const writer: Array<[Runtime, string, string, unknown]> = busy
+          ? [["deno", path, "increment", {
+            key: "w",
+            count: 1e9,
+            concurrency: 4,
+            tag: "W",
+            log: false,
+          }]]
+          : [];
+        await withChildren(
+          [
+            ...writer,
+            ...opens.map((
+              r,
+            ): [Runtime, string, string, unknown] => [r, path, "open", { key: "opened" }]),
+          ],
+          async (children) => {
+            if (busy) children[0]!.send("go");
+            const openers = busy ? children.slice(1) : children;
+            for (const c of openers) c.send("go");
+            await Promise.all(openers.map((c) => c.next((d) => d.done === true, RUN_MS, "open")));
+          },
+        );
+        const b = await openSqliteBackend({ path });
+        try {
+          assert.equal(readInt64LE(await b.transact((tx) => tx.get(enc.encode("opened")))), 6n);
+        } finally {
+          await b.close();
+        }
+      }
+    },
+  );
+
   it("loses no read-modify-write increment, and orders versionstamps by commit", TEST, async () => {
     const path = fresh();
     await (await openSqliteBackend({ path })).close(); // create the file before the race
