@@ -212,6 +212,13 @@ class Codec implements StateCodec {
   readonly freezeHints = new WeakMap<object, number[]>();
   /** Unfrozen copies of collection arrays, read instead of them by the next diff. */
   readonly shadows = new WeakMap<object, readonly unknown[]>();
+  /** Arrays `freeze` left unfrozen (see `freezeArrayLimit`) after deep-freezing their items. */
+  readonly frozenItems = new WeakSet<object>();
+  /**
+   * For a collection array: whether one of its items holds a mutable container. (The array
+   * itself counts as mutable when it is left unfrozen; its items never are.)
+   */
+  readonly mutableItems = new WeakMap<object, boolean>();
 
   constructor(readonly maxValueSize: number, readonly freezeArrayLimit: number) {}
 
@@ -414,7 +421,10 @@ class Codec implements StateCodec {
         }
       }
       // A long array stays unfrozen where freezing is slow; it counts as mutable instead.
-      if (Array.isArray(x) && this.unfrozenArray(x)) continue;
+      if (Array.isArray(x) && this.unfrozenArray(x)) {
+        this.frozenItems.add(x); // its items are on the stack: frozen before this returns
+        continue;
+      }
       Object.freeze(x);
       frozen.add(x);
     }
@@ -828,7 +838,8 @@ class Writer {
     if (n === 0) return NOT_A_COLLECTION;
     // Common prefix and suffix: same ids at the same places. Note the items among them that
     // changed (or may have: mutable containers inside), the only ones to visit there.
-    const prevMutable = codec.isMutable(prevArray);
+    // Items that are the same object in both need a visit only if they hold mutable containers.
+    const prevMutable = codec.mutableItems.get(prevArray) ?? codec.isMutable(prevArray);
     const touched: number[] = [];
     const mutableTest = prevMutable ? (x: unknown) => codec.isMutable(x) : undefined;
     const p = commonRun(prev, next, 0, 0, 1, Math.min(n, pn), touched, mutableTest);
@@ -910,13 +921,17 @@ class Writer {
     for (let j = from; j < to; j++) visit(j);
     // Unvisited items are identical and hold no mutable container (those were touched).
     ancestors.delete(next);
+    codec.mutableItems.set(next, mutable);
     // A long array left unfrozen (see freezeArrayLimit) can change in place: never skip it.
     mutable ||= codec.unfrozenArray(next);
     codec.mutables.set(next, mutable);
     this.after.push(() => codec.placeOrder(next, at, keys));
     this.shadow(next);
-    if (codec.frozen.has(prevArray) && !Object.isFrozen(next)) {
-      // Every item outside these positions is an item of prev, hence deep-frozen already.
+    if (
+      (codec.frozen.has(prevArray) || codec.frozenItems.has(prevArray)) && !Object.isFrozen(next)
+    ) {
+      // Every item outside these positions is an item of prev (or of its copy), hence
+      // deep-frozen already.
       const hint = [...touched];
       for (let j = p; j < n - s; j++) hint.push(j);
       this.after.push(() => codec.freezeHints.set(next, hint));
@@ -1098,6 +1113,7 @@ class Reader {
     }
     this.codec.shapes.set(out, { kind: out.length > 0 ? "collection" : "value", seg });
     // An array freeze will leave unfrozen can change in place: never skip it in a diff.
+    this.codec.mutableItems.set(out, mutable);
     this.codec.mutables.set(out, mutable || this.codec.unfrozenArray(out));
     this.codec.placeOrder(out, bytesToBinaryString(key), keys);
     this.codec.shadows.set(out, out.slice());
