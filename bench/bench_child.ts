@@ -9,16 +9,8 @@
  */
 import process from "node:process";
 import { createInterface } from "node:readline";
-import { defineServer, openSqliteBackend, openTenant, reply, start } from "../mod.ts";
-
-const Counter = defineServer({
-  name: "counter",
-  init: () => 0,
-  handleCall: {
-    increment: (_: undefined, _from, n: number) => reply(n + 1, n + 1),
-    value: (_: undefined, _from, n: number) => reply(n, n),
-  },
-});
+import { openSqliteBackend, openTenant, start } from "../mod.ts";
+import { Counter } from "./_counter.ts";
 
 const [path, mode, paramsJson] = process.argv.slice(2);
 const params = JSON.parse(paramsJson ?? "{}") as { ids: string[]; seconds?: number };

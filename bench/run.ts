@@ -23,7 +23,6 @@ import process from "node:process";
 import { DatabaseSync } from "node:sqlite";
 import {
   defineServer,
-  noreply,
   openMemoryBackend,
   openSqliteBackend,
   openTenant,
@@ -33,6 +32,7 @@ import {
 } from "../mod.ts";
 import { Child, missingRuntimes, testScript } from "../tests/_processes.ts";
 import { serveHttp } from "../lib/runtime/http.ts";
+import { Counter } from "./_counter.ts";
 import type { PeerResult } from "./peers/common.ts";
 import { runDurableObjects } from "./peers/durable_objects.ts";
 import { runRestate } from "./peers/restate.ts";
@@ -134,18 +134,6 @@ async function timed(
 }
 
 // ---- servers ---------------------------------------------------------------------------------
-
-const Counter = defineServer({
-  name: "counter",
-  init: () => 0,
-  handleCall: {
-    increment: (_: undefined, _from, n: number) => reply(n + 1, n + 1),
-    value: (_: undefined, _from, n: number) => reply(n, n),
-  },
-  handleCast: {
-    bump: (_: undefined, n: number) => noreply(n + 1),
-  },
-});
 
 interface Item {
   id: string;

@@ -136,21 +136,8 @@ export async function sequentialCounter(
 // ---------------------------------------------------------------------------------------------
 // Waiting
 
-/** Polls `check` until it returns a truthy value; throws `message` after `ms`. */
-export async function waitFor<T>(
-  check: () => T | Promise<T>,
-  ms: number,
-  message: string,
-  intervalMs = 50,
-): Promise<NonNullable<T>> {
-  const end = performance.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v) return v as NonNullable<T>;
-    if (performance.now() > end) throw new Error(`${message} (after ${ms} ms)`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
+/** Polls until a condition holds, with a deadline (the test suite's helper). */
+export { waitFor } from "../../tests/_helpers.ts";
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
 export function freePort(): Promise<number> {

@@ -129,6 +129,7 @@ async function startServer(
       },
       60_000,
       "restate-server did not become healthy",
+      50,
     );
   } catch (e) {
     throw new Error(`${e instanceof Error ? e.message : e}\n${proc.tail()}`);
@@ -230,6 +231,7 @@ export async function runRestate(options: RestateOptions): Promise<PeerResult[]>
       async () => (await request(`${ingress}/Counter/ready/get`, { method: "POST" })).ok,
       30_000,
       "the ingress did not see the Counter service",
+      50,
     );
 
     log(`${PEER}: ${MODE}: ${warmup} warm-up + ${n} sequential increments …`);
@@ -268,6 +270,7 @@ export async function runRestate(options: RestateOptions): Promise<PeerResult[]>
         },
         30_000,
         "the counter could not be read after the restart",
+        50,
       );
       const ok = before === measured.last && after.value === measured.last;
       const detail = `counter ${measured.last} after the run, ${before} before and ` +

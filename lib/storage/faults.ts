@@ -65,8 +65,9 @@ const optionsSchema = v.strictObject({
   ),
 });
 
-/** mulberry32: a small, fast, seedable PRNG; enough for choosing faults. */
-function prng(seed: number): () => number {
+/** mulberry32: a small, fast, seedable PRNG; enough for choosing faults (and the fault tests'
+ * other random choices). */
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

@@ -348,17 +348,9 @@ export async function runNemesis(o: NemesisOptions): Promise<NemesisRun> {
         50,
       );
       // Final reads through the queue: every acknowledged cast precedes them.
-      for (const id of counters) {
-        const ref = await start(NemCounter, [], { tenant, id, consume: false });
-        const fid = `final-${id}`;
-        const t = wallTime();
-        history.push({ ev: "invoke", id: fid, key: id, path: "call", f: "read", arg: fid, t });
-        const value = await ref.call("read", fid, { timeout: 60_000 });
-        history.push({ ev: "ok", id: fid, value, t: wallTime() });
-        await ref.stop();
-      }
-      for (const id of registers) {
-        const ref = await start(NemRegister, [], { tenant, id, consume: false });
+      for (const id of ids) {
+        const def = counters.includes(id) ? NemCounter : NemRegister;
+        const ref = await start(def, [], { tenant, id, consume: false });
         const fid = `final-${id}`;
         const t = wallTime();
         history.push({ ev: "invoke", id: fid, key: id, path: "call", f: "read", arg: fid, t });

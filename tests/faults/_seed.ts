@@ -4,18 +4,10 @@
  * precision, comparable across the processes of one machine.
  */
 import process from "node:process";
+import { prng } from "../../lib/storage/faults.ts";
 
-/** mulberry32: small, fast and seedable. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded generator of the fault wrapper (mulberry32), shared by every fault test. */
+export { prng };
 
 /** An integer in `[lo, hi]`. */
 export function between(random: () => number, lo: number, hi: number): number {

@@ -22,22 +22,12 @@ import {
 import { Child, missingRuntimes, type Runtime, testScript } from "../_processes.ts";
 import { tempDbPath } from "./_backends.ts";
 import { waitFor } from "../_helpers.ts";
+import { prng } from "../../lib/storage/faults.ts";
 
 const skip = missingRuntimes();
 const SCRIPT = testScript("./server/mp_child.ts");
 const CASTS = Number(process.env.DGEN_MP_CASTS ?? 2000);
 const CALLS = Number(process.env.DGEN_MP_CALLS ?? 500);
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** What the checker needs from a finished run. */
 export interface History {
