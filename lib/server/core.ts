@@ -518,6 +518,15 @@ export function clearReplySlot(tx: Transaction, rt: Runtime, callId: string): vo
 // ---------------------------------------------------------------------------------------------
 // Failures and dead letters
 
+/** `message` with one more failed attempt, and `error` as its last error. */
+export function failedAttempt(message: Envelope, error: unknown): Envelope & {
+  attempts: number;
+  lastError: string;
+} {
+  const lastError = error instanceof Error ? error.message : String(error);
+  return { ...message, attempts: message.attempts + 1, lastError };
+}
+
 /**
  * Records a failed attempt of `entry`: bumps its attempt count in place, or moves it to the
  * dead letters once it reaches the threshold (answering a waiting caller).
@@ -530,8 +539,8 @@ export async function recordFailure(
   error: unknown,
   effects: TxEffects,
 ): Promise<"retry" | "dead"> {
-  const attempts = message.attempts + 1;
-  const lastError = error instanceof Error ? error.message : String(error);
+  const failed = failedAttempt(message, error);
+  const { attempts, lastError } = failed;
   if (attempts >= rt.deadLetterThreshold) {
     if (queueKey !== undefined) removeFromQueue(tx, rt, queueKey);
     const stored = toStoredError(error, attempts);
@@ -539,7 +548,7 @@ export async function recordFailure(
       rt.keys.deadLetters,
       ServerKeys.entrySuffix(effects.stampIndex++),
       encodeRecord({
-        message: { ...message, attempts, lastError },
+        message: failed,
         attempts,
         error: stored,
         at: rt.now(),
@@ -561,7 +570,7 @@ export async function recordFailure(
     bumpChange(tx, rt);
     return "dead";
   }
-  const updated = encodeRecord({ ...message, attempts, lastError });
+  const updated = encodeRecord(failed);
   if (queueKey !== undefined) {
     tx.set(queueKey, updated);
   }
@@ -753,11 +762,7 @@ export async function takeOver(
   if (result === "retry") {
     tx.set(
       held.queueKey,
-      encodeRecord({
-        ...held.message,
-        attempts: held.message.attempts + 1,
-        lastError: error.message,
-      }),
+      encodeRecord(failedAttempt(held.message, error)),
     );
     tx.add(rt.keys.queueLength, 1);
   }
@@ -862,11 +867,7 @@ export async function lockedFailure(
   if (result === "retry") {
     tx.set(
       held.queueKey,
-      encodeRecord({
-        ...held.message,
-        attempts: held.message.attempts + 1,
-        lastError: error instanceof Error ? error.message : String(error),
-      }),
+      encodeRecord(failedAttempt(held.message, error)),
     );
     tx.add(rt.keys.queueLength, 1);
   }

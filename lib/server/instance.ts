@@ -32,6 +32,7 @@ import {
   clearReplySlot,
   consumeStep,
   enqueue,
+  failedAttempt,
   HandlerFailure,
   loadState,
   lockedFailure,
@@ -972,7 +973,7 @@ class Instance {
   ): Promise<number> {
     const rt = this.#rt;
     if (inline === 0 && failed === undefined) return (await enqueue(tx, rt, messages, effects), 0);
-    if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
+    // A killed server is noticed by the enqueue or the state load below (a kill clears both).
     // One request record covers the batch, as for an enqueue: if it exists, an attempt whose
     // commit result was unknown did apply (or enqueue) the whole batch.
     const request = messages[0]!.request;
@@ -1002,9 +1003,8 @@ class Instance {
     if (failed !== undefined) {
       const m = rest[0]!;
       const outcome = await recordFailure(tx, rt, undefined, m, failed.error, effects);
-      const lastError = failed.error instanceof Error ? failed.error.message : String(failed.error);
       rest = outcome === "retry"
-        ? [{ ...m, attempts: m.attempts + 1, lastError }, ...rest.slice(1)]
+        ? [failedAttempt(m, failed.error), ...rest.slice(1)]
         : rest.slice(1);
     }
     // Before the batch's request record: when the failed cast is the batch's first, its
@@ -1107,8 +1107,7 @@ class Instance {
       openReplySlot(tx, rt, m.callId!, deadlineAt);
       const result = await recordFailure(tx, rt, undefined, m, error, effects);
       if (result === "retry") {
-        const lastError = error instanceof Error ? error.message : String(error);
-        await enqueue(tx, rt, [{ ...m, attempts: 1, lastError }], effects);
+        await enqueue(tx, rt, [failedAttempt(m, error)], effects);
       } else {
         writeRequest(tx, rt, m.request, { at: rt.now(), outcome: "queued" });
       }

@@ -1493,6 +1493,24 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
   }
 }
 
+/**
+ * Runs `f` (a step of opening the file) again while SQLite reports the database busy, after a
+ * capped exponential back-off, rolling back what a failed try left open; gives up after
+ * `giveUpMs` of waiting.
+ */
+async function whileBusy<T>(db: DatabaseSync, f: () => T, giveUpMs = Infinity): Promise<T> {
+  for (let delay = 1, waited = 0;; delay = Math.min(delay * 2, LOCK_WAIT_CAP_MS)) {
+    try {
+      return f();
+    } catch (e) {
+      if (db.isTransaction) db.exec("ROLLBACK");
+      if (!isBusy(e) || waited > giveUpMs) throw e;
+      await new Promise((r) => setTimeout(r, delay));
+      waited += delay;
+    }
+  }
+}
+
 /** Configures the writer connection and creates the schema if the file is new. */
 async function setUp(db: DatabaseSync, path: string, synchronous: string): Promise<void> {
   // Setting up may meet another process creating the same file: wait for it in SQLite (only
@@ -1500,18 +1518,12 @@ async function setUp(db: DatabaseSync, path: string, synchronous: string): Promi
   db.exec("PRAGMA busy_timeout = 5000");
   // Switching a new file to WAL can report "locked" at once, without SQLite's busy wait, while
   // another process switches it too (seen with two processes opening one new file): retry.
-  let mode: string | undefined;
-  for (let delay = 1, waited = 0;; delay = Math.min(delay * 2, LOCK_WAIT_CAP_MS)) {
-    try {
-      mode = (db.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: string })
-        ?.journal_mode;
-      break;
-    } catch (e) {
-      if (!isBusy(e) || waited > 10_000) throw e;
-      await new Promise((r) => setTimeout(r, delay));
-      waited += delay;
-    }
-  }
+  const mode = await whileBusy(
+    db,
+    () =>
+      (db.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode?: string })?.journal_mode,
+    10_000,
+  );
   if (mode !== "wal") {
     throw new BackendUnavailableError(
       `SQLite could not use write-ahead logging for ${path} (journal mode "${mode}")`,
@@ -1528,16 +1540,7 @@ async function setUp(db: DatabaseSync, path: string, synchronous: string): Promi
     format = undefined; // no meta table yet
   }
   if (format === undefined) {
-    for (let delay = 1;; delay = Math.min(delay * 2, LOCK_WAIT_CAP_MS)) {
-      try {
-        db.exec(`BEGIN IMMEDIATE; ${SCHEMA} COMMIT;`);
-        break;
-      } catch (e) {
-        if (db.isTransaction) db.exec("ROLLBACK");
-        if (!isBusy(e)) throw e;
-        await new Promise((r) => setTimeout(r, delay));
-      }
-    }
+    await whileBusy(db, () => db.exec(`BEGIN IMMEDIATE; ${SCHEMA} COMMIT;`));
     format = (db.prepare("SELECT value FROM meta WHERE name = 'format'").get() as {
       value: number;
     }).value;
