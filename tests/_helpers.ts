@@ -32,13 +32,16 @@ export async function waitFor<T>(
 
 /**
  * fast-check parameters: the seed comes from `FC_SEED` when set (to replay a failure, whose
- * seed fast-check prints), and the run count from `FC_RUNS`.
+ * seed fast-check prints), the path of the shrunk counterexample from `FC_PATH` (to replay just
+ * it), and the run count from `FC_RUNS`.
  */
-export function fcParams(numRuns = 100): { seed?: number; numRuns: number } {
+export function fcParams(numRuns = 100): { seed?: number; path?: string; numRuns: number } {
   const seed = process.env.FC_SEED;
+  const path = process.env.FC_PATH;
   const runs = process.env.FC_RUNS;
   return {
     ...(seed ? { seed: Number(seed) } : {}),
+    ...(path ? { path } : {}),
     numRuns: runs ? Number(runs) : numRuns,
   };
 }

@@ -103,6 +103,12 @@ interface EncodingEntry {
   committed: Uint8Array | undefined;
   /** Bytes written by a transaction whose outcome is not known yet. */
   pending: { tx: object; bytes: Uint8Array } | undefined;
+  /**
+   * Set when the object took `committed` from another object it replaced with equal bytes:
+   * that object (weakly: objects replaced in turn must not stay alive in a chain). Drawing
+   * that conclusion again is no second placement.
+   */
+  via: WeakRef<object> | undefined;
   /** The object was placed at this path more than once: never trust the entry. */
   poisoned: boolean;
 }
@@ -653,8 +659,15 @@ class Writer {
     const codec = this.codec;
     const at = bytesToBinaryString(node);
     const tx = this.tx;
-    // Unchanged bytes keep the old entry's standing (committed or pending in this tx).
+    // Unchanged bytes keep the old entry's standing (committed or pending in this tx): they
+    // are stored whatever becomes of this transaction.
     const committed = same && prev!.committed;
+    // An equal object placed over one whose bytes are committed: the entry says so, and whom
+    // it took them from.
+    const via = committed && prev!.x !== x ? prev!.x as object : undefined;
+    const vouched = (e: EncodingEntry) =>
+      via !== undefined && e.via?.deref() === via && e.pending === undefined &&
+      e.committed !== undefined && equalBytes(e.committed, bytes);
     this.after.push(() => {
       let m = codec.encodings.get(x);
       if (m === undefined) codec.encodings.set(x, m = new Map());
@@ -663,19 +676,22 @@ class Writer {
         // Placed here by this write: an entry left by an earlier placement that committed (or
         // may still commit) may describe another store holding the same object. An entry
         // whose placements all failed describes nothing, and is taken over.
+        // The same conclusion drawn again (a retry of an attempt that did not commit, placing
+        // the object over the same one) is no second placement.
         if (entry !== undefined && (entry.committed !== undefined || entry.pending !== undefined)) {
-          entry.poisoned = true;
+          if (!vouched(entry)) entry.poisoned = true;
           return;
         }
         if (entry === undefined || entry.poisoned) {
           if (entry?.poisoned) return;
-          entry = { committed: undefined, pending: undefined, poisoned: false };
+          entry = { committed: undefined, pending: undefined, via: undefined, poisoned: false };
           m.set(at, entry);
         }
       } else if (entry === undefined) {
-        entry = { committed: undefined, pending: undefined, poisoned: false };
+        entry = { committed: undefined, pending: undefined, via: undefined, poisoned: false };
         m.set(at, entry);
       }
+      entry.via = via === undefined ? undefined : new WeakRef(via);
       if (committed) {
         entry.committed = bytes;
         entry.pending = undefined;
@@ -1016,7 +1032,12 @@ class Reader {
     this.codec.mutables.set(value, mutable);
     if (!mutable) return;
     const m = new Map<string, EncodingEntry>();
-    m.set(bytesToBinaryString(key), { committed: bytes, pending: undefined, poisoned: false });
+    m.set(bytesToBinaryString(key), {
+      committed: bytes,
+      pending: undefined,
+      via: undefined,
+      poisoned: false,
+    });
     this.codec.encodings.set(value, m);
   }
 

@@ -256,6 +256,27 @@ describe("state codec: mutable containers", () => {
     await b.close();
   });
 
+  it("writes nothing more after a failed attempt placed an equal copy of a Map", async () => {
+    // A retried handler builds a new Map equal to the stored one: its bytes are already
+    // stored, but only the attempt that commits may vouch for them (found by the model test).
+    const b = await openBench();
+    const s = b.codec.freeze({ items: [{ id: "r", m: new Map([["a", 1]]) }] });
+    await b.put(s);
+    const next = b.codec.freeze({ items: [{ id: "r", m: new Map([["a", 1]]), n: 1 }] });
+    await assert.rejects(
+      b.tenant.transact((tx) => {
+        b.codec.write(tx, b.prefix, b.prev, next);
+        throw new Error("handler failed after the write");
+      }),
+      /handler failed/,
+    );
+    await b.put(next);
+    await assertStored(b, next);
+    const { counts } = await b.put(next);
+    assert.deepEqual(counts, zeroCounts(), "an identical state writes nothing");
+    await b.close();
+  });
+
   it("keeps one object shared by two stores apart", async () => {
     // The same frozen array (a shared constant) sits at the same path in two tenants, with
     // different index keys in each; each store must still be diffed against its own keys.
@@ -281,6 +302,34 @@ describe("state codec: mutable containers", () => {
       );
       assert.ok(read.found);
       assert.equal(difference(a2, read.state), undefined, t.name);
+    }
+    await backend.close();
+  });
+
+  it("keeps apart an object placed in two stores over equal ones", async () => {
+    // The object takes its stored bytes from the equal one it replaces in each store; mutated
+    // afterwards, it must be rewritten in both.
+    const backend = openMemoryBackend();
+    const stores = [await openTenant(backend, "a"), await openTenant(backend, "b")];
+    const codec = createStateCodec({ maxValueSize: 1000 });
+    const prefix = pack(["s"]);
+    const shared = new Map([["k", 1]]);
+    const next = codec.freeze({ m: shared });
+    for (const t of stores) {
+      const first = codec.freeze({ m: new Map([["k", 1]]) });
+      await t.transact((tx) => codec.write(tx, prefix, { found: false }, first));
+      await t.transact((tx) => codec.write(tx, prefix, { found: true, state: first }, next));
+    }
+    shared.set("k", 2);
+    for (const t of stores) {
+      await t.transact((tx) => codec.write(tx, prefix, { found: true, state: next }, next));
+    }
+    for (const t of stores) {
+      const read = await t.transact((tx) =>
+        createStateCodec({ maxValueSize: 1000 }).read(tx, prefix)
+      );
+      assert.ok(read.found);
+      assert.equal(difference(next, read.state), undefined, t.name);
     }
     await backend.close();
   });
