@@ -758,7 +758,8 @@ class Writer {
   ): boolean {
     const codec = this.codec;
     const nextIsObject = typeof next === "object" && next !== null;
-    if (prev === next || (!nextIsObject && Object.is(prev, next))) {
+    // Object.is: 0 and -0 are different values to store.
+    if (Object.is(prev, next)) {
       // The same immutable value: nothing to do. Mutable containers can change in place.
       if (!nextIsObject || !codec.isMutable(next)) return false;
     }
@@ -816,7 +817,7 @@ class Writer {
       const nv = next[k];
       if (Object.hasOwn(prev, k)) {
         const pv = prev[k];
-        if (pv === nv && (!prevMutable || !codec.isMutable(nv))) continue;
+        if (Object.is(pv, nv) && (!prevMutable || !codec.isMutable(nv))) continue;
         const m = this.diff(concatBytes(node, pack([k])), pv, nv, child(path, k), ancestors);
         mutable ||= m;
       } else {

@@ -220,7 +220,7 @@ export function writeState(
   effects.readVersion = loaded.version;
   if (loaded.stored.found) effects.observed = loaded.stored;
   if (!loaded.cacheHit) effects.loadedFromStorage = true;
-  if (next === loaded.state && !loaded.migrated) return;
+  if (Object.is(next, loaded.state) && !loaded.migrated) return;
   checkState(rt, next);
   const stats = rt.codec.write(tx, rt.keys.state, loaded.stored, next);
   // Frozen after the write (the codec leaves hints that make freezing cheap then).

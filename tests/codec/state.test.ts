@@ -53,6 +53,15 @@ describe("state codec: reads and writes", () => {
     await b.close();
   });
 
+  it("writes a change between 0 and -0, at the root and in a record", async () => {
+    const b = await openBench();
+    for (const s of [0, -0, { n: -0 }, { n: 0 }, { n: -0 }, 0, -0]) {
+      await b.put(b.codec.freeze(s));
+      await assertStored(b, s);
+    }
+    await b.close();
+  });
+
   it("writes nothing for an identical state, the same objects or equal copies", async () => {
     const b = await openBench();
     const make = () => ({

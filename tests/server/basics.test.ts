@@ -28,6 +28,23 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("stores a state that changes from 0 to -0 (a different value)", async () => {
+      const { backend, tenant } = await fresh(b);
+      const Signed = defineServer({
+        name: "signed",
+        init: () => 0,
+        handleCall: {
+          set: (v: number) => reply("ok", v),
+          get: (_: undefined, _from, state: number) => reply(state, state),
+        },
+      });
+      const s = await start(Signed, [], { tenant, cache: false });
+      await s.call("set", -0);
+      assert.ok(Object.is(await s.call("get"), -0), "the state read back is -0");
+      await s.stop();
+      await backend.close();
+    });
+
     it("runs init on restart but keeps the stored state unless reset", async () => {
       const { backend, tenant } = await fresh(b);
       const a = await start(Counter, [5], { tenant });
