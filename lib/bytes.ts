@@ -15,6 +15,9 @@ export function compareBytes(a: Uint8Array, b: Uint8Array): number {
   return a.length - b.length;
 }
 
+/** An empty byte string, shared: never write into it (it has no room anyway). */
+export const EMPTY_BYTES: Uint8Array = new Uint8Array(0);
+
 /** Whether two byte strings are equal. */
 export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
@@ -103,8 +106,12 @@ export function printable(bytes: Uint8Array): string {
  * compare with `<` exactly as the bytes do, so they serve as `Map` keys and sort keys.
  */
 export function bytesToBinaryString(bytes: Uint8Array): string {
-  let s = "";
   const chunk = 8192;
+  // A key (the common case) in one go, without a view.
+  if (bytes.length <= chunk) {
+    return String.fromCharCode.apply(null, bytes as unknown as number[]);
+  }
+  let s = "";
   for (let i = 0; i < bytes.length; i += chunk) {
     s += String.fromCharCode.apply(
       null,

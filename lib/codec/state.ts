@@ -792,6 +792,12 @@ class Writer {
       if (r !== NOT_A_COLLECTION) return r;
     }
     if (prevKind === "value" && codec.kindOf(next, rel, path) === "value") {
+      // A number, boolean, null or undefined that is not `next` encodes differently, in at
+      // most 9 bytes (never chunked): no need to encode it again to know.
+      if (
+        typeof prev === "number" || typeof prev === "boolean" || prev === null ||
+        prev === undefined
+      ) return this.value(node, next, path, ancestors, undefined, 9);
       const known = this.prevValue(node, prev);
       return this.value(node, next, path, ancestors, known, known.bytes?.length ?? "unknown");
     }

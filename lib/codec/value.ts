@@ -410,6 +410,17 @@ export function encode(value: unknown, root = "value"): Uint8Array {
   return encodeValue(value, { up: null, step: root, raw: true }).bytes;
 }
 
+/**
+ * Checks that `value` can be encoded (throws `CodecError` naming the path if not; the root is
+ * `root`) and returns an upper bound of the size of its encoding. A number, boolean, `null` or
+ * `undefined` takes at most 9 bytes: known without encoding it.
+ */
+export function encodedSize(value: unknown, root = "value"): number {
+  const t = typeof value;
+  if (t === "number" || t === "boolean" || value === null || value === undefined) return 9;
+  return encode(value, root).length;
+}
+
 /** Decodes bytes made by {@link encode}; errors name `where` (a storage key). */
 export function decode(bytes: Uint8Array, where: string): unknown {
   return decodeValue(bytes, where).value;

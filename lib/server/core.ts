@@ -10,13 +10,13 @@
  * @module
  */
 
-import { concatBytes, equalBytes, keyAfter, readInt64LE, strinc } from "../bytes.ts";
+import { concatBytes, EMPTY_BYTES, equalBytes, keyAfter, readInt64LE, strinc } from "../bytes.ts";
 import { CodecError, DGenError, LockLostError, ValidationError } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
 import { scopeTransaction } from "../storage/subspace.ts";
-import { encode } from "../codec/value.ts";
+import { encodedSize } from "../codec/value.ts";
 import { pack } from "../tuple.ts";
 import { safeParseUser, toIssues } from "../validate.ts";
 import {
@@ -234,7 +234,7 @@ export function writeState(
   } else if (stats.keysWritten + stats.keysCleared === 0) {
     return;
   }
-  tx.setVersionstampedValue(rt.keys.stateVersion, new Uint8Array(0));
+  tx.setVersionstampedValue(rt.keys.stateVersion, EMPTY_BYTES);
   bumpChange(tx, rt);
   effects.written = stored;
 }
@@ -339,7 +339,7 @@ export async function runHandler(
 export function checkReply(rt: Runtime, name: string, value: unknown): void {
   // Every path replies alike: a reply that could not travel through the backend (as a queued
   // call's must) fails on the inline and priority paths too.
-  encode(value, `reply of ${name}`);
+  encodedSize(value, `reply of ${name}`);
   const schema = rt.def.schemas?.reply?.[name];
   if (schema === undefined) return;
   const r = safeParseUser(schema, value);

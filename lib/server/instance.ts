@@ -85,7 +85,7 @@ import {
   type StoredError,
   timeOrderedId,
 } from "./records.ts";
-import { encode } from "../codec/value.ts";
+import { encodedSize } from "../codec/value.ts";
 import { toHex } from "../bytes.ts";
 
 /**
@@ -848,7 +848,7 @@ class Instance {
   #checkEncodable(arg: unknown, path: string): number {
     let size: number;
     try {
-      size = encode(arg, path).length;
+      size = encodedSize(arg, path);
     } catch (e) {
       if (e instanceof CodecError) {
         throw new ValidationError([{ path, message: e.message }], { cause: e });

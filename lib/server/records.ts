@@ -259,8 +259,15 @@ const processTag = Array.from(
  */
 export function timeOrderedId(now = Date.now()): string {
   counter = (counter + 1) % 2_176_782_336; // 36^6
-  return now.toString(36).padStart(9, "0") + counter.toString(36).padStart(6, "0") + processTag;
+  // Many ids share a millisecond: its rendering is kept.
+  if (now !== lastTime) {
+    lastTime = now;
+    lastTimePart = now.toString(36).padStart(9, "0");
+  }
+  return lastTimePart + counter.toString(36).padStart(6, "0") + processTag;
 }
+let lastTime = NaN;
+let lastTimePart = "";
 
 /** The creation time encoded in a {@link timeOrderedId}. */
 export function idTime(id: string): number {

@@ -19,7 +19,7 @@
 import { Buffer } from "node:buffer";
 import * as v from "valibot";
 import type * as FdbPackage from "foundationdb";
-import { compareBytes, concatBytes, hasPrefix, int64LE, printable } from "../bytes.ts";
+import { compareBytes, concatBytes, EMPTY_BYTES, hasPrefix, int64LE, printable } from "../bytes.ts";
 import {
   BackendUnavailableError,
   CommitUnknownResultError,
@@ -471,8 +471,6 @@ function toBytes(buf: Buffer): Uint8Array {
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
 }
 
-const EMPTY = new Uint8Array(0);
-
 /** Per-attempt state shared by a transaction and its snapshot view. */
 interface AttemptState {
   done: boolean;
@@ -637,7 +635,11 @@ class FdbTransactionAdapter implements Transaction {
     );
   }
 
-  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix: Uint8Array = EMPTY): void {
+  setVersionstampedValue(
+    key: Uint8Array,
+    prefix: Uint8Array,
+    suffix: Uint8Array = EMPTY_BYTES,
+  ): void {
     this.#writable();
     const k = this.#key(key);
     // FoundationDB's operand (API 520+): the value with 10 placeholder bytes where the stamp
@@ -750,7 +752,7 @@ class FoundationdbBackend implements Backend {
   closed = false;
   readonly watches = new Set<WatchHandle>();
   /** Key prefix of the directory partition the backend is confined to (empty: none). */
-  prefix: Uint8Array = EMPTY;
+  prefix: Uint8Array = EMPTY_BYTES;
   /** Where subspaces are allocated: the root directory layer or the partition. */
   directories: FdbDirectoryLayer | FdbDirectory;
   readonly #tnOptions: FdbTransactionOptions;

@@ -11,6 +11,7 @@ import {
   addLittleEndian,
   binaryStringToBytes,
   bytesToBinaryString,
+  EMPTY_BYTES,
   int64LE,
   printable,
 } from "../bytes.ts";
@@ -161,7 +162,9 @@ class MemoryTransaction implements Transaction {
   readonly writes = new Map<string, Mutation>();
   readonly clears: Array<[string, string]> = [];
   readonly stampedKeys: Array<{ prefix: Uint8Array; suffix: Uint8Array; value: Uint8Array }> = [];
+  /** Read conflict ranges, and single keys apart (most reads are of one key). */
   readonly conflicts: Array<[string, string]> = [];
+  readonly conflictKeys: string[] = [];
   readonly watches: Array<[string, WatchHandle]> = [];
   size = 0;
   stamp: { promise: Promise<Uint8Array>; resolve(b: Uint8Array): void; reject(e: unknown): void };
@@ -251,7 +254,7 @@ class MemoryTransaction implements Transaction {
         "A versionstamped value cannot be read in the transaction that wrote it",
       );
     }
-    if (conflict) this.conflicts.push([k, k + "\0"]);
+    if (conflict) this.conflictKeys.push(k);
     const base = this.inClearedRange(k) ? undefined : this.store.visible(k, this.readVersion);
     if (m?.kind === "add") {
       let value = base;
@@ -381,7 +384,7 @@ class MemoryTransaction implements Transaction {
     this.stampedKeys.push({ prefix: prefix.slice(), suffix: suffix.slice(), value: value.slice() });
   }
 
-  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY): void {
+  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY_BYTES): void {
     const k = this.checkWrite(key, undefined, prefix.length + 10 + suffix.length);
     this.writes.set(k, { kind: "stampedValue", prefix: prefix.slice(), suffix: suffix.slice() });
   }
@@ -401,7 +404,7 @@ class MemoryTransaction implements Transaction {
   addReadConflictKey(key: Uint8Array): void {
     this.check();
     const k = this.checkKey(key);
-    this.conflicts.push([k, k + "\0"]);
+    this.conflictKeys.push(k);
   }
 
   addReadConflictRange(begin: Uint8Array, end: Uint8Array): void {
@@ -419,7 +422,9 @@ class MemoryTransaction implements Transaction {
   commit(): void {
     this.check();
     const store = this.store;
-    const conflictBytes = this.conflicts.reduce((n, [b, e]) => n + b.length + e.length, 0);
+    let conflictBytes = 0;
+    for (const [b, e] of this.conflicts) conflictBytes += b.length + e.length;
+    for (const k of this.conflictKeys) conflictBytes += 2 * k.length + 1;
     if (this.size + conflictBytes > this.limits.maxTransactionSize) {
       throw new LimitExceededError(
         "transaction_too_large",
@@ -484,11 +489,8 @@ class MemoryTransaction implements Transaction {
   /** A key this transaction read that a later commit wrote, if any. */
   findConflict(): string | undefined {
     const store = this.store;
+    for (const k of this.conflictKeys) if (store.latestVersion(k) > this.readVersion) return k;
     for (const [b, e] of this.conflicts) {
-      if (e === b + "\0") {
-        if (store.latestVersion(b) > this.readVersion) return b;
-        continue;
-      }
       const sorted = store.sorted;
       for (let i = lowerBound(sorted, b); i < sorted.length && sorted[i]! < e; i++) {
         if (store.latestVersion(sorted[i]!) > this.readVersion) return sorted[i]!;
@@ -523,8 +525,6 @@ class MemoryTransaction implements Transaction {
     for (const [, handle] of this.watches) handle.cancel();
   }
 }
-
-const EMPTY = new Uint8Array(0);
 
 function conflictMessage(k: string): string {
   return `Transaction conflicted on key ${printable(binaryStringToBytes(k).subarray(0, 60))}`;

@@ -57,6 +57,7 @@ import {
   addLittleEndian,
   bytesToBinaryString,
   compareBytes,
+  EMPTY_BYTES,
   int64LE,
   printable,
   toHex,
@@ -1033,7 +1034,7 @@ class PgTransaction implements Transaction {
     });
   }
 
-  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = new Uint8Array()): void {
+  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY_BYTES): void {
     const k = this.#checkWrite(key, new Uint8Array(prefix.length + 10 + suffix.length));
     this.#stampedValues.delete(k);
     this.#stampedValues.set(k, {

@@ -41,6 +41,8 @@ import {
   addLittleEndian,
   bytesToBinaryString,
   compareBytes,
+  EMPTY_BYTES,
+  equalBytes,
   int64LE,
   printable,
 } from "../bytes.ts";
@@ -275,13 +277,97 @@ function storageError(e: unknown): Error {
   return new TransactionError("storage_error", `SQLite failed: ${message}`, { cause: e });
 }
 
-/** What the members of one group wrote, for notifying watches after the commit. */
-interface GroupWrites {
-  /** Key (binary string) → index of the last member that wrote it. */
-  readonly touched: Map<string, number>;
+/**
+ * What the members of one group wrote, for notifying watches after the commit. Keys are copied
+ * into one buffer the backend reuses from group to group: most groups meet no watch, and one
+ * that does usually meets few, which a byte comparison finds without converting every key
+ * written to a string (or allocating a copy of it: slow on V8).
+ */
+class GroupWrites {
+  /** The written keys, back to back. */
+  #bytes: Uint8Array;
+  #used = 0;
+  /** Per key: its start and end in #bytes, and the index of the member that wrote it. */
+  readonly #spans: number[] = [];
   /** Ranges cleared, with the index of the member that cleared them. */
-  readonly cleared: Array<{ begin: Uint8Array; end: Uint8Array; index: number }>;
+  readonly cleared: Array<{ begin: Uint8Array; end: Uint8Array; index: number }> = [];
+  /** Index of the last member, so far. */
+  last = 0;
+  #byString: Map<string, number> | undefined;
+
+  constructor(buffer: Uint8Array) {
+    this.#bytes = buffer;
+  }
+
+  /** The buffer, to reuse for the next group (it may have grown). */
+  get buffer(): Uint8Array {
+    return this.#bytes;
+  }
+
+  /** How many keys were written. */
+  get size(): number {
+    return this.#spans.length / 3;
+  }
+
+  touch(key: Uint8Array, index: number): void {
+    const end = this.#used + key.length;
+    if (end > this.#bytes.length) {
+      const grown = new Uint8Array(Math.max(2 * this.#bytes.length, end));
+      grown.set(this.#bytes.subarray(0, this.#used));
+      this.#bytes = grown;
+    }
+    this.#bytes.set(key, this.#used);
+    this.#spans.push(this.#used, end, index);
+    this.#used = end;
+    this.#byString = undefined;
+  }
+
+  #equals(i: number, key: Uint8Array): boolean {
+    const start = this.#spans[i]!;
+    if (this.#spans[i + 1]! - start !== key.length) return false;
+    const bytes = this.#bytes;
+    for (let j = 0; j < key.length; j++) if (bytes[start + j] !== key[j]) return false;
+    return true;
+  }
+
+  /** Key (binary string) → index of the last member that wrote it. */
+  get byString(): Map<string, number> {
+    if (this.#byString === undefined) {
+      this.#byString = new Map();
+      const spans = this.#spans;
+      for (let i = 0; i < spans.length; i += 3) {
+        this.#byString.set(
+          bytesToBinaryString(this.#bytes.subarray(spans[i]!, spans[i + 1]!)),
+          spans[i + 2]!,
+        );
+      }
+    }
+    return this.#byString;
+  }
+
+  /** Whether the group wrote `key` (cleared ranges aside). */
+  wrote(key: Uint8Array): boolean {
+    if (this.size > FEW_KEYS) return this.byString.has(bytesToBinaryString(key));
+    for (let i = 0; i < this.#spans.length; i += 3) if (this.#equals(i, key)) return true;
+    return false;
+  }
+
+  /** Whether a member after `index` wrote `key` (cleared ranges aside). */
+  writtenAfter(key: Uint8Array, index: number): boolean {
+    if (index >= this.last) return false;
+    if (this.size > FEW_KEYS) return (this.byString.get(bytesToBinaryString(key)) ?? -1) > index;
+    for (let i = 0; i < this.#spans.length; i += 3) {
+      if (this.#spans[i + 2]! > index && this.#equals(i, key)) return true;
+    }
+    return false;
+  }
 }
+
+/** 1 as an operand of `add`, shared (never written into). */
+const ONE_LE = int64LE(1);
+
+/** Up to this many keys, a linear search by bytes beats converting the keys to strings. */
+const FEW_KEYS = 16;
 
 interface PendingWrite {
   fn: (tx: Transaction) => unknown;
@@ -387,7 +473,7 @@ class SqliteTransaction implements Transaction {
   }
 
   touch(key: Uint8Array): void {
-    this.group!.touched.set(bytesToBinaryString(key), this.index);
+    this.group!.touch(key, this.index);
   }
 
   #unreadable(): TransactionError {
@@ -400,7 +486,7 @@ class SqliteTransaction implements Transaction {
   #get(key: Uint8Array, conflict: boolean): Uint8Array | undefined {
     this.check();
     this.checkKey(key);
-    if (this.#stampedValues?.has(bytesToBinaryString(key))) throw this.#unreadable();
+    if (this.#stampedValueAt(key) !== undefined) throw this.#unreadable();
     // Accounted like a read conflict key, as the engines with conflict sets do.
     if (conflict) this.size += 2 * key.length + 1;
     let row: Row | undefined;
@@ -452,8 +538,21 @@ class SqliteTransaction implements Transaction {
     return this.#settle(() => this.#range(begin, end, options, true));
   }
 
+  /** The key under which `#stampedValues` holds `key`, if it does. */
+  #stampedValueAt(key: Uint8Array): string | undefined {
+    const m = this.#stampedValues;
+    if (m === undefined) return undefined;
+    if (m.size > FEW_KEYS) {
+      const k = bytesToBinaryString(key);
+      return m.has(k) ? k : undefined;
+    }
+    for (const [k, e] of m) if (equalBytes(e.key, key)) return k;
+    return undefined;
+  }
+
   #forgetStampedValue(key: Uint8Array): void {
-    if (this.#stampedValues !== undefined) this.#stampedValues.delete(bytesToBinaryString(key));
+    const k = this.#stampedValueAt(key);
+    if (k !== undefined) this.#stampedValues!.delete(k);
   }
 
   #put(w: WriterConn, key: Uint8Array, value: Uint8Array): void {
@@ -503,7 +602,8 @@ class SqliteTransaction implements Transaction {
   }
 
   add(key: Uint8Array, delta: bigint | number): void {
-    const operand = int64LE(delta);
+    // Only read here: the common +1 (change counters) needs no array of its own.
+    const operand = delta === 1 ? ONE_LE : int64LE(delta);
     const w = this.checkWrite(key, operand);
     // The write lock is held, so reading and writing back is atomic.
     this.#forgetStampedValue(key);
@@ -526,7 +626,7 @@ class SqliteTransaction implements Transaction {
     (this.#stampedKeys ??= []).push({ key, value: value.slice() });
   }
 
-  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = new Uint8Array()): void {
+  setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY_BYTES): void {
     const value = new Uint8Array(prefix.length + 10 + suffix.length);
     this.checkWrite(key, value);
     value.set(prefix);
@@ -863,7 +963,7 @@ class SqliteBackendImpl implements SqliteBackend {
     }
     const w = this.#writer;
     const counter = committed + 1;
-    const group: GroupWrites = { touched: new Map(), cleared: [] };
+    const group = new GroupWrites(this.#groupBuffer);
     const done: Array<{ req: PendingWrite; tx: SqliteTransaction; result: unknown }> = [];
     let index = 0;
     let broken: unknown;
@@ -882,6 +982,7 @@ class SqliteBackendImpl implements SqliteBackend {
         counter * GROUP_SPAN + index,
         versionstamp(counter, index),
       );
+      group.last = index;
       index++;
       // The first member needs no savepoint: if it fails, rolling back the whole transaction
       // undoes exactly it (a lone transaction, the common case, saves two statements).
@@ -963,6 +1064,8 @@ class SqliteBackendImpl implements SqliteBackend {
       if (committed === this.#knownCounter) this.#knownCounter = counter;
     }
     this.#notifyOwnWrites(group);
+    // The next group reuses the buffer (not a huge one).
+    if (group.buffer.length <= 1 << 16) this.#groupBuffer = group.buffer;
     for (const d of done) {
       if (d.tx.wrote) {
         this.stats.transactions++;
@@ -998,6 +1101,8 @@ class SqliteBackendImpl implements SqliteBackend {
 
   /** The loopback UDP bell (see `_peer_bell.ts`), once bound. */
   #bell: PeerBell | undefined;
+  /** Where a group copies the keys it writes (see GroupWrites). */
+  #groupBuffer: Uint8Array = new Uint8Array(4096);
 
   /** Attaches the bell; its rings are handled like notify-file events. */
   attachBell(bell: PeerBell): void {
@@ -1170,9 +1275,8 @@ class SqliteBackendImpl implements SqliteBackend {
   #armGroupWatches(tx: SqliteTransaction, group: GroupWrites): void {
     for (const [key, handle] of tx.watches) {
       if (handle.settled) continue;
-      const k = bytesToBinaryString(key);
       // A later member of the same group is a later commit.
-      if ((group.touched.get(k) ?? -1) > tx.index) {
+      if (group.writtenAfter(key, tx.index)) {
         handle.fire();
         continue;
       }
@@ -1184,7 +1288,7 @@ class SqliteBackendImpl implements SqliteBackend {
         handle.fire();
         continue;
       }
-      this.#register(k, key, handle);
+      this.#register(bytesToBinaryString(key), key, handle);
     }
   }
 
@@ -1228,9 +1332,15 @@ class SqliteBackendImpl implements SqliteBackend {
     // Every registered watch took its version before this group committed, so any write in
     // the group is a later commit to the key.
     const fire: WatchHandle[] = [];
-    for (const k of group.touched.keys()) {
-      const entry = this.#registry.get(k);
-      if (entry !== undefined) fire.push(...entry.handles);
+    if (group.size * this.#registry.size <= FEW_KEYS) {
+      for (const entry of this.#registry.values()) {
+        if (group.wrote(entry.key)) fire.push(...entry.handles);
+      }
+    } else {
+      for (const k of group.byString.keys()) {
+        const entry = this.#registry.get(k);
+        if (entry !== undefined) fire.push(...entry.handles);
+      }
     }
     if (group.cleared.length > 0) {
       for (const entry of this.#registry.values()) {
