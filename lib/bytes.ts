@@ -155,9 +155,49 @@ export function int64LE(n: bigint | number): Uint8Array {
  */
 export function readInt64LE(bytes: Uint8Array | undefined): bigint {
   if (bytes === undefined || bytes.length === 0) return 0n;
-  const buf = new Uint8Array(8);
-  buf.set(bytes.subarray(0, 8));
-  return new DataView(buf.buffer).getBigInt64(0, true);
+  const [hi, lo] = int64Halves(bytes);
+  return (BigInt(hi) << 32n) + BigInt(lo);
+}
+
+/**
+ * {@link readInt64LE} as a number (rounded as `Number` rounds a bigint beyond 2^53), without a
+ * bigint: for counters read on every call.
+ */
+export function readInt64LENumber(bytes: Uint8Array | undefined): number {
+  if (bytes === undefined || bytes.length === 0) return 0;
+  const [hi, lo] = int64Halves(bytes);
+  return hi * 0x1_0000_0000 + lo;
+}
+
+/** The signed high and unsigned low 32 bits of up to 8 little-endian bytes. */
+function int64Halves(bytes: Uint8Array): [number, number] {
+  let lo = 0;
+  let hi = 0;
+  const n = Math.min(bytes.length, 8);
+  for (let i = 0; i < n && i < 4; i++) lo += bytes[i]! * 2 ** (8 * i);
+  for (let i = 4; i < n; i++) hi |= bytes[i]! << (8 * (i - 4));
+  return [hi, lo];
+}
+
+/**
+ * A versionstamp: `counter` as 8 big-endian bytes (below 2^53), then `index` as 2 (the
+ * transaction's place in a batch of commits).
+ */
+export function versionstampBytes(counter: number, index = 0): Uint8Array {
+  const out = new Uint8Array(10);
+  const hi = Math.floor(counter / 0x1_0000_0000);
+  const lo = counter >>> 0;
+  out[0] = hi >>> 24;
+  out[1] = (hi >>> 16) & 0xff;
+  out[2] = (hi >>> 8) & 0xff;
+  out[3] = hi & 0xff;
+  out[4] = lo >>> 24;
+  out[5] = (lo >>> 16) & 0xff;
+  out[6] = (lo >>> 8) & 0xff;
+  out[7] = lo & 0xff;
+  out[8] = index >>> 8;
+  out[9] = index & 0xff;
+  return out;
 }
 
 /**

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { readInt64LE, strinc, toHex } from "./bytes.ts";
+import { readInt64LE, readInt64LENumber, strinc, toHex } from "./bytes.ts";
 import { createStateCodec } from "./codec/state.ts";
 import { MEMBERSHIP, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
 import type { Watch } from "./storage/types.ts";
@@ -144,7 +144,7 @@ export async function readServerView(
       version: sv === undefined ? "" : toHex(sv),
       state: toDisplay(stored.found ? stored.state : undefined),
       queue: {
-        length: Number(readInt64LE(qn)),
+        length: readInt64LENumber(qn),
         head: head.map((r) => {
           const m = decodeEnvelope(r.value, r.key);
           return { kind: m.kind, name: m.name, arg: toDisplay(m.arg), attempts: m.attempts };
@@ -156,7 +156,7 @@ export async function readServerView(
         leaseUntil: lock.leaseUntil,
         message: lock.message.name,
       },
-      deadLetters: { length: Number(readInt64LE(dln)) },
+      deadLetters: { length: readInt64LENumber(dln) },
       // Presence of instances that died without stopping lingers until a consumer's garbage
       // collection; tools show only live ones.
       instances: instances.map((r) => decodePresence(r.value, r.key)).filter((p) => isLive(p, now))

@@ -10,7 +10,15 @@
  * @module
  */
 
-import { concatBytes, EMPTY_BYTES, equalBytes, keyAfter, readInt64LE, strinc } from "../bytes.ts";
+import {
+  concatBytes,
+  EMPTY_BYTES,
+  equalBytes,
+  keyAfter,
+  readInt64LE,
+  readInt64LENumber,
+  strinc,
+} from "../bytes.ts";
 import { CodecError, DGenError, LockLostError, ValidationError } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
@@ -443,7 +451,7 @@ export async function queueHead(
 
 /** The queue length. */
 export async function queueLength(tx: Transaction, rt: Runtime): Promise<number> {
-  return Number(readInt64LE(await tx.get(rt.keys.queueLength)));
+  return readInt64LENumber(await tx.get(rt.keys.queueLength));
 }
 
 function removeFromQueue(tx: Transaction, rt: Runtime, key: Uint8Array): void {

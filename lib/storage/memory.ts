@@ -14,6 +14,7 @@ import {
   EMPTY_BYTES,
   int64LE,
   printable,
+  versionstampBytes,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -450,8 +451,7 @@ class MemoryTransaction implements Transaction {
       throw error;
     }
     const at = ++store.version;
-    const stamp = new Uint8Array(10);
-    new DataView(stamp.buffer).setBigUint64(0, BigInt(at), false);
+    const stamp = versionstampBytes(at);
     const written = new Set<string>();
     for (const [b, e] of this.clears) {
       const keys = store.sorted.slice(lowerBound(store.sorted, b), lowerBound(store.sorted, e));

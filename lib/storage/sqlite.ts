@@ -45,6 +45,7 @@ import {
   equalBytes,
   int64LE,
   printable,
+  versionstampBytes,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -714,20 +715,6 @@ function isThenable(x: unknown): x is PromiseLike<unknown> {
     typeof (x as { then?: unknown }).then === "function";
 }
 
-/**
- * Runs a body, failing it (and marking the transaction done) when it outlives the duration
- * limit. This also bounds how long a stuck body can hold the write lock, and turns a body that
- * waits for another write transaction of the same backend (which would wait for this one) into
- * a timeout instead of a deadlock.
- */
-function versionstamp(counter: number, index: number): Uint8Array {
-  const stamp = new Uint8Array(10);
-  const view = new DataView(stamp.buffer);
-  view.setBigUint64(0, BigInt(counter), false);
-  view.setUint16(8, index, false);
-  return stamp;
-}
-
 type FsModule = typeof import("node:fs");
 
 interface Registered {
@@ -980,7 +967,7 @@ class SqliteBackendImpl implements SqliteBackend {
         group,
         index,
         counter * GROUP_SPAN + index,
-        versionstamp(counter, index),
+        versionstampBytes(counter, index),
       );
       group.last = index;
       index++;
