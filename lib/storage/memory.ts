@@ -37,7 +37,7 @@ import {
   type TransactOptions,
   type Watch,
 } from "./types.ts";
-import { checkTransactOptions, limitsSchema, WatchHandle } from "./common.ts";
+import { checkTransactOptions, LazyStamp, limitsSchema, WatchHandle } from "./common.ts";
 
 /** One committed version of a key; `value` undefined marks a deletion. */
 interface Version {
@@ -168,7 +168,7 @@ class MemoryTransaction implements Transaction {
   readonly conflictKeys: string[] = [];
   readonly watches: Array<[string, WatchHandle]> = [];
   size = 0;
-  stamp: { promise: Promise<Uint8Array>; resolve(b: Uint8Array): void; reject(e: unknown): void };
+  readonly stamp = new LazyStamp();
   done = false;
   readonly snapshot: ReadTransaction;
 
@@ -179,9 +179,6 @@ class MemoryTransaction implements Transaction {
   ) {
     this.readVersion = store.version;
     store.hold(this.readVersion);
-    this.stamp = Promise.withResolvers<Uint8Array>();
-    // Unobserved rejections of the versionstamp promise are not errors.
-    this.stamp.promise.catch(() => {});
     this.snapshot = {
       get: (key) => Promise.resolve(this.readKey(key, false)),
       getRange: (b, e, o) => Promise.resolve(this.readRange(b, e, o, false)),
@@ -437,8 +434,8 @@ class MemoryTransaction implements Transaction {
     this.done = true;
     store.release(this.readVersion);
     if (!this.hasWrites()) {
-      this.stamp.reject(
-        new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp"),
+      this.stamp.reject(() =>
+        new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp")
       );
       this.armWatches(new Set());
       return;
@@ -446,7 +443,7 @@ class MemoryTransaction implements Transaction {
     const conflict = this.findConflict();
     if (conflict !== undefined) {
       const error = new ConflictError(conflictMessage(conflict));
-      this.stamp.reject(error);
+      this.stamp.reject(() => error);
       for (const [, handle] of this.watches) handle.cancel();
       throw error;
     }
@@ -521,7 +518,9 @@ class MemoryTransaction implements Transaction {
     if (this.done) return;
     this.done = true;
     this.store.release(this.readVersion);
-    this.stamp.reject(new TransactionError("not_committed", "The transaction did not commit"));
+    this.stamp.reject(() =>
+      new TransactionError("not_committed", "The transaction did not commit")
+    );
     for (const [, handle] of this.watches) handle.cancel();
   }
 }

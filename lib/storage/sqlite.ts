@@ -55,7 +55,7 @@ import {
 } from "../errors.ts";
 import { pack } from "../tuple.ts";
 import { parse } from "../validate.ts";
-import { checkTransactOptions, limitsSchema, WatchHandle } from "./common.ts";
+import { checkTransactOptions, LazyStamp, limitsSchema, WatchHandle } from "./common.ts";
 import { PeerBell } from "./_peer_bell.ts";
 import { retryLoop } from "./retry.ts";
 import {
@@ -385,7 +385,7 @@ class SqliteTransaction implements Transaction {
   wrote = false;
   size = 0;
   readonly watches: Array<[Uint8Array, WatchHandle]> = [];
-  readonly stamp = Promise.withResolvers<Uint8Array>();
+  readonly stamp = new LazyStamp();
   readonly snapshot: ReadTransaction;
   #stampedKeys: Array<{ key: Uint8Array; value: Uint8Array }> | undefined;
   /** Keys set by `setVersionstampedValue` and not overwritten since: binary key → value. */
@@ -404,8 +404,6 @@ class SqliteTransaction implements Transaction {
     /** This transaction's versionstamp (known up front: the counter is locked). */
     readonly stampBytes: Uint8Array | undefined,
   ) {
-    // Unobserved rejections of the versionstamp promise are not errors.
-    this.stamp.promise.catch(() => {});
     this.snapshot = {
       get: (key) => this.#settle(() => this.#get(key, false)),
       getRange: (b, e, o) => this.#settle(() => this.#range(b, e, o, false)),
@@ -705,7 +703,9 @@ class SqliteTransaction implements Transaction {
   /** Ends a transaction that did not commit: its stamp rejects and its watches resolve false. */
   abandon(): void {
     this.done = true;
-    this.stamp.reject(new TransactionError("not_committed", "The transaction did not commit"));
+    this.stamp.reject(() =>
+      new TransactionError("not_committed", "The transaction did not commit")
+    );
     for (const [, handle] of this.watches) handle.cancel();
   }
 }
@@ -1058,11 +1058,11 @@ class SqliteBackendImpl implements SqliteBackend {
         this.stats.transactions++;
         d.tx.stamp.resolve(d.tx.stampBytes!);
       } else {
-        d.tx.stamp.reject(
+        d.tx.stamp.reject(() =>
           new TransactionError(
             "no_versionstamp",
             "A transaction that wrote nothing has no versionstamp",
-          ),
+          )
         );
       }
       this.#armGroupWatches(d.tx, group);
@@ -1214,8 +1214,8 @@ class SqliteBackendImpl implements SqliteBackend {
         } finally {
           if (conn.db.isTransaction) conn.rollback.run();
         }
-        tx.stamp.reject(
-          new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp"),
+        tx.stamp.reject(() =>
+          new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp")
         );
         for (const [key, handle] of tx.watches) this.#armChecked(key, handle);
         return result;
