@@ -53,7 +53,9 @@ import {
   isMutableLeaf,
   isPlain,
   isPlainArray,
+  isSmallInt,
   isWellFormed,
+  smallInt,
 } from "./value.ts";
 
 /** The version of the layout above; stored under `prefix ‖ (0)`. */
@@ -243,6 +245,19 @@ class Codec implements StateCodec {
     }
   }
 
+  /** The last prefix written (a copy) and its root node's key: a server writes one prefix. */
+  #lastPrefix: Uint8Array | undefined;
+  #lastRoot: Uint8Array | undefined;
+
+  /** `prefix ‖ (1)`, the root node's key (the same array while the prefix stays the same). */
+  rootKey(prefix: Uint8Array): Uint8Array {
+    if (this.#lastPrefix === undefined || !equalBytes(this.#lastPrefix, prefix)) {
+      this.#lastPrefix = prefix.slice();
+      this.#lastRoot = concatBytes(prefix, ROOT_SUFFIX);
+    }
+    return this.#lastRoot!;
+  }
+
   // ---- What kind of node a value is ----------------------------------------------------
 
   /** The shape of a plain object or plain array (validating names and ids), cached. */
@@ -378,7 +393,7 @@ class Codec implements StateCodec {
   write(tx: Transaction, prefix: Uint8Array, prev: StoredState, next: unknown): WriteStats {
     checkPrefix(prefix);
     const w = new Writer(this, tx, prefix);
-    const root = concatBytes(prefix, ROOT_SUFFIX);
+    const root = this.rootKey(prefix);
     try {
       if (!prev.found) {
         // Whatever is there (nothing, by the contract) goes: the state is written whole.
@@ -638,6 +653,12 @@ class Writer {
     prev: { x: unknown; bytes: Uint8Array | undefined; committed: boolean } | undefined,
     prevLength: number | "none" | "unknown",
   ): boolean {
+    if (isSmallInt(x) && !Object.is(prev?.x, x)) {
+      // The commonest leaf: its node in one array, and no other value encodes the same.
+      this.clearChunks(node, prevLength);
+      this.set(node, smallInt(x, KIND_VALUE));
+      return false;
+    }
     const { bytes, mutable } = encodeValue(x, path, ancestors, this.codec.freezeArrayLimit);
     const same = prev?.bytes !== undefined && equalBytes(prev.bytes, bytes);
     if (!same) this.putValue(node, bytes, prevLength);
@@ -706,12 +727,7 @@ class Writer {
   /** Sets the node of a value, chunked if needed, clearing chunks it no longer has. */
   putValue(node: Uint8Array, bytes: Uint8Array, prevLength: number | "none" | "unknown"): void {
     const max = this.codec.maxValueSize;
-    const prevChunked = prevLength === "unknown" ||
-      (typeof prevLength === "number" && prevLength + 1 > max);
-    if (prevChunked) {
-      const [b, e] = below(node);
-      this.clearRange(b, e);
-    }
+    this.clearChunks(node, prevLength);
     if (bytes.length + 1 <= max) {
       const out = new Uint8Array(bytes.length + 1);
       out[0] = KIND_VALUE;
@@ -728,6 +744,17 @@ class Writer {
     this.set(node, header);
     for (let i = 0; i < count; i++) {
       this.set(concatBytes(node, pack([i])), bytes.slice(i * max, (i + 1) * max));
+    }
+  }
+
+  /** Clears the chunks of the value stored at `node` if it may have been chunked. */
+  clearChunks(node: Uint8Array, prevLength: number | "none" | "unknown"): void {
+    if (
+      prevLength === "unknown" ||
+      (typeof prevLength === "number" && prevLength + 1 > this.codec.maxValueSize)
+    ) {
+      const [b, e] = below(node);
+      this.clearRange(b, e);
     }
   }
 

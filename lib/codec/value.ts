@@ -298,14 +298,39 @@ export function encodeValue(
   return { bytes: new Uint8Array(encoder.encode(prepared)), mutable: walk.mutable };
 }
 
-/** CBOR of an integer in [-2^32, 2^32): major type 0 or 1, shortest argument. */
-function smallInt(n: number): Uint8Array {
+/** Whether {@link encodeValue} encodes `x` with {@link smallInt}. */
+export function isSmallInt(x: unknown): x is number {
+  return typeof x === "number" && Number.isInteger(x) && x >= -0x1_0000_0000 &&
+    x < 0x1_0000_0000 && !Object.is(x, -0);
+}
+
+/**
+ * CBOR of an integer in [-2^32, 2^32): major type 0 or 1, shortest argument; preceded by the
+ * byte `lead` if given (a node's kind: one array instead of two).
+ */
+export function smallInt(n: number, lead?: number): Uint8Array {
   const major = n < 0 ? 0x20 : 0x00;
   const u = n < 0 ? -1 - n : n;
-  if (u < 24) return new Uint8Array([major | u]);
-  if (u < 0x100) return new Uint8Array([major | 24, u]);
-  if (u < 0x10000) return new Uint8Array([major | 25, u >> 8, u & 0xff]);
-  return new Uint8Array([major | 26, u >>> 24, (u >>> 16) & 0xff, (u >>> 8) & 0xff, u & 0xff]);
+  const size = u < 24 ? 1 : u < 0x100 ? 2 : u < 0x10000 ? 3 : 5;
+  const at = lead === undefined ? 0 : 1;
+  const out = new Uint8Array(at + size);
+  if (lead !== undefined) out[0] = lead;
+  if (size === 1) out[at] = major | u;
+  else if (size === 2) {
+    out[at] = major | 24;
+    out[at + 1] = u;
+  } else if (size === 3) {
+    out[at] = major | 25;
+    out[at + 1] = u >> 8;
+    out[at + 2] = u & 0xff;
+  } else {
+    out[at] = major | 26;
+    out[at + 1] = u >>> 24;
+    out[at + 2] = (u >>> 16) & 0xff;
+    out[at + 3] = (u >>> 8) & 0xff;
+    out[at + 4] = u & 0xff;
+  }
+  return out;
 }
 
 class Corrupt extends Error {}

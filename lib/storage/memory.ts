@@ -365,14 +365,16 @@ class MemoryTransaction implements Transaction {
   }
 
   add(key: Uint8Array, delta: bigint | number): void {
-    const operand = int64LE(delta);
+    // The common +1 (change counters) shares its operand, which is only ever read: it is
+    // copied where it becomes a value.
+    const operand = delta === 1 ? ONE_LE : int64LE(delta);
     const k = this.checkWrite(key, operand);
     const m = this.writes.get(k);
     if (m?.kind === "set") {
       this.writes.set(k, { kind: "set", value: addLittleEndian(m.value, operand) });
-    } else if (m?.kind === "clear") this.writes.set(k, { kind: "set", value: operand });
+    } else if (m?.kind === "clear") this.writes.set(k, { kind: "set", value: operand.slice() });
     else if (m?.kind === "add") m.operands.push(operand);
-    else if (this.inClearedRange(k)) this.writes.set(k, { kind: "set", value: operand });
+    else if (this.inClearedRange(k)) this.writes.set(k, { kind: "set", value: operand.slice() });
     else this.writes.set(k, { kind: "add", operands: [operand] });
   }
 
@@ -384,7 +386,11 @@ class MemoryTransaction implements Transaction {
 
   setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY_BYTES): void {
     const k = this.checkWrite(key, undefined, prefix.length + 10 + suffix.length);
-    this.writes.set(k, { kind: "stampedValue", prefix: prefix.slice(), suffix: suffix.slice() });
+    this.writes.set(k, {
+      kind: "stampedValue",
+      prefix: ownCopy(prefix),
+      suffix: ownCopy(suffix),
+    });
   }
 
   getVersionstamp(): Promise<Uint8Array> {
@@ -527,6 +533,14 @@ class MemoryTransaction implements Transaction {
 
 function conflictMessage(k: string): string {
   return `Transaction conflicted on key ${printable(binaryStringToBytes(k).subarray(0, 60))}`;
+}
+
+/** 1 as an operand of `add`, shared (never written into). */
+const ONE_LE = int64LE(1);
+
+/** A copy the transaction owns (the shared empty array for an empty one). */
+function ownCopy(b: Uint8Array): Uint8Array {
+  return b.length === 0 ? EMPTY_BYTES : b.slice();
 }
 
 function concat3(a: Uint8Array, b: Uint8Array, c: Uint8Array): Uint8Array {
