@@ -72,7 +72,7 @@ import {
 import { pack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import * as v from "valibot";
-import { checkTransactOptions, WatchHandle } from "./common.ts";
+import { checkTransactOptions, LazyStamp, WatchHandle } from "./common.ts";
 import { retryLoop } from "./retry.ts";
 import {
   type Backend,
@@ -692,7 +692,7 @@ class PgTransaction implements Transaction {
   readonly #stampedKeys = new Map<string, StampedKey>();
   readonly #stampedValues = new Map<string, StampedValue>();
   readonly #watches: Array<{ key: Uint8Array; handle: WatchHandle }> = [];
-  readonly #stamp = Promise.withResolvers<Uint8Array>();
+  readonly #stamp = new LazyStamp();
   readonly #addedKeys = new Set<string>();
   readonly foldKeys = new Map<string, Uint8Array>();
   #size = 0;
@@ -702,8 +702,6 @@ class PgTransaction implements Transaction {
     readonly backend: PostgresBackend,
     readonly readOnly: boolean,
   ) {
-    // Unobserved rejections of the versionstamp promise are not errors.
-    this.#stamp.promise.catch(noop);
     this.snapshot = {
       get: (key) => this.#get(key, false),
       getRange: (b, e, o) => this.#getRange(b, e, o, false),
@@ -1167,8 +1165,8 @@ class PgTransaction implements Transaction {
       this.#stamp.resolve(stamp);
       this.backend.stamped(stamp);
     } else {
-      this.#stamp.reject(
-        new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp"),
+      this.#stamp.reject(() =>
+        new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp")
       );
     }
     this.backend.committed(this.#addedKeys, this.foldKeys);
@@ -1180,7 +1178,9 @@ class PgTransaction implements Transaction {
     if (this.#aborted) return;
     this.#aborted = true;
     this.#done = true;
-    this.#stamp.reject(new TransactionError("not_committed", "The transaction did not commit"));
+    this.#stamp.reject(() =>
+      new TransactionError("not_committed", "The transaction did not commit")
+    );
     for (const w of this.#watches) w.handle.cancel();
     const session = this.#session;
     this.#session = undefined;
