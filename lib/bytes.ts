@@ -149,6 +149,9 @@ export function int64LE(n: bigint | number): Uint8Array {
   return out;
 }
 
+/** 1 as an operand of `add` (`int64LE(1)`), shared: never write into it. */
+export const ONE_LE: Uint8Array = int64LE(1);
+
 /**
  * Reads a little-endian signed integer of up to 8 bytes (shorter values are zero-extended, as
  * FoundationDB's atomic add does); `undefined` reads as 0.

@@ -279,12 +279,8 @@ export function encodeValue(
 ): EncodedValue {
   // Small integers and booleans are most of what a state's leaves hold: write their CBOR
   // (RFC 8949 §3.1, shortest form, exactly what cbor-x writes) without the encoder's buffers.
-  if (
-    typeof value === "number" && Number.isInteger(value) && value !== 0 ||
-    value === 0 && 1 / value > 0
-  ) {
-    const n = value as number;
-    if (n >= -0x1_0000_0000 && n < 0x1_0000_0000) return { bytes: smallInt(n), mutable: false };
+  if (isSmallInt(value)) {
+    return { bytes: smallInt(value), mutable: false };
   } else if (typeof value === "boolean") {
     return { bytes: new Uint8Array([value ? 0xf5 : 0xf4]), mutable: false };
   } else if (value === undefined) {

@@ -13,6 +13,7 @@ import {
   bytesToBinaryString,
   EMPTY_BYTES,
   int64LE,
+  ONE_LE,
   printable,
   versionstampBytes,
 } from "../bytes.ts";
@@ -534,9 +535,6 @@ class MemoryTransaction implements Transaction {
 function conflictMessage(k: string): string {
   return `Transaction conflicted on key ${printable(binaryStringToBytes(k).subarray(0, 60))}`;
 }
-
-/** 1 as an operand of `add`, shared (never written into). */
-const ONE_LE = int64LE(1);
 
 /** A copy the transaction owns (the shared empty array for an empty one). */
 function ownCopy(b: Uint8Array): Uint8Array {

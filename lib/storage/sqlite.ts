@@ -44,6 +44,7 @@ import {
   EMPTY_BYTES,
   equalBytes,
   int64LE,
+  ONE_LE,
   printable,
   versionstampBytes,
 } from "../bytes.ts";
@@ -363,9 +364,6 @@ class GroupWrites {
     return false;
   }
 }
-
-/** 1 as an operand of `add`, shared (never written into). */
-const ONE_LE = int64LE(1);
 
 /** Up to this many keys, a linear search by bytes beats converting the keys to strings. */
 const FEW_KEYS = 16;
