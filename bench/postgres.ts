@@ -19,24 +19,12 @@
  */
 
 import process from "node:process";
-import { spawnSync } from "node:child_process";
 import { type Backend, int64LE, openPostgresBackend, readInt64LE } from "../mod.ts";
+import { serverUrl } from "./_postgres_url.ts";
 
 const OPS = Number(process.env.BENCH_OPS ?? 2000);
 const ROUNDS = 5;
 const CLIENTS = [1, 4, 16];
-
-function serverUrl(): string {
-  if (process.env.DGEN_PG_URL) return process.env.DGEN_PG_URL;
-  const started = spawnSync("bash", [".ci/postgres.sh", "start"], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  if (started.status !== 0) throw new Error("Could not start PostgreSQL (.ci/postgres.sh start)");
-  const url = /DGEN_PG_URL='([^']+)'/.exec(started.stdout)?.[1];
-  if (!url) throw new Error("postgres.sh printed no DGEN_PG_URL");
-  return url;
-}
 
 interface Row {
   case: string;

@@ -10,24 +10,12 @@
  */
 
 import process from "node:process";
-import { spawnSync } from "node:child_process";
 import { type Backend, openPostgresBackend, openTenant, start } from "../mod.ts";
+import { serverUrl } from "./_postgres_url.ts";
 import { Counter } from "./_counter.ts";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const SIZES = [1, 10, 100];
-
-function serverUrl(): string {
-  if (process.env.DGEN_PG_URL) return process.env.DGEN_PG_URL;
-  const started = spawnSync("bash", [".ci/postgres.sh", "start"], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  if (started.status !== 0) throw new Error("Could not start PostgreSQL (.ci/postgres.sh start)");
-  const url = /DGEN_PG_URL='([^']+)'/.exec(started.stdout)?.[1];
-  if (!url) throw new Error("postgres.sh printed no DGEN_PG_URL");
-  return url;
-}
 
 /** Counts transactions and the bodies they ran (a body runs again after a conflict). */
 function counting(backend: Backend): { backend: Backend; counts: { tx: number; bodies: number } } {

@@ -123,6 +123,16 @@ function faultsFor(seed: number) {
   return { seed, unknownAppliedRate: 0.3, unknownNotAppliedRate: 0.1, conflictRate: 0.1 };
 }
 
+/**
+ * A fresh backend and tenant (`plain`, to check what was stored) and the same tenant seen
+ * through the fault-injection wrapper driven by `seed` (`tenant`, for the servers under test).
+ */
+async function faultyTenant(b: Parameters<typeof fresh>[0], seed: number) {
+  const { backend, tenant: plain } = await fresh(b);
+  const faulty = withFaults(backend, faultsFor(seed));
+  return { backend, plain, faulty, tenant: await openTenant(faulty, plain.name) };
+}
+
 /** Runs `scenario` for `seeds` seeds derived from one printed seed. */
 async function forSeeds(
   what: string,
@@ -184,9 +194,7 @@ for (const b of backends) {
   describe(`unknown commit results on ${b.name}`, { skip: b.skip }, () => {
     it("casts, calls and castMany through a sending instance: each enqueued and applied once", async () => {
       await forSeeds(`unknown commits, sender (${b.name})`, async (seed) => {
-        const { backend, tenant: plain } = await fresh(b);
-        const faulty = withFaults(backend, faultsFor(seed));
-        const tenant = await openTenant(faulty, plain.name);
+        const { backend, plain, faulty, tenant } = await faultyTenant(b, seed);
         const s = ucServer();
         const consumer = await start(s.def, [], { tenant, deadLetterThreshold: 1_000 });
         const sender = await start(s.def, [], { tenant, consume: false });
@@ -223,9 +231,7 @@ for (const b of backends) {
 
     it("calls through consuming instances (inline and queued) and priority messages: applied once, original replies", async () => {
       await forSeeds(`unknown commits, consumers (${b.name})`, async (seed) => {
-        const { backend, tenant: plain } = await fresh(b);
-        const faulty = withFaults(backend, faultsFor(seed));
-        const tenant = await openTenant(faulty, plain.name);
+        const { backend, plain, faulty, tenant } = await faultyTenant(b, seed);
         const s = ucServer();
         const a = await start(s.def, [], { tenant, deadLetterThreshold: 1_000 });
         const c = await start(s.def, [], { tenant, deadLetterThreshold: 1_000 });
@@ -258,9 +264,7 @@ for (const b of backends) {
 
     it("casts through consuming instances (applied inline or queued): each applied once", async () => {
       await forSeeds(`unknown commits, inline casts (${b.name})`, async (seed) => {
-        const { backend, tenant: plain } = await fresh(b);
-        const faulty = withFaults(backend, faultsFor(seed));
-        const tenant = await openTenant(faulty, plain.name);
+        const { backend, plain, faulty, tenant } = await faultyTenant(b, seed);
         const s = ucServer();
         const opts = { tenant, deadLetterThreshold: 1_000, batchSize: 4 };
         const a = await start(s.def, [], opts);
@@ -287,9 +291,7 @@ for (const b of backends) {
 
     it("locked messages: each written back once, the lock released", async () => {
       await forSeeds(`unknown commits, locks (${b.name})`, async (seed) => {
-        const { backend, tenant: plain } = await fresh(b);
-        const faulty = withFaults(backend, faultsFor(seed));
-        const tenant = await openTenant(faulty, plain.name);
+        const { backend, plain, faulty, tenant } = await faultyTenant(b, seed);
         const s = ucServer();
         const opts = { tenant, deadLetterThreshold: 1_000, lockLease: 300 };
         const a = await start(s.def, [], opts);
@@ -323,9 +325,7 @@ for (const b of backends) {
 
     it("a poison message: dead-lettered after exactly its threshold of attempts; a requeue applies once", async () => {
       await forSeeds(`unknown commits, poison (${b.name})`, async (seed) => {
-        const { backend, tenant: plain } = await fresh(b);
-        const faulty = withFaults(backend, faultsFor(seed));
-        const tenant = await openTenant(faulty, plain.name);
+        const { backend, plain, faulty, tenant } = await faultyTenant(b, seed);
         const s = ucServer();
         const threshold = 4;
         const consumer = await start(s.def, [], { tenant, deadLetterThreshold: threshold });
