@@ -7,7 +7,7 @@
  * @module
  */
 
-import { readInt64LE, readInt64LENumber, strinc, toHex } from "./bytes.ts";
+import { EMPTY_BYTES, readInt64LENumber, strinc, toHex } from "./bytes.ts";
 import { createStateCodec } from "./codec/state.ts";
 import { MEMBERSHIP, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
 import type { Watch } from "./storage/types.ts";
@@ -178,8 +178,8 @@ export async function readServerView(
  * Calls `onChange` with the ids of the servers that changed (were created, written, killed, or
  * changed queue, lock, dead letters or instances), first with every server (even none), then
  * after each change, until `signal` aborts. Each server is followed by one backend watch on its
- * own change counter, and the tenant by one on its membership counter, so a change costs one
- * counter read of that server only, whatever the number of servers. `onChange` calls do not
+ * own change marker, and the tenant by one on its membership counter, so a change costs one
+ * read of that server's marker only, whatever the number of servers. `onChange` calls do not
  * overlap: ids changed meanwhile are batched into the next call.
  */
 export async function watchTenant(
@@ -214,19 +214,19 @@ export async function watchTenant(
   const followers = new Map<string, AbortController>();
   const follow = async (id: string, stop: AbortSignal) => {
     const keys = new ServerKeys(id);
-    let last: bigint | undefined;
+    let last: string | undefined;
     let first = true;
     while (!stop.aborted) {
-      const { n, watch } = await tenant.transact(async (tx) => ({
-        n: readInt64LE(await tx.get(keys.change)),
+      const { marker, watch } = await tenant.transact(async (tx) => ({
+        marker: toHex(await tx.get(keys.change) ?? EMPTY_BYTES),
         watch: tx.watch(keys.change),
       }), { readOnly: true });
-      if (first || n !== last) pending.add(id);
+      if (first || marker !== last) pending.add(id);
       if (first) {
         first = false;
         if (initial > 0) initial--;
       }
-      last = n;
+      last = marker;
       bell();
       await waitFor(watch, stop);
     }

@@ -137,8 +137,8 @@ class TenantFeed {
   }
 
   async #onChange(ids: string[]): Promise<void> {
-    // Throttle: watchTenant waits for this before it reads the change counters again, so a
-    // busy tenant costs at most one counter read and one batch of view reads per window.
+    // Throttle: watchTenant waits for this before it reads the change markers again, so a
+    // busy tenant costs at most one marker read and one batch of view reads per window.
     const wait = this.#lastFlush + this.#tuning.coalesceMs - performance.now();
     if (wait > 0) await this.#pause(wait);
     if (this.#abort.signal.aborted) return;

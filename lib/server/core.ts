@@ -247,9 +247,14 @@ export function writeState(
   effects.written = stored;
 }
 
-/** Marks the server as changed (for watchers such as the dashboard). */
+/**
+ * Marks the server as changed (for watchers such as the dashboard): its change marker becomes
+ * this commit's versionstamp. A blind write, not an atomic add: on the PostgreSQL backend an add
+ * inserts a delta row, and one per call from every server made unrelated servers' transactions
+ * abort each other (docs/postgres.md, "Many servers at once").
+ */
 export function bumpChange(tx: Transaction, rt: Runtime): void {
-  tx.add(rt.keys.change, 1);
+  tx.setVersionstampedValue(rt.keys.change, EMPTY_BYTES);
 }
 
 /** The meta record this instance writes. */

@@ -1,6 +1,6 @@
 /**
  * The one place that builds dgen's keys inside a tenant. Everything of server `id` lives
- * under `("s", id)`, its change counter included (so a message's commit touches one region
+ * under `("s", id)`, its change marker included (so a message's commit touches one region
  * of the key space, and there is no tenant-wide hot key); the index of servers lives under
  * `("servers", id)`, with a membership counter bumped only when servers come and go.
  *
@@ -8,7 +8,7 @@
  * |---------------------------------------|------------------------------------------------|
  * | `("servers", id)`                     | server index entry (creation time)             |
  * | `("members")`                         | bumped when a server is created or killed      |
- * | `("s", id, "chg")`                    | change counter of the server (atomic add)      |
+ * | `("s", id, "chg")`                    | versionstamp of the server's last change       |
  * | `("s", id, "meta")`                   | meta: state version, creation time             |
  * | `("s", id, "st", …)`                  | the state, laid out by the state codec          |
  * | `("s", id, "sv")`                     | versionstamp of the last state write           |
@@ -34,7 +34,7 @@ export class ServerKeys {
   readonly root: Uint8Array;
   /** Server index entry. */
   readonly index: Uint8Array;
-  /** Change counter of the server (bumped by every commit that changes what tools show). */
+  /** Change marker: the versionstamp of the last commit that changed what tools show. */
   readonly change: Uint8Array;
   /** Membership counter of the tenant (bumped when a server is created or killed). */
   readonly membership: Uint8Array;

@@ -366,7 +366,7 @@ class MemoryTransaction implements Transaction {
   }
 
   add(key: Uint8Array, delta: bigint | number): void {
-    // The common +1 (change counters) shares its operand, which is only ever read: it is
+    // The common +1 (counters) shares its operand, which is only ever read: it is
     // copied where it becomes a value.
     const operand = delta === 1 ? ONE_LE : int64LE(delta);
     const k = this.checkWrite(key, operand);

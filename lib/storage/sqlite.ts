@@ -599,7 +599,7 @@ class SqliteTransaction implements Transaction {
   }
 
   add(key: Uint8Array, delta: bigint | number): void {
-    // Only read here: the common +1 (change counters) needs no array of its own.
+    // Only read here: the common +1 (counters) needs no array of its own.
     const operand = delta === 1 ? ONE_LE : int64LE(delta);
     const w = this.checkWrite(key, operand);
     // The write lock is held, so reading and writing back is atomic.
