@@ -3,10 +3,12 @@
  * `deno task bench:postgres-servers`, or `bun bench/postgres_servers.ts`. Uses the server named
  * by `DGEN_PG_URL`, or starts the private one with `.ci/postgres.sh start`.
  *
- * For 1, 10 and 100 counter servers, one sequential caller per server calls `increment` for
- * `BENCH_SECONDS` (default 4) seconds; prints calls/s, call latency p50/p99, and how many times
- * transaction bodies ran per transaction (above 1: serialization failures retried). Each size runs
- * in a schema of its own, dropped after it. Then one JSON line.
+ * For 1, 10 and 100 counter servers, one sequential client per server calls `increment` (then,
+ * in a second pass, casts `bump`, consumed by the servers meanwhile) for `BENCH_SECONDS` (default
+ * 4) seconds; prints calls or accepted casts per second, their latency p50/p99, how many times
+ * transaction bodies ran per transaction (above 1: serialization failures retried), and for casts
+ * how long the servers took afterwards to apply every accepted cast (checked). Each pass and size
+ * runs in a schema of its own, dropped after it. Then one JSON line.
  */
 
 import process from "node:process";
@@ -32,63 +34,90 @@ function counting(backend: Backend): { backend: Backend; counts: { tx: number; b
 }
 
 const url = serverUrl();
+type Mode = "call" | "cast";
 interface Row {
+  mode: Mode;
   servers: number;
-  callsPerSec: number;
+  /** Calls (or accepted casts) per second, all servers together. */
+  perSec: number;
   p50Ms: number;
   p99Ms: number;
   bodiesPerTx: number;
+  /** Casts only: time from the end of the window until every accepted cast was applied. */
+  drainMs?: number;
 }
 const rows: Row[] = [];
-for (const servers of SIZES) {
-  process.stderr.write(`${servers} servers…\n`);
-  const schema = `dgen_bench_servers_${servers}_${Date.now()}`;
-  const raw = await openPostgresBackend({ url, schema, maxConnections: 32 });
-  const { backend, counts } = counting(raw);
-  const tenant = await openTenant(backend, "bench");
-  const refs = await Promise.all(
-    Array.from({ length: servers }, (_, i) => start(Counter, [], { tenant, id: `s${i}` })),
-  );
-  counts.tx = 0;
-  counts.bodies = 0;
-  const latencies: number[] = [];
-  const t0 = performance.now();
-  const end = t0 + SECONDS * 1000;
-  await Promise.all(refs.map(async (ref) => {
-    while (performance.now() < end) {
-      const t = performance.now();
-      await ref.call("increment", undefined, { timeout: 60_000 });
-      latencies.push(performance.now() - t);
+for (const mode of ["call", "cast"] as const) {
+  for (const servers of SIZES) {
+    process.stderr.write(`${mode}: ${servers} servers…\n`);
+    const schema = `dgen_bench_servers_${mode}_${servers}_${Date.now()}`;
+    const raw = await openPostgresBackend({ url, schema, maxConnections: 32 });
+    const { backend, counts } = counting(raw);
+    const tenant = await openTenant(backend, "bench");
+    const refs = await Promise.all(
+      Array.from({ length: servers }, (_, i) => start(Counter, [], { tenant, id: `s${i}` })),
+    );
+    counts.tx = 0;
+    counts.bodies = 0;
+    const latencies: number[] = [];
+    const sent = refs.map(() => 0);
+    const t0 = performance.now();
+    const end = t0 + SECONDS * 1000;
+    await Promise.all(refs.map(async (ref, i) => {
+      while (performance.now() < end) {
+        const t = performance.now();
+        if (mode === "call") await ref.call("increment", undefined, { timeout: 60_000 });
+        else await ref.cast("bump");
+        latencies.push(performance.now() - t);
+        sent[i]!++;
+      }
+    }));
+    const seconds = (performance.now() - t0) / 1000;
+    let drainMs: number | undefined;
+    if (mode === "cast") {
+      // Every accepted cast must be applied: poll each server's value, with a deadline.
+      const drainStart = performance.now();
+      const deadline = drainStart + 120_000;
+      await Promise.all(refs.map(async (ref, i) => {
+        while ((await ref.call("value", undefined, { timeout: 60_000 })) !== sent[i]) {
+          if (performance.now() > deadline) throw new Error(`server s${i} did not drain`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }));
+      drainMs = performance.now() - drainStart;
     }
-  }));
-  const seconds = (performance.now() - t0) / 1000;
-  latencies.sort((a, b) => a - b);
-  rows.push({
-    servers,
-    callsPerSec: latencies.length / seconds,
-    p50Ms: latencies[latencies.length >> 1]!,
-    p99Ms: latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * 0.99))]!,
-    bodiesPerTx: counts.bodies / counts.tx,
-  });
-  await Promise.all(refs.map((r) => r.stop()));
-  await raw.close();
-  // The schema goes with a fresh connection (the backend's are closed).
-  const { default: postgres } = await import("postgres");
-  const sql = postgres(url, { max: 1, onnotice: () => {} });
-  await sql.unsafe(`drop schema if exists "${schema}" cascade`);
-  await sql.end();
+    latencies.sort((a, b) => a - b);
+    rows.push({
+      mode,
+      servers,
+      perSec: latencies.length / seconds,
+      p50Ms: latencies[latencies.length >> 1]!,
+      p99Ms: latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * 0.99))]!,
+      bodiesPerTx: counts.bodies / counts.tx,
+      drainMs,
+    });
+    await Promise.all(refs.map((r) => r.stop()));
+    await raw.close();
+    // The schema goes with a fresh connection (the backend's are closed).
+    const { default: postgres } = await import("postgres");
+    const sql = postgres(url, { max: 1, onnotice: () => {} });
+    await sql.unsafe(`drop schema if exists "${schema}" cascade`);
+    await sql.end();
+  }
 }
 
 const runtime = "Bun" in globalThis
   ? `bun ${process.versions.bun}`
   : `deno ${process.versions.deno}`;
 console.log(`many servers on PostgreSQL, one process (${runtime}), ${SECONDS} s per size`);
-console.log("servers   calls/s   p50 ms    p99 ms   bodies per transaction");
+console.log("mode  servers     ops/s   p50 ms    p99 ms   bodies per transaction   drain s");
 for (const r of rows) {
   console.log(
-    `${String(r.servers).padStart(7)}  ${r.callsPerSec.toFixed(0).padStart(8)}  ${
+    `${r.mode}  ${String(r.servers).padStart(7)}  ${r.perSec.toFixed(0).padStart(8)}  ${
       r.p50Ms.toFixed(2).padStart(7)
-    }  ${r.p99Ms.toFixed(1).padStart(8)}   ${r.bodiesPerTx.toFixed(2)}`,
+    }  ${r.p99Ms.toFixed(1).padStart(8)}   ${r.bodiesPerTx.toFixed(2).padEnd(22)}   ${
+      r.drainMs === undefined ? "" : (r.drainMs / 1000).toFixed(1)
+    }`,
   );
 }
 console.log(JSON.stringify({ runtime, seconds: SECONDS, rows }));

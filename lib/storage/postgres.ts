@@ -5,10 +5,10 @@
  * FoundationDB is not available.
  *
  * Everything lives in one schema (`dgen` by default), created on first open:
- * - `kv(key bytea primary key, value bytea)`: the keys and values. `bytea` compares as unsigned
- *   bytes (no collation applies), which is the contract's key order.
- * - `deltas(key, seq, operand)`: pending atomic additions, one row per `add`, that reads fold
- *   into the value (see atomic add below).
+ * - `kv(key bytea, seq bigint, value bytea)`, primary key `(key, seq)`: a key's value is its row
+ *   with `seq` 0, and its pending atomic additions (deltas) are rows with `seq` above 0, next to
+ *   it in the index (see atomic add below). `bytea` compares as unsigned bytes (no collation
+ *   applies), which is the contract's key order.
  * - `meta(id, format)`: one row, whose row lock orders versionstamped commits.
  * - `stamps(stamp)`, `stamp_seq`, `delta_seq`: see versionstamps and atomic adds below.
  *
@@ -25,10 +25,10 @@
  * - **Atomic add** inserts a delta row instead of updating the value, so concurrent adders never
  *   conflict with each other (an insert of a fresh row reads nothing). Readers fold the deltas;
  *   a background fold merges them into the value row after 64 adds to a key from one process,
- *   or when a read meets 16 or more. The price: every read also scans `deltas`, and every
- *   `set` or `clear` deletes the key's deltas, a read of `deltas` that orders it against
- *   concurrent adders. Keeping deltas in their own table keeps that read away from `kv`, so a
- *   blind `set` (an upsert) reads nothing there and does not conflict with its neighbours.
+ *   or when a read meets 16 or more. A `set` deletes the key's deltas, a read of them that
+ *   orders it against concurrent adders. Deltas sit next to their key in the index, so these
+ *   reads and inserts touch the index pages of that key only, not a small table every
+ *   transaction of every server reads (format 1 kept them apart; it is upgraded in place).
  * - **Versionstamps**: at commit, after its writes, a stamped transaction locks the `meta` row
  *   (`FOR UPDATE`), takes the next `stamp_seq` value, writes its stamped keys and values, and
  *   commits, all in one pipelined round trip. The lock is released only once the commit is
@@ -337,10 +337,12 @@ function xid32(xid8: string): string {
   return `(${xid8}::text::bigint % 4294967296)::text`;
 }
 
+/** The layout this version writes (`meta.format`); format 1 kept deltas in a table of their own. */
+const FORMAT = 2;
+
 function statements(schema: string) {
   const s = `"${schema}"`;
   const kv = `${s}.kv`;
-  const deltas = `${s}.deltas`;
   /**
    * Notification of a write to a key: the first 16 bytes of the key's SHA-256 in hex (see
    * keyHash), a colon, and the writer's transaction id as it appears in `xmin`, which lets a
@@ -352,56 +354,59 @@ function statements(schema: string) {
     })) from (select distinct key from ${from}) n`;
   const stamp = `int8send(currval('${s}.stamp_seq')) || '\\x0000'::bytea`;
   const upsert =
-    `insert into ${kv} (key, value) select k, v from t on conflict (key) do update set value = excluded.value returning key`;
-  /** A key's rows: its value (`seq` 0) and its deltas, from both tables. */
-  const rows = (where: string) =>
-    `select key, 0::int8 as seq, value from ${kv} where ${where} union all select key, seq, operand from ${deltas} where ${where}`;
+    `insert into ${kv} (key, seq, value) select k, 0, v from t on conflict (key, seq) do update set value = excluded.value returning key`;
   return {
     setup: [
       `create schema if not exists ${s}`,
-      `create table if not exists ${kv} (key bytea primary key, value bytea not null)`,
-      `create table if not exists ${deltas} (key bytea not null, seq bigint not null, operand bytea not null, primary key (key, seq))`,
       `create table if not exists ${s}.meta (id int primary key, format int not null)`,
-      `insert into ${s}.meta (id, format) values (1, 1) on conflict do nothing`,
+      `insert into ${s}.meta (id, format) values (1, ${FORMAT}) on conflict do nothing`,
+      `create table if not exists ${kv} (key bytea not null, seq bigint not null, value bytea not null, primary key (key, seq))`,
       `create table if not exists ${s}.stamps (stamp bigint primary key)`,
       `create sequence if not exists ${s}.stamp_seq`,
       `create sequence if not exists ${s}.delta_seq`,
+      // Format 1 (a separate deltas table) becomes format 2 in place, once, under setup's lock.
+      `do $$ begin if (select format from ${s}.meta where id = 1) = 1 then
+        alter table ${kv} add column seq bigint not null default 0;
+        alter table ${kv} drop constraint kv_pkey;
+        alter table ${kv} add primary key (key, seq);
+        insert into ${kv} (key, seq, value) select key, seq, operand from ${s}.deltas;
+        drop table ${s}.deltas;
+        update ${s}.meta set format = ${FORMAT} where id = 1;
+      end if; end $$`,
+      // The delta rows alone, for the delete that orders a set against concurrent adders: it
+      // reads this small index, not the key's page of the primary key, so a blind set is no
+      // read of its neighbours there.
+      `create index if not exists kv_deltas on ${kv} (key, seq) where seq > 0`,
     ],
     format: `select format from ${s}.meta where id = 1`,
     beginWrite: "begin isolation level serializable",
     beginRead: "begin isolation level serializable, read only",
     commit: "commit",
     rollback: "rollback",
-    get: `select seq, value from (${rows("key = $1")}) r order by seq`,
-    // Each table is read up to the limit on its own (the first `limit` rows of the union are
-    // among them) so that both scans stop early, reading and predicate-locking only what the
-    // result needs; a sort over the union would read the whole range.
+    // A key's rows: its value (`seq` 0) and its deltas, adjacent in the index.
+    get: `select seq, value from ${kv} where key = $1 order by seq`,
     rangeForward:
-      `select key, seq, value from ((select key, 0::int8 as seq, value from ${kv} where key >= $1 and key < $2 order by key limit $3) union all (select key, seq, operand from ${deltas} where key >= $1 and key < $2 order by key, seq limit $3)) r order by key, seq limit $3`,
+      `select key, seq, value from ${kv} where key >= $1 and key < $2 order by key, seq limit $3`,
     rangeReverse:
-      `select key, seq, value from ((select key, 0::int8 as seq, value from ${kv} where key >= $1 and key < $2 order by key desc limit $3) union all (select key, seq, operand from ${deltas} where key >= $1 and key < $2 order by key desc, seq desc limit $3)) r order by key desc, seq desc limit $3`,
-    conflictKey: `select count(*) from (${rows("key = $1")}) r`,
-    conflictRange: `select count(*) from (${rows("key >= $1 and key < $2")}) r`,
-    // Every write statement writes `kv` before `deltas`, as the fold does, so that they lock
-    // rows in one order and cannot deadlock.
+      `select key, seq, value from ${kv} where key >= $1 and key < $2 order by key desc, seq desc limit $3`,
+    conflictKey: `select count(*) from ${kv} where key = $1`,
+    conflictRange: `select count(*) from ${kv} where key >= $1 and key < $2`,
     set: `with t as (select * from unnest($1::bytea[], $2::bytea[]) as t(k, v)), w as (${upsert}) ${
       notifyKeys("$3", "w")
     }`,
+    // A clear removes a key's value and deltas together.
     clear: `with w as (delete from ${kv} where key = any($1::bytea[]) returning key) ${
       notifyKeys("$2", "w")
     }`,
-    dropDeltas: `with w as (delete from ${deltas} where key = any($1::bytea[]) returning key) ${
-      notifyKeys("$2", "w")
-    }`,
+    dropDeltas:
+      `with w as (delete from ${kv} where key = any($1::bytea[]) and seq > 0 returning key) ${
+        notifyKeys("$2", "w")
+      }`,
     clearRange: `with w as (delete from ${kv} where key >= $1 and key < $2 returning key) ${
       notifyKeys("$3", "w")
     }`,
-    clearRangeDeltas:
-      `with w as (delete from ${deltas} where key >= $1 and key < $2 returning key) ${
-        notifyKeys("$3", "w")
-      }`,
     add:
-      `with w as (insert into ${deltas} (key, seq, operand) select k, nextval('${s}.delta_seq'), v from unnest($1::bytea[], $2::bytea[]) as t(k, v) returning key) ${
+      `with w as (insert into ${kv} (key, seq, value) select k, nextval('${s}.delta_seq'), v from unnest($1::bytea[], $2::bytea[]) as t(k, v) returning key) ${
         notifyKeys("$3", "w")
       }`,
     lock: `select 1 from ${s}.meta where id = 1 for update`,
@@ -418,13 +423,13 @@ function statements(schema: string) {
         notifyKeys("$4", "w")
       }`,
     versions:
-      `select key, seq, x::text from (select key, 0::int8 as seq, xmin as x from ${kv} where key = any($1::bytea[]) union all select key, seq, xmin from ${deltas} where key = any($1::bytea[])) r order by key, seq`,
+      `select key, seq, xmin::text from ${kv} where key = any($1::bytea[]) order by key, seq`,
     ownXid: `select ${xid32("pg_current_xact_id_if_assigned()")}`,
-    foldBase: `select value from ${kv} where key = $1 for update`,
-    foldDeltas: `select seq, operand from ${deltas} where key = $1 order by seq for update`,
-    foldSetBase: `update ${kv} set value = $2 where key = $1`,
-    foldSetDelta: `update ${deltas} set operand = $2 where key = $1 and seq = $3::bigint`,
-    foldDelete: `delete from ${deltas} where key = $1 and seq = any($2::bigint[])`,
+    foldBase: `select value from ${kv} where key = $1 and seq = 0 for update`,
+    foldDeltas: `select seq, value from ${kv} where key = $1 and seq > 0 order by seq for update`,
+    foldSetBase: `update ${kv} set value = $2 where key = $1 and seq = 0`,
+    foldSetDelta: `update ${kv} set value = $2 where key = $1 and seq = $3::bigint`,
+    foldDelete: `delete from ${kv} where key = $1 and seq = any($2::bigint[])`,
     stampsGc: `delete from ${s}.stamps where stamp < $1::bigint`,
   };
 }
@@ -846,9 +851,9 @@ class PgTransaction implements Transaction {
           const rows = [...byKey.values()].sort((a, b) => compareBytes(a.key, b.key));
           const keys = byteaArray(rows.map((r) => r.key));
           this.#send(this.#sql.set, [keys, byteaArray(rows.map((r) => r.value)), channel]);
-          // A set replaces the additions made before it. Reading the deltas table here (and
-          // not `kv`) is what orders this write against concurrent adders; it also keeps a
-          // set from being a read of its neighbours in `kv`.
+          // A set replaces the additions made before it. That delete reads the key's delta
+          // rows, which is what orders this write against concurrent adders; they sit next to
+          // the key's value in the index, so it reads nothing of other keys.
           this.#send(this.#sql.dropDeltas, [keys, channel]);
           break;
         }
@@ -856,7 +861,6 @@ class PgTransaction implements Transaction {
           const list = (run as Array<Extract<Op, { kind: "clear" }>>).map((o) => o.key);
           const keys = byteaArray(list.sort(compareBytes));
           this.#send(this.#sql.clear, [keys, channel]);
-          this.#send(this.#sql.dropDeltas, [keys, channel]);
           break;
         }
         case "add": {
@@ -870,7 +874,6 @@ class PgTransaction implements Transaction {
         }
         case "clearRange":
           this.#send(this.#sql.clearRange, [op.begin, op.end, channel]);
-          this.#send(this.#sql.clearRangeDeltas, [op.begin, op.end, channel]);
           break;
         case "conflictKey":
           this.#send(this.#sql.conflictKey, [op.key]);
@@ -1429,7 +1432,7 @@ class PostgresBackend implements Backend {
     try {
       session.send("begin isolation level read committed").catch(noop);
       open = true;
-      // Rows are locked `kv` first, then `deltas`, the order every writer uses.
+      // The value row is locked first, then the deltas: the order every writer uses.
       const baseRows = session.send(this.sql.foldBase, [key]);
       const deltaRows = await this.withDeadline(session.send(this.sql.foldDeltas, [key]));
       const baseRow = (await baseRows)[0];
@@ -1631,8 +1634,11 @@ export async function openPostgresBackend(
       connection: {
         application_name: hooks.onnotify ? "dgen-listen" : "dgen",
         // Sequential scans take relation-wide predicate locks, which make every concurrent
-        // writer of the table a conflict; index scans lock only the pages they read.
+        // writer of the table a conflict; index scans lock only the pages they read. Bitmap
+        // scans read the whole range before a sort and a limit: a plain index scan returns
+        // rows in key order and stops at the limit.
         enable_seqscan: "off",
+        enable_bitmapscan: "off",
         lock_timeout: limits.maxTransactionDuration,
         idle_in_transaction_session_timeout: limits.maxTransactionDuration + RESPONSE_GRACE_MS,
       },
@@ -1663,9 +1669,9 @@ async function setup(connect: PgConnect, sql: Statements, schema: string): Promi
     const commit = conn.unsafe("commit");
     await Promise.all([...all, format, commit]);
     const version = (await format)[0]?.[0];
-    if (version !== 1) {
+    if (version !== FORMAT) {
       throw new BackendUnavailableError(
-        `Schema "${schema}" holds dgen data in format ${version}; this version reads format 1`,
+        `Schema "${schema}" holds dgen data in format ${version}; this version reads format ${FORMAT} (and upgrades format 1)`,
       );
     }
   } catch (e) {

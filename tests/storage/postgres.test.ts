@@ -65,11 +65,11 @@ describe("openPostgresBackend", () => {
 });
 
 describe("postgres backend", { skip: postgresSkip }, () => {
-  /** Rows of `table` in `schema` for `key` (to see deltas and folds). */
-  const countRows = (schema: string, table: string, key: Uint8Array) =>
+  /** Delta rows (`seq` above 0) of `key` in `schema` (to see adds and folds). */
+  const countDeltas = (schema: string, key: Uint8Array) =>
     withAdmin(async (sql) => {
       const [row] = await sql.unsafe(
-        `select count(*)::int as n from "${schema}".${table} where key = $1`,
+        `select count(*)::int as n from "${schema}".kv where key = $1 and seq > 0`,
         [key],
       );
       return row!.n as number;
@@ -134,7 +134,7 @@ describe("postgres backend", { skip: postgresSkip }, () => {
       await b.transact((tx) => tx.set(key, int64LE(1000)));
       for (let i = 0; i < 70; i++) await b.transact((tx) => tx.add(key, 1));
       await waitFor(
-        async () => (await countRows(schema, "deltas", key)) < 10,
+        async () => (await countDeltas(schema, key)) < 10,
         10_000,
         "deltas were not folded",
         20,
@@ -143,7 +143,7 @@ describe("postgres backend", { skip: postgresSkip }, () => {
       // A set replaces the additions before it.
       await b.transact((tx) => tx.add(key, 5));
       await b.transact((tx) => tx.set(key, int64LE(7)));
-      assert.equal(await countRows(schema, "deltas", key), 0);
+      assert.equal(await countDeltas(schema, key), 0);
       assert.equal(readInt64LE(await b.transact((tx) => tx.get(key))), 7n);
     } finally {
       await b.close();
@@ -410,6 +410,82 @@ describe("postgres backend", { skip: postgresSkip }, () => {
       assert.equal(await deadline(own.promise, 5_000, "watch missed a later write"), true);
     } finally {
       await b.close();
+    }
+  });
+
+  it("upgrades a format 1 schema (deltas in a table of their own) in place", async () => {
+    const schema = testSchemaName();
+    // The layout format 1 created, with a value, a value with pending adds, and adds alone.
+    await withAdmin(async (sql) => {
+      for (
+        const text of [
+          `create schema "${schema}"`,
+          `create table "${schema}".kv (key bytea primary key, value bytea not null)`,
+          `create table "${schema}".deltas (key bytea not null, seq bigint not null, operand bytea not null, primary key (key, seq))`,
+          `create table "${schema}".meta (id int primary key, format int not null)`,
+          `insert into "${schema}".meta values (1, 1)`,
+          `create table "${schema}".stamps (stamp bigint primary key)`,
+          `create sequence "${schema}".stamp_seq`,
+          `create sequence "${schema}".delta_seq start 10`,
+        ]
+      ) await sql.unsafe(text);
+      await sql.unsafe(`insert into "${schema}".kv values ($1, $2), ($3, $4)`, [
+        k("plain"),
+        k("hello"),
+        k("counted"),
+        int64LE(100),
+      ]);
+      await sql.unsafe(
+        `insert into "${schema}".deltas values ($1, 1, $2), ($1, 2, $3), ($4, 3, $5)`,
+        [
+          k("counted"),
+          int64LE(5),
+          int64LE(-2),
+          k("adds only"),
+          int64LE(7),
+        ],
+      );
+    });
+    // Two backends open it at once: one upgrades, the other waits and finds format 2.
+    const [one, two] = await Promise.all([
+      openTestPostgres({ schema, keepSchema: true }),
+      openTestPostgres({ schema }),
+    ]);
+    try {
+      const read = (key: string) => two.transact((tx) => tx.get(k(key)));
+      assert.equal(new TextDecoder().decode(await read("plain")), "hello");
+      assert.equal(readInt64LE(await read("counted")), 103n);
+      assert.equal(readInt64LE(await read("adds only")), 7n);
+      await one.transact((tx) => tx.add(k("counted"), 1));
+      assert.equal(readInt64LE(await read("counted")), 104n);
+      const [meta] = await withAdmin((sql) =>
+        sql.unsafe(
+          `select format, to_regclass('"${schema}".deltas')::text as deltas from "${schema}".meta`,
+        )
+      );
+      assert.deepEqual(meta, { format: 2, deltas: null });
+    } finally {
+      await one.close();
+      await two.close();
+    }
+  });
+
+  it("refuses a schema of an unknown format, naming it", async () => {
+    const schema = testSchemaName();
+    await withAdmin(async (sql) => {
+      await sql.unsafe(`create schema "${schema}"`);
+      await sql.unsafe(`create table "${schema}".meta (id int primary key, format int not null)`);
+      await sql.unsafe(`insert into "${schema}".meta values (1, 99)`);
+    });
+    try {
+      await assert.rejects(
+        openTestPostgres({ schema }),
+        (e: unknown) =>
+          e instanceof BackendUnavailableError &&
+          /format 99; this version reads format 2/.test(e.message),
+      );
+    } finally {
+      await withAdmin((sql) => sql.unsafe(`drop schema "${schema}" cascade`));
     }
   });
 
