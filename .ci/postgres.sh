@@ -11,6 +11,11 @@
 #   DGEN_PG_DATA  the data directory, DGEN_PG_CTL the pg_ctl binary, DGEN_PG_USER the OS user
 #                 that owns the server: the restart test restarts it with these.
 #   DGEN_PG_STARTED  1 if this call started the server, 0 if it was running already.
+#   DGEN_PG_BRIDGE_HOST  10.213.0.1, when the server also listens on the bridge `dgen-br0`: the
+#                 multi-process test puts each process in a network namespace of its own, wired
+#                 to that bridge by a veth pair, so they reach the database as separate hosts.
+#                 Creating the bridge needs root and `ip` (iproute2); without them it is skipped
+#                 and the server listens on 127.0.0.1 only.
 #
 # Settings (environment): DGEN_PG_PORT (default 54329), DGEN_PG_DIR (default
 # ${TMPDIR:-/tmp}/dgen-pg-$DGEN_PG_PORT). Debian's `postgresql` package refuses to run as root,
@@ -69,11 +74,29 @@ as_owner() {
   fi
 }
 
+BRIDGE=dgen-br0
+BRIDGE_HOST=10.213.0.1
+# The bridge the test's network namespaces attach to (see DGEN_PG_BRIDGE_HOST); true if it is up.
+bridge() {
+  [[ "$(id -u)" == 0 ]] && command -v ip >/dev/null 2>&1 || return 1
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    { ip link add "$BRIDGE" type bridge && ip addr add "$BRIDGE_HOST/16" dev "$BRIDGE"; } >&2 2>&1 ||
+      { ip link del "$BRIDGE" >/dev/null 2>&1 || true; return 1; }
+  fi
+  ip link set "$BRIDGE" up >&2 2>&1 || return 1
+  ip -4 addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_HOST/"
+}
+HAS_BRIDGE=0
 print_env() {
   echo "export DGEN_PG_URL='postgres://$RUN_AS@127.0.0.1:$PORT/postgres'"
   echo "export DGEN_PG_DATA='$DIR'"
   echo "export DGEN_PG_CTL='$BIN/pg_ctl'"
   echo "export DGEN_PG_USER='$RUN_AS'"
+  if [[ "$HAS_BRIDGE" == 1 ]]; then
+    echo "export DGEN_PG_BRIDGE_HOST='$BRIDGE_HOST'"
+  else
+    echo "unset DGEN_PG_BRIDGE_HOST"
+  fi
 }
 
 running() {
@@ -93,13 +116,28 @@ start() {
   fi
   # The settings live in the data directory (not on pg_ctl's command line) so that a plain
   # `pg_ctl -D "$DIR" start` or `restart`, as the restart test does, brings back the same server.
-  printf '%s\n' "port = $PORT" "listen_addresses = '127.0.0.1'" \
+  local listen="127.0.0.1"
+  if bridge; then
+    HAS_BRIDGE=1
+    listen="127.0.0.1,$BRIDGE_HOST"
+  else
+    log "no bridge $BRIDGE (needs root and ip): listening on 127.0.0.1 only"
+  fi
+  printf '%s\n' "port = $PORT" "listen_addresses = '$listen'" \
     "unix_socket_directories = '$DIR'" "max_connections = 200" |
     as_owner tee "$DIR/dgen.conf" >/dev/null
   grep -q "^include_if_exists = 'dgen.conf'" "$DIR/postgresql.conf" ||
     echo "include_if_exists = 'dgen.conf'" | as_owner tee -a "$DIR/postgresql.conf" >/dev/null
+  # Clients on the bridge's network are trusted like local ones; nobody else is let in.
+  grep -q "^host all all 10.213.0.0/16 trust" "$DIR/pg_hba.conf" ||
+    echo "host all all 10.213.0.0/16 trust" | as_owner tee -a "$DIR/pg_hba.conf" >/dev/null
   if running; then
     log "already running (data $DIR, port $PORT)"
+    if [[ "$HAS_BRIDGE" == 1 ]] && ! (exec 3<>"/dev/tcp/$BRIDGE_HOST/$PORT") 2>/dev/null; then
+      log "restarting to listen on $BRIDGE_HOST too"
+      as_owner "$BIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w -t 60 restart -m fast >&2 ||
+        die "PostgreSQL did not restart"
+    fi
   else
     # Another server (not ours) on the port would make the tests talk to the wrong database.
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then

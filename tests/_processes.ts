@@ -56,14 +56,25 @@ export class Child {
   /** Resolves once the process has exited and its pipes are closed. */
   readonly closed: Promise<number | null>;
 
-  /** Starts `script` (an absolute path) with `args` under `runtime`. */
-  constructor(readonly runtime: Runtime, script: string, scriptArgs: string[]) {
+  /**
+   * Starts `script` (an absolute path) with `args` under `runtime`; with `netns`, inside that
+   * network namespace (`ip netns exec`, which execs the runtime: the pid is the runtime's).
+   */
+  constructor(
+    readonly runtime: Runtime,
+    script: string,
+    scriptArgs: string[],
+    options: { netns?: string } = {},
+  ) {
     const exe = findOnPath(runtime);
     if (exe === undefined) throw new Error(`${runtime} not found on PATH`);
     const args = runtime === "deno"
       ? ["run", "-A", script, ...scriptArgs]
       : [script, ...scriptArgs];
-    this.#proc = spawn(exe, args, {
+    const command = options.netns === undefined
+      ? [exe, ...args]
+      : [findOnPath("ip") ?? "ip", "netns", "exec", options.netns, exe, ...args];
+    this.#proc = spawn(command[0]!, command.slice(1), {
       stdio: ["pipe", "pipe", "inherit"],
       env: { ...process.env, NO_COLOR: "1" },
     });

@@ -1,9 +1,10 @@
 /**
  * Several OS processes serve one server on a shared backend (a SQLite file; a PostgreSQL
- * schema, each process with its own connections, as separate hosts would be): three consuming
- * processes (Deno and Bun) and a client process; consumers are SIGKILLed at random and
- * restarted while the client casts and calls (and, on PostgreSQL, the database is restarted
- * with `pg_ctl restart -m immediate` midway). Afterwards every acknowledged cast was applied
+ * schema, each process with its own connections, over the loopback and then with every process
+ * in a network namespace of its own, reaching the database over its own veth link as a
+ * separate host would): three consuming processes (Deno and Bun) and a client process;
+ * consumers are SIGKILLed at random and restarted while the client casts and calls (and, on
+ * PostgreSQL, the database is restarted with `pg_ctl restart -m immediate` midway). Afterwards every acknowledged cast was applied
  * exactly once, every call reply fits the sequential history, no lock is held and the queue is
  * empty. Random choices come from a printed seed (`DGEN_SEED` replays one).
  */
@@ -18,13 +19,18 @@ import {
   postgresUrl,
   restartPostgres,
   testSchemaName,
+  withAdmin,
 } from "../storage/_postgres.ts";
 import { Child, missingRuntimes, type Runtime, testScript } from "../_processes.ts";
+import { bridgeHost, type Hosts, makeHosts, netnsSkip } from "../_netns.ts";
 import { tempDbPath } from "./_backends.ts";
 import { waitFor } from "../_helpers.ts";
 import { prng } from "../../lib/storage/faults.ts";
 
 const skip = missingRuntimes();
+if (netnsSkip !== undefined && postgresRestartSkip === undefined) {
+  console.log(`multi-process test on network-namespace hosts skipped: ${netnsSkip}`);
+}
 const SCRIPT = testScript("./server/mp_child.ts");
 const CASTS = Number(process.env.DGEN_MP_CASTS ?? 2000);
 const CALLS = Number(process.env.DGEN_MP_CALLS ?? 500);
@@ -55,8 +61,16 @@ export function checkTally(log: string[], count: number, h: History): string {
 interface Engine {
   name: string;
   skip?: string;
-  /** The child's backend spec, and how to open it here to check the end state. */
-  prepare(): { spec: Record<string, unknown>; open(): Promise<Backend>; cleanup(): Promise<void> };
+  /**
+   * The child's backend spec, how to open it here to check the end state, and the network
+   * namespace of each child (consumers, then the client), if they run on hosts of their own.
+   */
+  prepare(): {
+    spec: Record<string, unknown>;
+    open(): Promise<Backend>;
+    cleanup(): Promise<void>;
+    hosts?: Hosts;
+  };
   /** Something to do to the database midway (a restart), if any. */
   disrupt?(): Promise<void>;
 }
@@ -86,6 +100,26 @@ const engines: Engine[] = [
     },
     disrupt: () => restartPostgres(),
   },
+  {
+    name: "PostgreSQL, each process a host of its own (network namespaces)",
+    skip: postgresRestartSkip ?? netnsSkip,
+    prepare() {
+      const schema = testSchemaName();
+      const url = new URL(postgresUrl!);
+      url.hostname = bridgeHost!;
+      const hosts = makeHosts(4);
+      return {
+        spec: { kind: "postgres", url: url.href, schema },
+        open: () => openTestPostgres({ schema, keepSchema: true }),
+        cleanup: async () => {
+          hosts.remove();
+          await dropTestSchema(schema);
+        },
+        hosts,
+      };
+    },
+    disrupt: () => restartPostgres(),
+  },
 ];
 
 for (const engine of engines) {
@@ -94,8 +128,10 @@ for (const engine of engines) {
     { skip: skip ?? engine.skip },
     () => {
       const children: Child[] = [];
+      let hosts: Hosts | undefined;
       after(async () => {
         await Promise.all(children.map((c) => c.kill()));
+        hosts?.remove();
       });
 
       it("applies every acknowledged message exactly once while consumers are killed", async () => {
@@ -103,33 +139,51 @@ for (const engine of engines) {
         console.log(`multi-process (${engine.name}) seed: ${seed} (replay with DGEN_SEED=${seed})`);
         const random = prng(seed);
         const db = engine.prepare();
+        hosts = db.hosts;
         const spec = JSON.stringify({ ...db.spec, tenant: "mp" });
         const runtimes: Runtime[] = ["deno", "bun", "deno"];
         const consumers: Array<Child | undefined> = [];
         const startConsumer = async (i: number) => {
-          const c = new Child(runtimes[i]!, SCRIPT, [
-            spec,
-            "consumer",
-            JSON.stringify({ lockLease: 1000 }),
-          ]);
+          const c = new Child(
+            runtimes[i]!,
+            SCRIPT,
+            [spec, "consumer", JSON.stringify({ lockLease: 1000 })],
+            { netns: db.hosts?.names[i] },
+          );
           children.push(c);
           await c.next((d) => d.ready === true, 60_000, "consumer ready");
           consumers[i] = c;
         };
         await Promise.all(runtimes.map((_, i) => startConsumer(i)));
-        const client = new Child(random() < 0.5 ? "deno" : "bun", SCRIPT, [
-          spec,
-          "client",
-          JSON.stringify({
-            casts: CASTS,
-            calls: CALLS,
-            concurrency: 8,
-            prefix: "m",
-            timeout: 120_000,
-          }),
-        ]);
+        const client = new Child(
+          random() < 0.5 ? "deno" : "bun",
+          SCRIPT,
+          [
+            spec,
+            "client",
+            JSON.stringify({
+              casts: CASTS,
+              calls: CALLS,
+              concurrency: 8,
+              prefix: "m",
+              timeout: 120_000,
+            }),
+          ],
+          { netns: db.hosts?.names[3] },
+        );
         children.push(client);
         await client.next((d) => d.ready === true, 60_000, "client ready");
+        if (db.hosts !== undefined) {
+          // The database sees each process's connections come from that process's host.
+          const seen = await withAdmin(async (sql) =>
+            (await sql.unsafe(
+              "select distinct host(client_addr) as a from pg_stat_activity where client_addr is not null",
+            )).map((r) => r.a as string)
+          );
+          for (const address of db.hosts.addresses) {
+            assert.ok(seen.includes(address), `no connection from ${address} (saw ${seen})`);
+          }
+        }
 
         // Nemesis: kill a random consumer every 0.2–0.8 s and restart it; disrupt the database
         // once, about a third of the way in.
