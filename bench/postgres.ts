@@ -20,7 +20,7 @@
 
 import process from "node:process";
 import { type Backend, int64LE, openPostgresBackend, readInt64LE } from "../mod.ts";
-import { serverUrl } from "./_postgres_url.ts";
+import { bareRmw, serverUrl } from "./_postgres.ts";
 
 const OPS = Number(process.env.BENCH_OPS ?? 2000);
 const ROUNDS = 5;
@@ -134,17 +134,7 @@ async function main(): Promise<void> {
           name: "rmw: bare npm:postgres (BEGIN SERIALIZABLE; SELECT; UPDATE; COMMIT)",
           clients: 1,
           op: async () => {
-            const [, [row]] = await Promise.all([
-              bare.unsafe("begin isolation level serializable"),
-              bare.unsafe(`select v from "${schema}".bare where k = $1`, [1], { prepare: true }),
-            ]);
-            await Promise.all([
-              bare.unsafe(`update "${schema}".bare set v = $2 where k = $1`, [
-                1,
-                Number(row!.v) + 1,
-              ], { prepare: true }),
-              bare.unsafe("commit"),
-            ]);
+            await bareRmw(bare, `"${schema}".bare`);
             return 1;
           },
         },
@@ -262,7 +252,7 @@ async function main(): Promise<void> {
     await admin.end();
   }
 
-  const bareRmw = rows[0]!.rate;
+  const bareRate = rows[0]!.rate;
   const runtime = "Bun" in globalThis
     ? `bun ${process.versions.bun}`
     : `deno ${process.versions.deno}`;
@@ -287,7 +277,7 @@ async function main(): Promise<void> {
     r.p50.toFixed(2),
     r.p99.toFixed(2),
     r.retries.toFixed(2),
-    (r.rate / bareRmw).toFixed(2) + "x",
+    (r.rate / bareRate).toFixed(2) + "x",
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)));
   const line = (cells: string[]) =>
