@@ -1141,7 +1141,7 @@ class Instance {
     // other is cheaper than gathering promises (5–10% of a memory-backend call). The state is
     // read after: a call that gets queued does not read it, so a state write it does not depend
     // on cannot make it conflict.
-    let prior: Awaited<ReturnType<typeof readRequest>>;
+    let prior: Awaited<ReturnType<typeof readRequest>> = undefined;
     let held: LockRecord | undefined;
     let length = 0;
     if (rt.idempotent) {

@@ -25,10 +25,13 @@
  * - **Atomic add** inserts a delta row instead of updating the value, so concurrent adders never
  *   conflict with each other (an insert of a fresh row reads nothing). Readers fold the deltas;
  *   a background fold merges them into the value row after 64 adds to a key from one process,
- *   or when a read meets 16 or more. A `set` deletes the key's deltas, a read of them that
- *   orders it against concurrent adders. Deltas sit next to their key in the index, so these
- *   reads and inserts touch the index pages of that key only, not a small table every
- *   transaction of every server reads (format 1 kept them apart; it is upgraded in place).
+ *   or when a read meets 16 or more. Deltas sit next to their key in the primary key, so a
+ *   read returns a key's value and deltas in one range scan that touches that key's index
+ *   pages only. A `set` deletes the key's deltas, a read of them that orders it against
+ *   concurrent adders, through a partial index of the delta rows alone: small, so every set
+ *   and add meet there, but a blind set reads none of its neighbours in the primary key.
+ *   (Format 1 kept deltas in a table of their own that every read scanned; it is upgraded in
+ *   place.)
  * - **Versionstamps**: at commit, after its writes, a stamped transaction locks the `meta` row
  *   (`FOR UPDATE`), takes the next `stamp_seq` value, writes its stamped keys and values, and
  *   commits, all in one pipelined round trip. The lock is released only once the commit is
@@ -852,8 +855,9 @@ class PgTransaction implements Transaction {
           const keys = byteaArray(rows.map((r) => r.key));
           this.#send(this.#sql.set, [keys, byteaArray(rows.map((r) => r.value)), channel]);
           // A set replaces the additions made before it. That delete reads the key's delta
-          // rows, which is what orders this write against concurrent adders; they sit next to
-          // the key's value in the index, so it reads nothing of other keys.
+          // rows, which is what orders this write against concurrent adders. It reads them
+          // through the partial index of delta rows, not the primary key, so a blind set reads
+          // none of its neighbours' rows.
           this.#send(this.#sql.dropDeltas, [keys, channel]);
           break;
         }
