@@ -358,6 +358,9 @@ function statements(schema: string) {
   const stamp = `int8send(currval('${s}.stamp_seq')) || '\\x0000'::bytea`;
   const upsert =
     `insert into ${kv} (key, seq, value) select k, 0, v from t on conflict (key, seq) do update set value = excluded.value returning key`;
+  /** Deletes the delta rows of the keys in `$1` (a CTE named `d`). */
+  const dropDeltas =
+    `d as (delete from ${kv} where key = any($1::bytea[]) and seq > 0 returning key)`;
   return {
     setup: [
       `create schema if not exists ${s}`,
@@ -394,17 +397,17 @@ function statements(schema: string) {
       `select key, seq, value from ${kv} where key >= $1 and key < $2 order by key desc, seq desc limit $3`,
     conflictKey: `select count(*) from ${kv} where key = $1`,
     conflictRange: `select count(*) from ${kv} where key >= $1 and key < $2`,
-    set: `with t as (select * from unnest($1::bytea[], $2::bytea[]) as t(k, v)), w as (${upsert}) ${
-      notifyKeys("$3", "w")
-    }`,
+    // A set replaces the additions made before it: the same statement deletes the keys' delta
+    // rows (through the partial index of delta rows; see setup). Its value row is written
+    // first, as the fold locks them, so the two cannot deadlock.
+    set:
+      `with t as (select * from unnest($1::bytea[], $2::bytea[]) as t(k, v)), w as (${upsert}), ${dropDeltas} ${
+        notifyKeys("$3", "(select key from w union all select key from d) u")
+      }`,
     // A clear removes a key's value and deltas together.
     clear: `with w as (delete from ${kv} where key = any($1::bytea[]) returning key) ${
       notifyKeys("$2", "w")
     }`,
-    dropDeltas:
-      `with w as (delete from ${kv} where key = any($1::bytea[]) and seq > 0 returning key) ${
-        notifyKeys("$2", "w")
-      }`,
     clearRange: `with w as (delete from ${kv} where key >= $1 and key < $2 returning key) ${
       notifyKeys("$3", "w")
     }`,
@@ -422,8 +425,8 @@ function statements(schema: string) {
         notifyKeys("$4", "w")
       }`,
     stampedValues:
-      `with t as (select k, p || ${stamp} || x as v from unnest($1::bytea[], $2::bytea[], $3::bytea[]) as u(k, p, x)), w as (${upsert}) ${
-        notifyKeys("$4", "w")
+      `with t as (select k, p || ${stamp} || x as v from unnest($1::bytea[], $2::bytea[], $3::bytea[]) as u(k, p, x)), w as (${upsert}), ${dropDeltas} ${
+        notifyKeys("$4", "(select key from w union all select key from d) u")
       }`,
     versions:
       `select key, seq, xmin::text from ${kv} where key = any($1::bytea[]) order by key, seq`,
@@ -853,12 +856,10 @@ class PgTransaction implements Transaction {
           }
           const rows = [...byKey.values()].sort((a, b) => compareBytes(a.key, b.key));
           const keys = byteaArray(rows.map((r) => r.key));
+          // It also deletes the keys' delta rows: that read of them is what orders a set
+          // against concurrent adders. Through the partial index of delta rows, not the
+          // primary key, so a blind set reads none of its neighbours' rows.
           this.#send(this.#sql.set, [keys, byteaArray(rows.map((r) => r.value)), channel]);
-          // A set replaces the additions made before it. That delete reads the key's delta
-          // rows, which is what orders this write against concurrent adders. It reads them
-          // through the partial index of delta rows, not the primary key, so a blind set reads
-          // none of its neighbours' rows.
-          this.#send(this.#sql.dropDeltas, [keys, channel]);
           break;
         }
         case "clear": {
@@ -1117,14 +1118,12 @@ class PgTransaction implements Transaction {
       }
       if (this.#stampedValues.size > 0) {
         const items = [...this.#stampedValues.values()];
-        const keys = byteaArray(items.map((s) => s.key));
         this.#send(this.#sql.stampedValues, [
-          keys,
+          byteaArray(items.map((s) => s.key)),
           byteaArray(items.map((s) => s.prefix)),
           byteaArray(items.map((s) => s.suffix)),
           channel,
         ]);
-        this.#send(this.#sql.dropDeltas, [keys, channel]);
       }
     }
     let versionsQuery: Promise<PgResult> | undefined;
