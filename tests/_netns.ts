@@ -12,6 +12,21 @@ import { findOnPath } from "./_processes.ts";
 /** The database's address on the bridge, when `.ci/postgres.sh` set one up. */
 export const bridgeHost: string | undefined = process.env.DGEN_PG_BRIDGE_HOST || undefined;
 
+function ip(...args: string[]): void {
+  execFileSync(findOnPath("ip") ?? "ip", args, { stdio: ["ignore", "ignore", "pipe"] });
+}
+
+/** Makes one host and removes it again: the kernel may refuse namespaces or veth pairs. */
+function probe(): string | undefined {
+  try {
+    makeHosts(1).remove();
+    return undefined;
+  } catch (e) {
+    const stderr = (e as { stderr?: { toString(): string } }).stderr?.toString().trim();
+    return `cannot make a network namespace with a veth pair here: ${stderr || e}`;
+  }
+}
+
 /** Why hosts cannot be made here, or `undefined` when they can. */
 export const netnsSkip: string | undefined = bridgeHost === undefined
   ? "DGEN_PG_BRIDGE_HOST is not set (.ci/postgres.sh sets it when it can create the bridge: root and ip)"
@@ -19,11 +34,7 @@ export const netnsSkip: string | undefined = bridgeHost === undefined
   ? "ip (iproute2) not found on PATH"
   : process.getuid?.() !== 0
   ? "creating network namespaces needs root"
-  : undefined;
-
-function ip(...args: string[]): void {
-  execFileSync(findOnPath("ip") ?? "ip", args, { stdio: ["ignore", "ignore", "pipe"] });
-}
+  : probe();
 
 /** Hosts made by {@link makeHosts}: their namespace names, and how to remove them. */
 export interface Hosts {
@@ -40,18 +51,22 @@ export interface Hosts {
  * the bridge, addressed 10.213.<i + 1>.<pid % 250 + 2>/16.
  */
 export function makeHosts(count: number): Hosts {
-  if (netnsSkip !== undefined) throw new Error(netnsSkip);
   const tag = process.pid % 100_000;
   const names: string[] = [];
   const addresses: string[] = [];
+  const links: string[] = [];
   const remove = () => {
-    for (const name of names) {
+    // The veth pairs first, synchronously (a namespace's own links go away with it only later,
+    // in the kernel's background clean-up, and the next hosts may want the same names).
+    const attempt = (...args: string[]) => {
       try {
-        ip("netns", "del", name);
+        ip(...args);
       } catch {
         // Already gone.
       }
-    }
+    };
+    for (const link of links) attempt("link", "del", link);
+    for (const name of names) attempt("netns", "del", name);
   };
   try {
     for (let i = 0; i < count; i++) {
@@ -62,6 +77,7 @@ export function makeHosts(count: number): Hosts {
       ip("netns", "add", name);
       names.push(name);
       ip("link", "add", outer, "type", "veth", "peer", "name", inner);
+      links.push(outer);
       ip("link", "set", inner, "netns", name);
       ip("link", "set", outer, "master", "dgen-br0", "up");
       const address = `10.213.${i + 1}.${(tag % 250) + 2}`;
