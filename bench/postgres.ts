@@ -21,6 +21,7 @@
 import process from "node:process";
 import { type Backend, int64LE, openPostgresBackend, readInt64LE } from "../mod.ts";
 import { bareRmw, serverUrl } from "./_postgres.ts";
+import { percentile } from "./_stats.ts";
 
 const OPS = Number(process.env.BENCH_OPS ?? 2000);
 const ROUNDS = 5;
@@ -36,10 +37,6 @@ interface Row {
   p99: number;
   /** Transaction bodies run again after a conflict, per commit. */
   retries: number;
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 }
 
 /** One case of a comparison: `op` runs one operation and returns how many bodies ran. */

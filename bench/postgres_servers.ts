@@ -18,6 +18,7 @@ import process from "node:process";
 import { type Backend, openPostgresBackend, openTenant, start } from "../mod.ts";
 import { bareRmw, serverUrl } from "./_postgres.ts";
 import { Counter } from "./_counter.ts";
+import { percentile } from "./_stats.ts";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const SIZES = (process.env.BENCH_SIZES ?? "1,10,100").split(",").map(Number);
@@ -53,10 +54,7 @@ const rows: Row[] = [];
 
 /** p50 and p99 of sorted latencies. */
 function percentiles(sorted: number[]): { p50Ms: number; p99Ms: number } {
-  return {
-    p50Ms: sorted[sorted.length >> 1]!,
-    p99Ms: sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))]!,
-  };
+  return { p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99) };
 }
 
 // The floor, measured first in the same run: a bare serializable single-row read-modify-write,

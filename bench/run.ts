@@ -36,6 +36,7 @@ import { Counter } from "./_counter.ts";
 import type { PeerResult } from "./peers/common.ts";
 import { runDurableObjects } from "./peers/durable_objects.ts";
 import { runRestate } from "./peers/restate.ts";
+import { percentile } from "./_stats.ts";
 
 // ---- options and output -------------------------------------------------------------------
 
@@ -101,11 +102,6 @@ function fmt(v: number, unit: string): string {
   return Math.round(v).toLocaleString("en-US");
 }
 const want = (id: string) => ONLY === undefined || ONLY.includes(id);
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
-}
 
 /** Runs `op` sequentially for SECONDS (after a short warm-up): rate and latencies. */
 async function timed(

@@ -27,6 +27,7 @@ import {
 } from "../mod.ts";
 import { int64LE, strinc } from "../lib/bytes.ts";
 import { missingRuntimes, type Runtime, sqliteChild } from "../tests/_processes.ts";
+import { percentile } from "./_stats.ts";
 
 const arg = (name: string, fallback: number) => {
   const a = process.argv.find((x) => x.startsWith(`--${name}=`));
@@ -58,9 +59,9 @@ function record(key: string, name: string, value: number, unit: string, note?: s
   console.error(`  ${name}: ${value.toFixed(unit === "ms" ? 2 : 0)} ${unit}`);
 }
 
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? NaN;
+/** The `p` quantile of `values`, in any order. */
+function quantile(values: number[], p: number): number {
+  return percentile([...values].sort((a, b) => a - b), p);
 }
 
 /** Runs `op` back to back for SECONDS; returns ops/s and per-op latencies (ms). */
@@ -92,7 +93,7 @@ async function fsyncFloor(): Promise<void> {
   });
   closeSync(fd);
   record("fdatasyncPerSec", "disk: 4 KiB write + fdatasync", rate, "ops/s", "physical floor");
-  record("fdatasyncP50Ms", "disk: fdatasync p50", percentile(lat, 0.5), "ms");
+  record("fdatasyncP50Ms", "disk: fdatasync p50", quantile(lat, 0.5), "ms");
 }
 
 /** A bare single-row SQLite commit (WAL, synchronous=FULL), no dgen in between. */
@@ -117,8 +118,8 @@ async function sequentialRmw(b: Backend, key: string, label: string, name: strin
     })
   );
   record(`${key}PerSec`, `${label}: sequential RMW commits`, rate, "commits/s", name);
-  record(`${key}P50Ms`, `${label}: RMW latency p50`, percentile(lat, 0.5), "ms");
-  record(`${key}P99Ms`, `${label}: RMW latency p99`, percentile(lat, 0.99), "ms");
+  record(`${key}P50Ms`, `${label}: RMW latency p50`, quantile(lat, 0.5), "ms");
+  record(`${key}P99Ms`, `${label}: RMW latency p99`, quantile(lat, 0.99), "ms");
 }
 
 /** `writers` concurrent loops, each doing RMW transactions on its own key. */
@@ -211,8 +212,8 @@ async function watchLatency(): Promise<void> {
     await b.close();
   }
   for (const r of runtimes) {
-    record(`watch_${r}_p50Ms`, `cross-process watch → ${r}: p50`, percentile(lat[r]!, 0.5), "ms");
-    record(`watch_${r}_p99Ms`, `cross-process watch → ${r}: p99`, percentile(lat[r]!, 0.99), "ms");
+    record(`watch_${r}_p50Ms`, `cross-process watch → ${r}: p50`, quantile(lat[r]!, 0.5), "ms");
+    record(`watch_${r}_p99Ms`, `cross-process watch → ${r}: p99`, quantile(lat[r]!, 0.99), "ms");
   }
 }
 
@@ -254,7 +255,7 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-const median = (xs: number[]) => percentile(xs, 0.5);
+const median = (xs: number[]) => quantile(xs, 0.5);
 const value = (key: string) => median(rows.get(key)!.samples);
 const floor = value("fdatasyncPerSec");
 const bare = value("bareSqliteCommitsPerSec");
