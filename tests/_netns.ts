@@ -42,7 +42,7 @@ export interface Hosts {
   names: string[];
   /** Each host's address on the bridge. */
   addresses: string[];
-  /** Deletes the namespaces (and with them their veth pairs). */
+  /** Deletes the veth pairs, then the namespaces. */
   remove(): void;
 }
 

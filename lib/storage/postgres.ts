@@ -358,9 +358,13 @@ function statements(schema: string) {
   const stamp = `int8send(currval('${s}.stamp_seq')) || '\\x0000'::bytea`;
   const upsert =
     `insert into ${kv} (key, seq, value) select k, 0, v from t on conflict (key, seq) do update set value = excluded.value returning key`;
-  /** Deletes the delta rows of the keys in `$1` (a CTE named `d`). */
+  /**
+   * Beside an upsert `w` of the keys in `$1`: deletes their delta rows (a CTE named `d`), and
+   * the keys both wrote, for `notifyKeys`.
+   */
   const dropDeltas =
     `d as (delete from ${kv} where key = any($1::bytea[]) and seq > 0 returning key)`;
+  const upsertedOrDropped = "(select key from w union all select key from d) u";
   return {
     setup: [
       `create schema if not exists ${s}`,
@@ -398,11 +402,12 @@ function statements(schema: string) {
     conflictKey: `select count(*) from ${kv} where key = $1`,
     conflictRange: `select count(*) from ${kv} where key >= $1 and key < $2`,
     // A set replaces the additions made before it: the same statement deletes the keys' delta
-    // rows (through the partial index of delta rows; see setup). Its value row is written
-    // first, as the fold locks them, so the two cannot deadlock.
+    // rows (through the partial index of delta rows; see setup). The upsert's rows are read
+    // first, so it runs first and locks the value row before the deltas, as the fold does;
+    // PostgreSQL does not promise that order, and a deadlock would be retried as a conflict.
     set:
       `with t as (select * from unnest($1::bytea[], $2::bytea[]) as t(k, v)), w as (${upsert}), ${dropDeltas} ${
-        notifyKeys("$3", "(select key from w union all select key from d) u")
+        notifyKeys("$3", upsertedOrDropped)
       }`,
     // A clear removes a key's value and deltas together.
     clear: `with w as (delete from ${kv} where key = any($1::bytea[]) returning key) ${
@@ -426,7 +431,7 @@ function statements(schema: string) {
       }`,
     stampedValues:
       `with t as (select k, p || ${stamp} || x as v from unnest($1::bytea[], $2::bytea[], $3::bytea[]) as u(k, p, x)), w as (${upsert}), ${dropDeltas} ${
-        notifyKeys("$4", "(select key from w union all select key from d) u")
+        notifyKeys("$4", upsertedOrDropped)
       }`,
     versions:
       `select key, seq, xmin::text from ${kv} where key = any($1::bytea[]) order by key, seq`,
