@@ -237,8 +237,90 @@ class Conn {
   }
 }
 
+/** Most rows the writer's {@link RowCache} holds; past that it starts afresh. */
+const ROW_CACHE_LIMIT = 4096;
+
+/**
+ * The rows the writer connection read, and the values it wrote to such rows, kept from one
+ * write transaction to the next while no other connection commits: a point read that hits it
+ * costs a `Map` lookup instead of a statement (about 3 µs on Deno, 2 µs on Bun), and a call
+ * reads the same few keys (lock, queue length, state version) every time.
+ *
+ * Valid only under the write lock, between checks of `PRAGMA data_version` (which changes
+ * when any other connection, in this process or another, commits): {@link SqliteBackendImpl}
+ * empties it when the version moved, and whenever a transaction of its own rolls back. Inside
+ * a savepoint (a group member after the first) changes are recorded so that `ROLLBACK TO`
+ * can undo them. Keys are binary strings; `null` records a row known to be missing. Values
+ * are shared with readers, like the memory backend's: callers never change a value they read.
+ */
+class RowCache {
+  readonly #rows = new Map<string, Uint8Array | null>();
+  /** Previous entries (undefined: absent) of the keys changed since the savepoint. */
+  #undo: Array<[string, Uint8Array | null | undefined]> | undefined;
+  /** The `data_version` these rows are valid for. */
+  dataVersion = -1;
+  /** The commit counter as this connection last committed or read it (-1: unknown). */
+  counter = -1;
+
+  get(k: string): Uint8Array | null | undefined {
+    return this.#rows.get(k);
+  }
+
+  /** Records what is stored at `k` (`null`: nothing). */
+  put(k: string, value: Uint8Array | null): void {
+    if (this.#undo !== undefined) this.#undo.push([k, this.#rows.get(k)]);
+    if (this.#rows.size >= ROW_CACHE_LIMIT && !this.#rows.has(k)) this.#rows.clear();
+    this.#rows.set(k, value);
+  }
+
+  /** Records a write to `k`, if `k` is cached (rows nobody read are not kept). */
+  update(k: string, value: () => Uint8Array | null): void {
+    if (this.#rows.has(k)) this.put(k, value());
+  }
+
+  /** Forgets the rows in `[begin, end)`. */
+  dropRange(begin: string, end: string): void {
+    for (const k of this.#rows.keys()) {
+      if (k >= begin && k < end) {
+        if (this.#undo !== undefined) this.#undo.push([k, this.#rows.get(k)]);
+        this.#rows.delete(k);
+      }
+    }
+  }
+
+  clear(): void {
+    this.#rows.clear();
+    this.#undo = undefined;
+    this.counter = -1;
+  }
+
+  /** A savepoint was set: record changes from here. */
+  mark(): void {
+    this.#undo = [];
+  }
+
+  /** The savepoint was released: its changes stay. */
+  keep(): void {
+    this.#undo = undefined;
+  }
+
+  /** `ROLLBACK TO` the savepoint: undo the changes made since. */
+  revert(): void {
+    const undo = this.#undo;
+    this.#undo = undefined;
+    if (undo === undefined) return;
+    for (let i = undo.length - 1; i >= 0; i--) {
+      const [k, prev] = undo[i]!;
+      if (prev === undefined) this.#rows.delete(k);
+      else this.#rows.set(k, prev);
+    }
+  }
+}
+
 /** The writer connection: the reads plus the writes and savepoints. */
 class WriterConn extends Conn {
+  readonly rows = new RowCache();
+  readonly dataVersion: StatementSync;
   readonly put: StatementSync;
   readonly del: StatementSync;
   readonly delRange: StatementSync;
@@ -249,6 +331,7 @@ class WriterConn extends Conn {
 
   constructor(db: DatabaseSync) {
     super(db, "BEGIN IMMEDIATE");
+    this.dataVersion = this.prepare("PRAGMA data_version");
     this.put = this.prepare(
       "INSERT INTO kv (k, v, ver) VALUES (?, ?, ?) " +
         "ON CONFLICT (k) DO UPDATE SET v = excluded.v, ver = excluded.ver",
@@ -259,6 +342,21 @@ class WriterConn extends Conn {
     this.savepoint = this.prepare("SAVEPOINT member");
     this.release = this.prepare("RELEASE member");
     this.rollbackTo = this.prepare("ROLLBACK TO member");
+  }
+
+  /**
+   * Right after `BEGIN IMMEDIATE`: the committed counter, from the row cache when no other
+   * connection committed since this one last looked (the cache is emptied otherwise).
+   */
+  lockedCounter(): number {
+    const version = (this.dataVersion.get() as unknown as Row)[0] as number;
+    const rows = this.rows;
+    if (version !== rows.dataVersion) {
+      rows.clear();
+      rows.dataVersion = version;
+    }
+    if (rows.counter < 0) rows.counter = this.readCounter();
+    return rows.counter;
   }
 }
 
@@ -486,9 +584,20 @@ class SqliteTransaction implements Transaction {
     if (this.#stampedValueAt(key) !== undefined) throw this.#unreadable();
     // Accounted like a read conflict key, as the engines with conflict sets do.
     if (conflict) this.size += 2 * key.length + 1;
+    const w = this.writer;
+    if (w === undefined) return this.#select(this.conn, key);
+    const k = bytesToBinaryString(key);
+    const cached = w.rows.get(k);
+    if (cached !== undefined) return cached ?? undefined;
+    const value = this.#select(w, key);
+    w.rows.put(k, value ?? null);
+    return value;
+  }
+
+  #select(conn: Conn, key: Uint8Array): Uint8Array | undefined {
     let row: Row | undefined;
     try {
-      row = this.conn.get.get(key) as unknown as unknown as Row | undefined;
+      row = conn.get.get(key) as unknown as unknown as Row | undefined;
     } catch (e) {
       throw storageError(e);
     }
@@ -552,13 +661,16 @@ class SqliteTransaction implements Transaction {
     if (k !== undefined) this.#stampedValues!.delete(k);
   }
 
-  #put(w: WriterConn, key: Uint8Array, value: Uint8Array): void {
+  /** Writes a row; `owned` says the value is the backend's own (cached without a copy). */
+  #put(w: WriterConn, key: Uint8Array, value: Uint8Array, owned = false, k?: string): void {
     try {
       w.put.run(key, value, this.version);
     } catch (e) {
       throw storageError(e);
     }
     this.touch(key);
+    if (owned) w.rows.put(k ?? bytesToBinaryString(key), value);
+    else w.rows.update(k ?? bytesToBinaryString(key), () => value.slice());
   }
 
   set(key: Uint8Array, value: Uint8Array): void {
@@ -576,6 +688,7 @@ class SqliteTransaction implements Transaction {
       throw storageError(e);
     }
     this.touch(key);
+    w.rows.update(bytesToBinaryString(key), () => null);
   }
 
   clearRange(begin: Uint8Array, end: Uint8Array): void {
@@ -595,6 +708,7 @@ class SqliteTransaction implements Transaction {
     } catch (e) {
       throw storageError(e);
     }
+    w.rows.dropRange(bytesToBinaryString(begin), bytesToBinaryString(end));
     this.group!.cleared.push({ begin: begin.slice(), end: end.slice(), index: this.index });
   }
 
@@ -604,13 +718,10 @@ class SqliteTransaction implements Transaction {
     const w = this.checkWrite(key, operand);
     // The write lock is held, so reading and writing back is atomic.
     this.#forgetStampedValue(key);
-    let row: Row | undefined;
-    try {
-      row = w.get.get(key) as unknown as unknown as Row | undefined;
-    } catch (e) {
-      throw storageError(e);
-    }
-    this.#put(w, key, addLittleEndian(row?.[0] as Uint8Array | undefined, operand));
+    const k = bytesToBinaryString(key);
+    const cached = w.rows.get(k);
+    const old = cached === undefined ? this.#select(w, key) : cached ?? undefined;
+    this.#put(w, key, addLittleEndian(old, operand), true, k);
   }
 
   setVersionstampedKey(prefix: Uint8Array, suffix: Uint8Array, value: Uint8Array): void {
@@ -684,7 +795,7 @@ class SqliteTransaction implements Transaction {
     const w = this.writer;
     if (w === undefined) return;
     if (this.#stampedValues !== undefined) {
-      for (const { key, value } of this.#stampedValues.values()) this.#put(w, key, value);
+      for (const [k, { key, value }] of this.#stampedValues) this.#put(w, key, value, true, k);
     }
     if (this.#stampedKeys !== undefined) {
       for (const { key, value } of this.#stampedKeys) this.#put(w, key, value);
@@ -907,7 +1018,7 @@ class SqliteBackendImpl implements SqliteBackend {
       this.#checkOpen();
       try {
         w.begin.run();
-        return w.readCounter();
+        return w.lockedCounter();
       } catch (e) {
         if (w.db.isTransaction) w.rollback.run();
         if (!isBusy(e)) throw storageError(e);
@@ -973,7 +1084,10 @@ class SqliteBackendImpl implements SqliteBackend {
       // undoes exactly it (a lone transaction, the common case, saves two statements).
       const first = index === 1;
       try {
-        if (!first) w.savepoint.run();
+        if (!first) {
+          w.savepoint.run();
+          w.rows.mark();
+        }
       } catch (e) {
         broken = e;
         this.#queue.unshift(req);
@@ -983,18 +1097,23 @@ class SqliteBackendImpl implements SqliteBackend {
         const result = await this.#runBody(req.fn, tx);
         req.signal?.throwIfAborted();
         tx.finish();
-        if (!first) w.release.run();
+        if (!first) {
+          w.release.run();
+          w.rows.keep();
+        }
         done.push({ req, tx, result });
       } catch (e) {
         tx.abandon();
         req.reject(e);
         if (first) {
           // Undo it and start the group afresh for whoever waits.
+          w.rows.clear();
           try {
             w.rollback.run();
           } catch { /* the next BEGIN reports an unusable connection */ }
           return;
         }
+        w.rows.revert();
         try {
           w.rollbackTo.run();
           w.release.run();
@@ -1016,11 +1135,14 @@ class SqliteBackendImpl implements SqliteBackend {
       if (wrote) {
         w.setCounter.run(counter);
         w.commit.run();
+        w.rows.counter = counter;
       } else {
         // Nothing to make durable: no fsync, no counter increment.
         w.rollback.run();
       }
     } catch (e) {
+      // Whatever the group wrote (and read of its own writes) is gone, or unknown.
+      w.rows.clear();
       if (w.db.isTransaction) {
         try {
           w.rollback.run();

@@ -416,3 +416,112 @@ describe("sqlite backend", () => {
     }
   });
 });
+
+describe("sqlite backend: the writer's row cache", () => {
+  const dec = new TextDecoder();
+  const text = (v: Uint8Array | undefined) => v === undefined ? undefined : dec.decode(v);
+
+  it("sees what other connections commit to rows it has read, and keeps stamps increasing", () =>
+    withSqlite(async (b1, path) => {
+      const b2 = await openSqliteBackend({ path });
+      const raw = new DatabaseSync(path);
+      try {
+        await b1.transact((tx) => tx.set(k("shared"), k("one")));
+        assert.equal(text(await b1.transact((tx) => tx.get(k("shared")))), "one");
+        await b2.transact((tx) => tx.set(k("shared"), k("two")));
+        assert.equal(text(await b1.transact((tx) => tx.get(k("shared")))), "two");
+        // A missing row the cache knows as missing, created elsewhere.
+        assert.equal(await b1.transact((tx) => tx.get(k("later"))), undefined);
+        await b2.transact((tx) => tx.set(k("later"), k("here")));
+        assert.equal(text(await b1.transact((tx) => tx.get(k("later")))), "here");
+        // Any connection counts, not only dgen's.
+        raw.prepare("UPDATE kv SET v = ? WHERE k = ?").run(k("raw"), k("shared"));
+        assert.equal(text(await b1.transact((tx) => tx.get(k("shared")))), "raw");
+        // The commit counter is re-read after the other connection's commits.
+        const stamps: Uint8Array[] = [];
+        for (let i = 0; i < 6; i++) {
+          const b = i % 2 === 0 ? b1 : b2;
+          let stamp!: Promise<Uint8Array>;
+          await b.transact((tx) => {
+            tx.add(k("n"), 1);
+            stamp = tx.getVersionstamp();
+          });
+          stamps.push(await stamp);
+        }
+        for (let i = 1; i < stamps.length; i++) {
+          assert.ok(compareBytes(stamps[i - 1]!, stamps[i]!) < 0, `stamp ${i} increases`);
+        }
+        assert.equal(readInt64LE(await b1.transact((tx) => tx.get(k("n")))), 6n);
+      } finally {
+        raw.close();
+        await b2.close();
+      }
+    }));
+
+  it("forgets what a rolled-back member of a group wrote or read, and keeps the rest", () =>
+    withSqlite(async (b) => {
+      await b.transact((tx) => tx.set(k("c"), int64LE(0)));
+      assert.equal(readInt64LE(await b.transact((tx) => tx.get(k("c")))), 0n); // cached
+      const gate = Promise.withResolvers<void>();
+      // The first member holds the group open until the others wait behind it.
+      const first = b.transact(async (tx) => {
+        await gate.promise;
+        await increment(tx, k("c"));
+      });
+      const failing = b.transact(async (tx) => {
+        tx.set(k("c"), int64LE(99));
+        assert.equal(readInt64LE(await tx.get(k("c"))), 99n);
+        tx.set(k("fresh"), k("x"));
+        assert.equal(text(await tx.get(k("fresh"))), "x");
+        tx.clear(k("gone"));
+        throw new Error("rolled back");
+      });
+      const last = b.transact(async (
+        tx,
+      ) => [readInt64LE(await tx.get(k("c"))), await tx.get(k("fresh"))]);
+      const before = b.stats.physicalCommits;
+      gate.resolve();
+      await first;
+      await assert.rejects(failing, /rolled back/);
+      assert.deepEqual(await last, [1n, undefined]);
+      assert.equal(b.stats.physicalCommits - before, 1, "one group");
+      assert.equal(readInt64LE(await b.transact((tx) => tx.get(k("c")))), 1n);
+      assert.equal(await b.transact((tx) => tx.get(k("fresh"))), undefined);
+    }));
+
+  it("forgets what a lone transaction that failed wrote", () =>
+    withSqlite(async (b) => {
+      await b.transact((tx) => tx.set(k("c"), k("kept")));
+      assert.equal(text(await b.transact((tx) => tx.get(k("c")))), "kept");
+      await assert.rejects(
+        b.transact(async (tx) => {
+          tx.set(k("c"), k("lost"));
+          assert.equal(text(await tx.get(k("c"))), "lost");
+          tx.add(k("counter"), 5);
+          await tx.get(k("counter"));
+          throw new Error("fails");
+        }),
+        /fails/,
+      );
+      assert.equal(text(await b.transact((tx) => tx.get(k("c")))), "kept");
+      assert.equal(await b.transact((tx) => tx.get(k("counter"))), undefined);
+    }));
+
+  it("forgets the rows of a cleared range", () =>
+    withSqlite(async (b) => {
+      await b.transact((tx) => {
+        for (const s of ["r/1", "r/2", "s/1"]) tx.set(k(s), k(s));
+      });
+      const read = (tx: Transaction) =>
+        Promise.all(["r/1", "r/2", "s/1"].map(async (s) => text(await tx.get(k(s)))));
+      assert.deepEqual(await b.transact(read), ["r/1", "r/2", "s/1"]);
+      assert.deepEqual(
+        await b.transact(async (tx) => {
+          tx.clearRange(k("r/"), k("r0"));
+          return await read(tx);
+        }),
+        [undefined, undefined, "s/1"],
+      );
+      assert.deepEqual(await b.transact(read), [undefined, undefined, "s/1"]);
+    }));
+});
