@@ -132,6 +132,15 @@ const CAST_JOIN_TURNS = 4;
 const REQUEST_TTL = 10 * 60_000;
 /** A reply slot answered but never read is removed after this long, ms. */
 const ANSWERED_SLOT_TTL = 10 * 60_000;
+/**
+ * How long answered reply slots wait to be cleared. A call made meanwhile clears them in its
+ * own commit; otherwise they are cleared together when this runs out. Clearing each slot as its
+ * reply came back cost a commit (an fsync on SQLite) per call: a cross-process call's p50 on
+ * Deno was 1.80-1.97 ms with it and 1.51-1.70 ms without.
+ */
+const SLOT_CLEAR_DELAY = 50;
+/** At most this many slot clears ride on one call's commit or one clearing commit. */
+const SLOT_CLEAR_BATCH = 500;
 
 /** Options of {@link start}. */
 export interface StartOptions {
@@ -544,6 +553,7 @@ class Instance {
     if (this.#state === "stopping" || this.#state === "stopped") return await this.#finishing();
     this.#state = "stopping";
     clearInterval(this.#heartbeat);
+    this.#flushSlotClears();
     this.#abort.abort(
       new ServerStoppedError(`Instance ${this.instance} of '${this.id}' stopped: ${reason}`),
     );
@@ -1060,7 +1070,7 @@ class Instance {
     let checkFirst = false;
     if (this.#consume) {
       try {
-        const r = await this.#transact((tx, effects) =>
+        const r = await this.#callTransact((tx, effects) =>
           this.#inlineCall(tx, m, deadlineAt, effects)
         );
         const outcome = r.value;
@@ -1086,7 +1096,7 @@ class Instance {
         checkFirst = true;
       }
     } else {
-      const r = await this.#transact(async (tx, effects) => {
+      const r = await this.#callTransact(async (tx, effects) => {
         const done = await enqueue(tx, rt, [m], effects);
         if (done === "duplicate") return tx.watch(rt.keys.reply(m.callId!));
         openReplySlot(tx, rt, m.callId!, deadlineAt);
@@ -1293,17 +1303,30 @@ class Instance {
 
   #slotsToClear: string[] = [];
   #clearing: Promise<void> | undefined;
+  #clearTimer: TimerHandle | undefined;
 
-  /** Clears an answered reply slot soon, together with the others answered meanwhile. */
-  #clearSlotLater(callId: string): void {
-    this.#slotsToClear.push(callId);
-    this.#clearing ??= this.#track(this.#clearSlots());
+  /**
+   * Clears an answered reply slot soon: in the commit of this instance's next call, or with the
+   * others answered meanwhile once SLOT_CLEAR_DELAY runs out (at once when stopping).
+   */
+  #clearSlotLater(...callIds: string[]): void {
+    this.#slotsToClear.push(...callIds);
+    if (this.#state !== "running") this.#flushSlotClears();
+    else if (this.#clearTimer === undefined && this.#clearing === undefined) {
+      this.#clearTimer = setTimeout(() => this.#flushSlotClears(), SLOT_CLEAR_DELAY);
+    }
+  }
+
+  #flushSlotClears(): void {
+    clearTimeout(this.#clearTimer);
+    this.#clearTimer = undefined;
+    if (this.#slotsToClear.length > 0) this.#clearing ??= this.#track(this.#clearSlots());
   }
 
   async #clearSlots(): Promise<void> {
     try {
       while (this.#slotsToClear.length > 0 && !this.#crashed) {
-        const ids = this.#slotsToClear.splice(0, 500);
+        const ids = this.#slotsToClear.splice(0, SLOT_CLEAR_BATCH);
         await this.#rt.tenant.backend.transact((tx) => {
           for (const id of ids) clearReplySlot(tx, this.#rt, id);
         }).catch((e) => {
@@ -1313,6 +1336,29 @@ class Instance {
       }
     } finally {
       this.#clearing = undefined;
+    }
+  }
+
+  /**
+   * A call's transaction, carrying the clears of the answered slots waiting for one: they cost
+   * no commit of their own. Clears are blind writes (no read conflicts); if the transaction
+   * fails they wait for the next commit again.
+   */
+  async #callTransact<T>(
+    body: (tx: Transaction, effects: TxEffects) => Promise<T>,
+  ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
+    if (this.#slotsToClear.length === 0 || this.#clearing !== undefined) {
+      return await this.#transact(body);
+    }
+    const ids = this.#slotsToClear.splice(0, SLOT_CLEAR_BATCH);
+    try {
+      return await this.#transact((tx, effects) => {
+        for (const id of ids) clearReplySlot(tx, this.#rt, id);
+        return body(tx, effects);
+      });
+    } catch (e) {
+      this.#clearSlotLater(...ids);
+      throw e;
     }
   }
 

@@ -42,7 +42,32 @@ for (const b of backends) {
       // The call is still queued, as with gen_server: it runs later, and its reply is dropped.
       const consumer = await start(Counter, [], { tenant });
       await consumer.call("add", 1);
-      assert.deepEqual(await replySlots(tenant, "counter"), []);
+      // That call queued behind the late one; its answered slot is cleared soon after.
+      await waitFor(
+        async () => (await replySlots(tenant, "counter")).length === 0,
+        5000,
+        "reply slots left",
+      );
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("clears an answered reply slot in the next call's commit, the last one soon after", async () => {
+      const { backend, tenant } = await fresh(b);
+      const consumer = await start(Counter, [], { tenant });
+      const sender = await start(Counter, [], { tenant, consume: false });
+      assert.equal(await sender.call("add", 1), 1);
+      assert.equal(await sender.call("add", 1), 2);
+      // The second call's commit cleared the first slot: at most the second one is left (none
+      // if its own delayed clear already ran).
+      const left = await replySlots(tenant, "counter");
+      assert.ok(left.length <= 1, `${left.length} reply slots left after two calls`);
+      await waitFor(
+        async () => (await replySlots(tenant, "counter")).length === 0,
+        5000,
+        "the last answered slot was not cleared",
+      );
       await sender.stop();
       await consumer.stop();
       await backend.close();
