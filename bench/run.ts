@@ -5,6 +5,8 @@
  * Run: `deno task bench` (full) or `deno task bench --quick` (under two minutes). Options:
  * `--seconds=N` per timed measurement, `--no-peers` to skip Durable Objects and Restate,
  * `--only=P1,P5` to run some workloads. Files go to `.dgen/bench-<pid>/` (removed afterwards).
+ * The two sides of the P1, P4 and P5 ratios are timed in turns (three rounds each), so that
+ * they share the machine's conditions; their ratios are the median of the rounds' ratios.
  *
  * Workloads (targets from the issue, on this 2-core machine):
  * - P1 durable call on SQLite (FULL), one client, idle queue: ≥ 0.5× a bare single-row commit.
@@ -103,11 +105,15 @@ function fmt(v: number, unit: string): string {
 }
 const want = (id: string) => ONLY === undefined || ONLY.includes(id);
 
+interface Timing {
+  rate: number;
+  p50: number;
+  p99: number;
+  n: number;
+}
+
 /** Runs `op` sequentially for SECONDS (after a short warm-up): rate and latencies. */
-async function timed(
-  op: () => unknown,
-  seconds = SECONDS,
-): Promise<{ rate: number; p50: number; p99: number; n: number }> {
+async function timed(op: () => unknown, seconds = SECONDS): Promise<Timing & { lat: number[] }> {
   const warm = performance.now() + Math.min(300, seconds * 100);
   while (performance.now() < warm) await op();
   const lat: number[] = [];
@@ -126,6 +132,92 @@ async function timed(
     p50: percentile(lat, 0.5),
     p99: percentile(lat, 0.99),
     n: lat.length,
+    lat,
+  };
+}
+
+/** Rounds in which the operands of a ratio take turns (see {@link alternating}). */
+const ROUNDS = 3;
+
+/**
+ * Times `ops` in turns, ROUNDS rounds of SECONDS ÷ ROUNDS each (the order reversed every other
+ * round), so that the two sides of a ratio share the machine's conditions: on this shared VM
+ * the disk's commit rate alone moves by a third within minutes. Each op's rate is its median
+ * over the rounds; its latencies are pooled. `ratio(a, b)` is the median of the rounds' own
+ * ratios a ÷ b, with their range.
+ */
+async function alternating(ops: Array<() => unknown>): Promise<{
+  timings: Timing[];
+  ratio: (a: number, b: number) => { median: number; min: number; max: number };
+}> {
+  const rates = ops.map(() => [] as number[]);
+  const lats = ops.map(() => [] as number[]);
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = ops.map((_, i) => i);
+    if (r % 2 === 1) order.reverse();
+    for (const i of order) {
+      const t = await timed(ops[i]!, SECONDS / ROUNDS);
+      rates[i]!.push(t.rate);
+      for (const x of t.lat) lats[i]!.push(x);
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const timings = ops.map((_, i) => {
+    const lat = lats[i]!.sort((a, b) => a - b);
+    return {
+      rate: median(rates[i]!),
+      p50: percentile(lat, 0.5),
+      p99: percentile(lat, 0.99),
+      n: lat.length,
+    };
+  });
+  return {
+    timings,
+    ratio: (a, b) => {
+      const rs = rates[a]!.map((x, r) => x / rates[b]![r]!);
+      return { median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+    },
+  };
+}
+
+/** A ratio's rounds, for a target's detail. */
+const spread = (r: { min: number; max: number }) =>
+  `rounds ${r.min.toFixed(2)}–${r.max.toFixed(2)}`;
+
+/** A bare single-row SQLite commit (WAL, FULL): the durable floor. */
+function bareCommitter(): { op: () => unknown; close: () => void } {
+  const db = new DatabaseSync(fresh("bare"));
+  db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL");
+  db.exec(
+    "CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO t VALUES (1, 0)",
+  );
+  const update = db.prepare("UPDATE t SET v = v + 1 WHERE k = 1");
+  return { op: () => update.run(), close: () => db.close() };
+}
+
+/** The non-durable floor: request/reply through an in-process promise mailbox. */
+function mailbox(): { op: () => Promise<number>; close: () => Promise<void> } {
+  const inbox: Array<(v: number) => void> = [];
+  let wake: (() => void) | undefined;
+  let stop = false;
+  const server = (async () => {
+    let state = 0;
+    while (!stop) {
+      while (inbox.length > 0) inbox.shift()!(++state);
+      await new Promise<void>((r) => wake = r);
+    }
+  })();
+  return {
+    op: () =>
+      new Promise<number>((resolveReply) => {
+        inbox.push(resolveReply);
+        wake?.();
+      }),
+    close: async () => {
+      stop = true;
+      wake?.();
+      await server;
+    },
   };
 }
 
@@ -160,7 +252,6 @@ const Items = defineServer({
 // ---- floors ----------------------------------------------------------------------------------
 
 let bareCommit = NaN;
-let mailboxRate = NaN;
 
 async function floors(): Promise<void> {
   progress("floors");
@@ -174,91 +265,70 @@ async function floors(): Promise<void> {
   });
   closeSync(fd);
   record("fdatasyncPerSec", "disk: 4 KiB write + fdatasync", f.rate, "ops/s", "the durable floor");
-
-  const db = new DatabaseSync(fresh("bare"));
-  db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL");
-  db.exec(
-    "CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO t VALUES (1, 0)",
-  );
-  const update = db.prepare("UPDATE t SET v = v + 1 WHERE k = 1");
-  const b = await timed(() => update.run());
-  db.close();
+  const bare = bareCommitter();
+  const b = await timed(bare.op);
+  bare.close();
   bareCommit = b.rate;
   record("bareCommitPerSec", "bare SQLite single-row commit (WAL, FULL)", b.rate, "commits/s");
   record("bareCommitP50Ms", "bare SQLite commit p50", b.p50, "ms");
-
-  // The non-durable floor: request/reply through an in-process promise mailbox.
-  const inbox: Array<(v: number) => void> = [];
-  let wake: (() => void) | undefined;
-  let stopMailbox = false;
-  const server = (async () => {
-    let state = 0;
-    while (!stopMailbox) {
-      while (inbox.length > 0) inbox.shift()!(++state);
-      await new Promise<void>((r) => wake = r);
-    }
-  })();
-  const m = await timed(() =>
-    new Promise<number>((resolveReply) => {
-      inbox.push(resolveReply);
-      wake?.();
-    })
-  );
-  stopMailbox = true;
-  wake?.();
-  await server;
-  mailboxRate = m.rate;
-  record(
-    "mailboxPerSec",
-    "in-process promise mailbox (request/reply)",
-    m.rate,
-    "pairs/s",
-    "the non-durable floor",
-  );
 }
 
 // ---- P1, P3 (dgen side), P5 --------------------------------------------------------------------
 
-let dgenCall: { rate: number; p50: number; p99: number } | undefined;
+let dgenCall: Timing | undefined;
 
 async function p1(): Promise<void> {
-  progress("P1 durable call on SQLite (FULL), one client, idle queue");
+  progress("P1 durable call on SQLite (FULL), one client, idle queue, in turns with a bare commit");
   const backend = await openSqliteBackend({ path: fresh("p1") });
   const tenant = await openTenant(backend, "bench");
   const c = await start(Counter, [], { tenant });
-  const r = await timed(() => c.call("increment"));
-  dgenCall = r;
-  record("p1CallPerSec", "dgen durable call (SQLite FULL, inline path)", r.rate, "calls/s");
-  record("p1CallP50Ms", "dgen durable call p50", r.p50, "ms");
-  record("p1CallP99Ms", "dgen durable call p99", r.p99, "ms");
+  const bare = bareCommitter();
+  const { timings: [b, r], ratio } = await alternating([bare.op, () => c.call("increment")]);
+  dgenCall = r!;
+  record("p1BareCommitPerSec", "bare SQLite commit, in turns with P1's call", b!.rate, "commits/s");
+  record("p1CallPerSec", "dgen durable call (SQLite FULL, inline path)", r!.rate, "calls/s");
+  record("p1CallP50Ms", "dgen durable call p50", r!.p50, "ms");
+  record("p1CallP99Ms", "dgen durable call p99", r!.p99, "ms");
+  bare.close();
   await c.stop();
   await backend.close();
+  const q = ratio(1, 0);
   target(
     "P1",
     "durable call ÷ bare SQLite commit",
-    r.rate / bareCommit,
+    q.median,
     0.5,
     true,
-    `${fmt(r.rate, "")} vs ${fmt(bareCommit, "")} commits/s`,
+    `${fmt(r!.rate, "")} vs ${fmt(b!.rate, "")} commits/s, ${spread(q)}`,
   );
 }
 
 async function p5(): Promise<void> {
-  progress("P5 memory-backend call vs promise mailbox");
+  progress("P5 memory-backend call, in turns with an in-process promise mailbox");
   const backend = openMemoryBackend();
   const tenant = await openTenant(backend, "bench");
   const c = await start(Counter, [], { tenant });
-  const r = await timed(() => c.call("increment"));
-  record("p5CallPerSec", "dgen call on the memory backend", r.rate, "calls/s");
+  const box = mailbox();
+  const { timings: [m, r], ratio } = await alternating([box.op, () => c.call("increment")]);
+  record(
+    "mailboxPerSec",
+    "in-process promise mailbox (request/reply)",
+    m!.rate,
+    "pairs/s",
+    "the non-durable floor",
+  );
+  record("p5CallPerSec", "dgen call on the memory backend", r!.rate, "calls/s");
+  await box.close();
   await c.stop();
   await backend.close();
+  const q = ratio(1, 0);
   target(
     "P5",
     "memory call ÷ promise mailbox",
-    r.rate / mailboxRate,
+    q.median,
     1 / 20,
     true,
-    `${fmt(r.rate, "")} vs ${fmt(mailboxRate, "")} /s`,
+    `${fmt(r!.rate, "")} vs ${fmt(m!.rate, "")} /s, ${spread(q)}`,
   );
 }
 
@@ -312,29 +382,16 @@ async function p2(): Promise<void> {
 // ---- P4 ----------------------------------------------------------------------------------------
 
 async function p4(): Promise<void> {
-  progress("P4 one item of a collection: 10 vs 10,000 items, vs a JSON rewrite (SQLite FULL)");
-  const rates = new Map<number, number>();
-  for (const size of [10, 10_000]) {
+  progress(
+    "P4 one item of a collection: 10 vs 10,000 items vs a JSON rewrite (SQLite FULL), in turns",
+  );
+  const sizes = [10, 10_000];
+  const servers: Array<{ backend: Awaited<ReturnType<typeof openSqliteBackend>>; ref: ServerRef }> =
+    [];
+  for (const size of sizes) {
     const backend = await openSqliteBackend({ path: fresh(`p4-${size}`) });
     const tenant = await openTenant(backend, "bench");
-    const ref = await start(Items, [size], { tenant });
-    let i = 0;
-    const r = await timed(() => ref.call("touch", (i++ * 7919) % size));
-    rates.set(size, r.rate);
-    record(
-      `p4Items${size}PerSec`,
-      `dgen: change one item of ${size.toLocaleString("en-US")}`,
-      r.rate,
-      "calls/s",
-    );
-    record(
-      `p4Items${size}P50Ms`,
-      `dgen: change one item of ${size.toLocaleString("en-US")}, p50`,
-      r.p50,
-      "ms",
-    );
-    await ref.stop();
-    await backend.close();
+    servers.push({ backend, ref: await start(Items, [size], { tenant }) });
   }
   // The hand-written alternative: load the whole JSON state, change it, write it back.
   const db = new DatabaseSync(fresh("p4-json"));
@@ -349,38 +406,52 @@ async function p4(): Promise<void> {
   db.prepare("INSERT INTO s VALUES ('s', ?)").run(JSON.stringify(initial));
   const get = db.prepare("SELECT v FROM s WHERE k = 's'");
   const put = db.prepare("UPDATE s SET v = ? WHERE k = 's'");
+  let i = 0;
   let j = 0;
-  const json = await timed(() => {
-    db.exec("BEGIN IMMEDIATE");
-    const s = JSON.parse((get.get() as { v: string }).v) as { items: Item[] };
-    s.items[(j++ * 7919) % 10_000]!.n++;
-    put.run(JSON.stringify(s));
-    db.exec("COMMIT");
-  });
+  const { timings, ratio } = await alternating([
+    ...servers.map(({ ref }, k) => () => ref.call("touch", (i++ * 7919) % sizes[k]!)),
+    () => {
+      db.exec("BEGIN IMMEDIATE");
+      const s = JSON.parse((get.get() as { v: string }).v) as { items: Item[] };
+      s.items[(j++ * 7919) % 10_000]!.n++;
+      put.run(JSON.stringify(s));
+      db.exec("COMMIT");
+    },
+  ]);
   db.close();
+  for (const { ref, backend } of servers) {
+    await ref.stop();
+    await backend.close();
+  }
+  sizes.forEach((size, k) => {
+    const n = size.toLocaleString("en-US");
+    record(`p4Items${size}PerSec`, `dgen: change one item of ${n}`, timings[k]!.rate, "calls/s");
+    record(`p4Items${size}P50Ms`, `dgen: change one item of ${n}, p50`, timings[k]!.p50, "ms");
+  });
+  const [small, big, json] = timings.map((t) => t.rate) as [number, number, number];
   record(
     "p4JsonPerSec",
     "JSON load/change/rewrite of 10,000 items, one SQLite transaction",
-    json.rate,
+    json,
     "updates/s",
   );
-  const small = rates.get(10)!;
-  const big = rates.get(10_000)!;
+  const a = ratio(0, 1);
   target(
     "P4a",
     "cost of 10,000-item change ÷ 10-item change",
-    small / big,
+    a.median,
     2,
     false,
-    `${fmt(big, "")} vs ${fmt(small, "")} calls/s`,
+    `${fmt(big, "")} vs ${fmt(small, "")} calls/s, ${spread(a)}`,
   );
+  const b = ratio(1, 2);
   target(
     "P4b",
     "10,000-item change: dgen ÷ JSON rewrite",
-    big / json.rate,
+    b.median,
     20,
     true,
-    `${fmt(big, "")} vs ${fmt(json.rate, "")} /s`,
+    `${fmt(big, "")} vs ${fmt(json, "")} /s, ${spread(b)}`,
   );
 }
 
