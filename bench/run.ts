@@ -5,8 +5,8 @@
  * Run: `deno task bench` (full) or `deno task bench --quick` (under two minutes). Options:
  * `--seconds=N` per timed measurement, `--no-peers` to skip Durable Objects and Restate,
  * `--only=P1,P5` to run some workloads. Files go to `.dgen/bench-<pid>/` (removed afterwards).
- * The two sides of the P1, P4 and P5 ratios are timed in turns (three rounds each), so that
- * they share the machine's conditions; their ratios are the median of the rounds' ratios.
+ * The two sides of the P1, P2, P4 and P5 ratios are timed in turns (three rounds each), so
+ * that they share the machine's conditions; their ratios are the median of the rounds' ratios.
  *
  * Workloads (targets from the issue, on this 2-core machine):
  * - P1 durable call on SQLite (FULL), one client, idle queue: ≥ 0.5× a bare single-row commit.
@@ -136,48 +136,60 @@ async function timed(op: () => unknown, seconds = SECONDS): Promise<Timing & { l
   };
 }
 
-/** Rounds in which the operands of a ratio take turns (see {@link alternating}). */
+/** Rounds in which the operands of a ratio take turns (see {@link inTurns}). */
 const ROUNDS = 3;
 
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 /**
- * Times `ops` in turns, ROUNDS rounds of SECONDS ÷ ROUNDS each (the order reversed every other
- * round), so that the two sides of a ratio share the machine's conditions: on this shared VM
- * the disk's commit rate alone moves by a third within minutes. Each op's rate is its median
- * over the rounds; its latencies are pooled. `ratio(a, b)` is the median of the rounds' own
- * ratios a ÷ b, with their range.
+ * Runs `measures` in turns, ROUNDS rounds of SECONDS ÷ ROUNDS each (the order reversed every
+ * other round), so that the two sides of a ratio share the machine's conditions: on this shared
+ * VM the disk's commit rate alone moves by a third within minutes. Returns each measure's
+ * results by round, and `ratio(a, b)`: the median of the rounds' own ratios of their rates
+ * a ÷ b, with their range.
+ */
+async function inTurns<T extends { rate: number }>(
+  measures: Array<(seconds: number) => Promise<T>>,
+): Promise<{
+  rounds: T[][];
+  ratio: (a: number, b: number) => { median: number; min: number; max: number };
+}> {
+  const rounds = measures.map(() => [] as T[]);
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = measures.map((_, i) => i);
+    if (r % 2 === 1) order.reverse();
+    for (const i of order) rounds[i]!.push(await measures[i]!(SECONDS / ROUNDS));
+  }
+  return {
+    rounds,
+    ratio: (a, b) => {
+      const rs = rounds[a]!.map((x, r) => x.rate / rounds[b]![r]!.rate);
+      return { median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+    },
+  };
+}
+
+/**
+ * {@link inTurns} for sequential ops timed by {@link timed}: each op's rate is the median of
+ * its rounds, its latencies are pooled.
  */
 async function alternating(ops: Array<() => unknown>): Promise<{
   timings: Timing[];
   ratio: (a: number, b: number) => { median: number; min: number; max: number };
 }> {
-  const rates = ops.map(() => [] as number[]);
-  const lats = ops.map(() => [] as number[]);
-  for (let r = 0; r < ROUNDS; r++) {
-    const order = ops.map((_, i) => i);
-    if (r % 2 === 1) order.reverse();
-    for (const i of order) {
-      const t = await timed(ops[i]!, SECONDS / ROUNDS);
-      rates[i]!.push(t.rate);
-      for (const x of t.lat) lats[i]!.push(x);
-    }
-  }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-  const timings = ops.map((_, i) => {
-    const lat = lats[i]!.sort((a, b) => a - b);
+  const { rounds, ratio } = await inTurns(ops.map((op) => (seconds) => timed(op, seconds)));
+  const timings = rounds.map((byRound) => {
+    const lat: number[] = [];
+    for (const t of byRound) for (const x of t.lat) lat.push(x);
+    lat.sort((a, b) => a - b);
     return {
-      rate: median(rates[i]!),
+      rate: median(byRound.map((t) => t.rate)),
       p50: percentile(lat, 0.5),
       p99: percentile(lat, 0.99),
       n: lat.length,
     };
   });
-  return {
-    timings,
-    ratio: (a, b) => {
-      const rs = rates[a]!.map((x, r) => x / rates[b]![r]!);
-      return { median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
-    },
-  };
+  return { timings, ratio };
 }
 
 /** A ratio's rounds, for a target's detail. */
@@ -251,8 +263,6 @@ const Items = defineServer({
 
 // ---- floors ----------------------------------------------------------------------------------
 
-let bareCommit = NaN;
-
 async function floors(): Promise<void> {
   progress("floors");
   const fd = openSync(join(dir, "fsync.bin"), "w");
@@ -268,7 +278,6 @@ async function floors(): Promise<void> {
   const bare = bareCommitter();
   const b = await timed(bare.op);
   bare.close();
-  bareCommit = b.rate;
   record("bareCommitPerSec", "bare SQLite single-row commit (WAL, FULL)", b.rate, "commits/s");
   record("bareCommitP50Ms", "bare SQLite commit p50", b.p50, "ms");
 }
@@ -335,20 +344,55 @@ async function p5(): Promise<void> {
 // ---- P2 ----------------------------------------------------------------------------------------
 
 async function p2(): Promise<void> {
-  progress("P2 cast throughput from concurrent producers (SQLite FULL)");
+  progress(
+    "P2 cast throughput from concurrent producers (SQLite FULL), in turns with a bare commit",
+  );
   const backend = await openSqliteBackend({ path: fresh("p2") });
   const tenant = await openTenant(backend, "bench");
   const consumer = await start(Counter, [], { tenant, batchSize: 256 });
   const producers = 32;
-  const total = Math.round((QUICK ? 6_000 : 20_000) / producers) * producers;
-  const t0 = performance.now();
-  await Promise.all(Array.from({ length: producers }, async () => {
-    for (let i = 0; i < total / producers; i++) await consumer.cast("bump");
-  }));
-  const enqueued = performance.now();
-  while (await consumer.priorityCall("value") < total) await new Promise((r) => setTimeout(r, 5));
-  const t1 = performance.now();
-  const applied = total / ((t1 - t0) / 1000);
+  let sent = 0;
+  let commits = 0;
+  /** Casts from every producer for `seconds`, then waits until all are applied. */
+  const burst = async (seconds: number) => {
+    const from = sent;
+    const commitsBefore = backend.stats.physicalCommits;
+    const t0 = performance.now();
+    const end = t0 + seconds * 1000;
+    await Promise.all(Array.from({ length: producers }, async () => {
+      while (performance.now() < end) {
+        await consumer.cast("bump");
+        sent++;
+      }
+    }));
+    const enqueued = performance.now();
+    while (await consumer.priorityCall("value") < sent) {
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    const n = sent - from;
+    commits += backend.stats.physicalCommits - commitsBefore;
+    return {
+      rate: n / ((performance.now() - t0) / 1000),
+      enqueued: n / ((enqueued - t0) / 1000),
+      n,
+    };
+  };
+  await burst(Math.min(0.3, SECONDS / 10)); // warm-up, like every timed measurement
+  commits = 0;
+  const bare = bareCommitter();
+  const { rounds, ratio } = await inTurns<{ rate: number }>([(s) => timed(bare.op, s), burst]);
+  bare.close();
+  await consumer.stop();
+  await backend.close();
+  const commitRate = median(rounds[0]!.map((t) => t.rate));
+  const casts = rounds[1] as Array<{ rate: number; enqueued: number; n: number }>;
+  const applied = median(casts.map((t) => t.rate));
+  record(
+    "p2BareCommitPerSec",
+    "bare SQLite commit, in turns with P2's casts",
+    commitRate,
+    "commits/s",
+  );
   record(
     "p2CastsAppliedPerSec",
     `dgen casts enqueued and applied (${producers} producers, batchSize 256)`,
@@ -358,24 +402,23 @@ async function p2(): Promise<void> {
   record(
     "p2CastsEnqueuedPerSec",
     "dgen casts durably enqueued",
-    total / ((enqueued - t0) / 1000),
+    median(casts.map((t) => t.enqueued)),
     "casts/s",
   );
   record(
     "p2PhysicalCommits",
     "physical commits per applied cast",
-    backend.stats.physicalCommits / total,
+    commits / casts.reduce((a, t) => a + t.n, 0),
     "×",
   );
-  await consumer.stop();
-  await backend.close();
+  const q = ratio(1, 0);
   target(
     "P2",
     "applied casts ÷ bare SQLite commit",
-    applied / bareCommit,
+    q.median,
     5,
     true,
-    `${fmt(applied, "")} casts/s vs ${fmt(bareCommit, "")} commits/s`,
+    `${fmt(applied, "")} casts/s vs ${fmt(commitRate, "")} commits/s, ${spread(q)}`,
   );
 }
 
