@@ -156,6 +156,21 @@ class Writer {
   }
 }
 
+/**
+ * The writer {@link pack} and {@link packAfter} reuse: encoding is synchronous and calls no
+ * user code, so one is never used twice at once. A key then costs one allocation (its result)
+ * instead of two, or three with a prefix: on Deno a small `Uint8Array` costs about 0.4 µs.
+ */
+let shared = new Writer();
+
+function sharedWriter(): Writer {
+  // A huge tuple does not keep its buffer alive for every later key.
+  if (shared.buf.length > 65_536) shared = new Writer();
+  shared.pos = 0;
+  shared.stampAt = -1;
+  return shared;
+}
+
 function isAsciiWithoutNul(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
@@ -178,8 +193,12 @@ function writeItem(w: Writer, item: TupleItem, nested: boolean): void {
       w.escaped(utf8.encode(item));
     }
   } else if (typeof item === "number") {
-    if (Number.isSafeInteger(item) && !Object.is(item, -0)) writeInt(w, BigInt(item));
-    else writeDouble(w, item);
+    if (Number.isSafeInteger(item) && !Object.is(item, -0)) {
+      if (item >= -0xffffffff && item <= 0xffffffff) writeSmallInt(w, item);
+      else writeInt(w, BigInt(item));
+    } else {
+      writeDouble(w, item);
+    }
   } else if (typeof item === "bigint") {
     writeInt(w, item);
   } else if (typeof item === "boolean") {
@@ -259,6 +278,25 @@ function writeInt(w: Writer, n: bigint): void {
   }
 }
 
+/** {@link writeInt} for an integer of at most four bytes, without bigint arithmetic. */
+function writeSmallInt(w: Writer, n: number): void {
+  if (n === 0) {
+    w.byte(INT_ZERO);
+    return;
+  }
+  const abs = Math.abs(n);
+  const len = abs <= 0xff ? 1 : abs <= 0xffff ? 2 : abs <= 0xffffff ? 3 : 4;
+  // Negative: one's complement of |n| within len bytes, (2^(8·len) − 1) − |n|.
+  let v = n > 0 ? abs : 2 ** (8 * len) - 1 - abs;
+  w.ensure(len + 1);
+  w.buf[w.pos++] = n > 0 ? INT_ZERO + len : INT_ZERO - len;
+  for (let i = len - 1; i >= 0; i--) {
+    w.buf[w.pos + i] = v % 256;
+    v = Math.floor(v / 256);
+  }
+  w.pos += len;
+}
+
 function writeDouble(w: Writer, x: number): void {
   w.byte(DOUBLE);
   w.ensure(8);
@@ -283,7 +321,27 @@ function writeDouble(w: Writer, x: number): void {
  * ```
  */
 export function pack(tuple: Tuple): Uint8Array {
-  const w = new Writer();
+  const w = sharedWriter();
+  for (const item of tuple) writeItem(w, item, false);
+  if (w.stampAt !== -1) {
+    throw new TypeError("Tuple holds an incomplete versionstamp: use packWithVersionstamp");
+  }
+  return w.result();
+}
+
+/**
+ * `prefix` followed by `pack(tuple)`, in one new array: the key of a tuple under a subspace or
+ * a node, without the intermediate copies of concatenating.
+ *
+ * ```ts
+ * import { pack, packAfter } from "./tuple.ts";
+ * const node = pack(["state"]);
+ * console.log(packAfter(node, ["items", 3]).length === node.length + pack(["items", 3]).length);
+ * ```
+ */
+export function packAfter(prefix: Uint8Array, tuple: Tuple): Uint8Array {
+  const w = sharedWriter();
+  w.bytes(prefix);
   for (const item of tuple) writeItem(w, item, false);
   if (w.stampAt !== -1) {
     throw new TypeError("Tuple holds an incomplete versionstamp: use packWithVersionstamp");

@@ -6,6 +6,7 @@ import { compareBytes } from "../lib/bytes.ts";
 import {
   compareTuples,
   pack,
+  packAfter,
   packWithVersionstamp,
   type Tuple,
   type TupleItem,
@@ -96,6 +97,38 @@ describe("tuple encoding", () => {
       assert.deepEqual([...pack([n])], [...fdbTuple.pack([n])], `n=${n}`);
       assert.equal(unpack(pack([n]))[0], n);
     }
+  });
+
+  it("encodes integers around every byte-length boundary like FoundationDB", () => {
+    // Integers of up to four bytes take a path without bigint arithmetic; wider ones do not.
+    for (let bits = 0; bits <= 40; bits++) {
+      for (const base of [2 ** bits - 1, 2 ** bits, 2 ** bits + 1]) {
+        for (const n of base === 0 ? [0] : [base, -base]) {
+          const expected = [...fdbTuple.pack([n])];
+          assert.deepEqual([...pack([n])], expected, `n=${n}`);
+          assert.deepEqual([...pack([BigInt(n)])], expected, `n=${n}n`);
+          assert.equal(unpack(pack([n]))[0], n);
+        }
+      }
+    }
+  });
+
+  it("packs after a prefix, into arrays of their own", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 40 }), tuple, tuple, (prefix, a, b) => {
+        const first = packAfter(prefix, a);
+        const second = packAfter(prefix, b);
+        const alone = pack(a);
+        assert.deepEqual([...first], [...prefix, ...alone]);
+        // Each result owns its bytes: a later pack does not change an earlier result.
+        assert.deepEqual([...second], [...prefix, ...pack(b)]);
+        assert.deepEqual([...first.subarray(prefix.length)], [...alone]);
+      }),
+      fcParams(300),
+    );
+    const big = pack(["x".repeat(100_000)]);
+    assert.equal(big.length, 100_002);
+    assert.deepEqual([...pack(["y"])], [0x02, 0x79, 0x00]);
   });
 
   it("orders integers across the fixed and arbitrary-length encodings", () => {

@@ -39,7 +39,7 @@ import {
 } from "../bytes.ts";
 import { CodecError } from "../errors.ts";
 import type { ReadTransaction, Transaction } from "../storage/types.ts";
-import { pack, unpack } from "../tuple.ts";
+import { pack, packAfter, unpack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import { freshKeys, planKeys } from "./collection.ts";
 import { child, renderPath, ROOT_PATH, type ValuePath } from "./path.ts";
@@ -539,11 +539,11 @@ function duplicateId(id: string, path: ValuePath, at: number, first: number): Co
 }
 
 function orderKey(node: Uint8Array, index: string): Uint8Array {
-  return concatBytes(node, pack([ORDER, index]));
+  return packAfter(node, [ORDER, index]);
 }
 
 function itemKey(node: Uint8Array, id: string): Uint8Array {
-  return concatBytes(node, pack([ITEMS, id]));
+  return packAfter(node, [ITEMS, id]);
 }
 
 /** The range of every key strictly under `node` (its descendants, not itself). */
@@ -668,7 +668,7 @@ class Writer {
       this.set(node, RECORD_MARK);
       const rec = obj as Record<string, unknown>;
       for (const k of Object.keys(rec)) {
-        const m = this.fresh(concatBytes(node, pack([k])), rec[k], child(path, k), ancestors);
+        const m = this.fresh(packAfter(node, [k]), rec[k], child(path, k), ancestors);
         mutable ||= m;
       }
     } else {
@@ -795,7 +795,7 @@ class Writer {
     view.setUint32(5, count, false);
     this.set(node, header);
     for (let i = 0; i < count; i++) {
-      this.set(concatBytes(node, pack([i])), bytes.slice(i * max, (i + 1) * max));
+      this.set(packAfter(node, [i]), bytes.slice(i * max, (i + 1) * max));
     }
   }
 
@@ -903,16 +903,16 @@ class Writer {
       if (Object.hasOwn(prev, k)) {
         const pv = prev[k];
         if (Object.is(pv, nv) && (!prevMutable || !codec.isMutable(nv))) continue;
-        const m = this.diff(concatBytes(node, pack([k])), pv, nv, child(path, k), ancestors);
+        const m = this.diff(packAfter(node, [k]), pv, nv, child(path, k), ancestors);
         mutable ||= m;
       } else {
-        const m = this.fresh(concatBytes(node, pack([k])), nv, child(path, k), ancestors);
+        const m = this.fresh(packAfter(node, [k]), nv, child(path, k), ancestors);
         mutable ||= m;
       }
     }
     if (prev !== next) {
       for (const k of Object.keys(prev)) {
-        if (!Object.hasOwn(next, k)) this.remove(concatBytes(node, pack([k])));
+        if (!Object.hasOwn(next, k)) this.remove(packAfter(node, [k]));
       }
     }
     ancestors.delete(next);

@@ -26,7 +26,7 @@
  */
 
 import { concatBytes, strinc } from "../bytes.ts";
-import { pack } from "../tuple.ts";
+import { pack, packAfter } from "../tuple.ts";
 
 /** Keys of one server, all relative to its tenant. */
 export class ServerKeys {
@@ -76,10 +76,10 @@ export class ServerKeys {
    *   relative to the tenant.
    */
   constructor(readonly id: string, readonly prefix: Uint8Array = new Uint8Array(0)) {
-    this.root = concatBytes(prefix, pack(["s", id]));
-    this.index = concatBytes(prefix, pack(["servers", id]));
+    this.root = packAfter(prefix, ["s", id]);
+    this.index = packAfter(prefix, ["servers", id]);
     this.membership = concatBytes(prefix, MEMBERSHIP);
-    const sub = (name: string) => concatBytes(this.root, pack([name]));
+    const sub = (name: string) => packAfter(this.root, [name]);
     this.change = sub("chg");
     this.meta = sub("meta");
     this.state = sub("st");
@@ -99,38 +99,23 @@ export class ServerKeys {
 
   /** Reply slot of call `callId` (chunked values live under it). */
   reply(callId: string): Uint8Array {
-    return appendString(this.replies, callId);
+    return packAfter(this.replies, [callId]);
   }
 
   /** Enqueue record of request `requestId`. */
   request(requestId: string): Uint8Array {
-    return appendString(this.requests, requestId);
+    return packAfter(this.requests, [requestId]);
   }
 
   /** Presence record of `instance`. */
   instance(instance: string): Uint8Array {
-    return appendString(this.instances, instance);
+    return packAfter(this.instances, [instance]);
   }
 
   /** The 2-byte user version after the stamp of message `n` of one commit. */
   static entrySuffix(n: number): Uint8Array {
     return new Uint8Array([n >> 8, n & 0xff]);
   }
-}
-
-/** `prefix ‖ pack([s])`, fast for the ASCII ids dgen generates. */
-function appendString(prefix: Uint8Array, s: string): Uint8Array {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 0 || c > 0x7f) return concatBytes(prefix, pack([s]));
-  }
-  const out = new Uint8Array(prefix.length + s.length + 2);
-  out.set(prefix);
-  let o = prefix.length;
-  out[o++] = 0x02;
-  for (let i = 0; i < s.length; i++) out[o++] = s.charCodeAt(i);
-  out[o] = 0x00;
-  return out;
 }
 
 /** The tenant's membership counter (relative key). */
