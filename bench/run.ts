@@ -284,20 +284,36 @@ async function floors(): Promise<void> {
 
 // ---- P1, P5 ------------------------------------------------------------------------------------
 
+/** Runs `fn` with the counter started on a fresh SQLite (FULL) backend, then stops both. */
+async function withCounter<T>(
+  name: string,
+  fn: (c: ServerRef<typeof Counter>) => Promise<T>,
+): Promise<T> {
+  const backend = await openSqliteBackend({ path: fresh(name) });
+  try {
+    const c = await start(Counter, [], { tenant: await openTenant(backend, "bench") });
+    try {
+      return await fn(c);
+    } finally {
+      await c.stop();
+    }
+  } finally {
+    await backend.close();
+  }
+}
+
 async function p1(): Promise<void> {
   progress("P1 durable call on SQLite (FULL), one client, idle queue, in turns with a bare commit");
-  const backend = await openSqliteBackend({ path: fresh("p1") });
-  const tenant = await openTenant(backend, "bench");
-  const c = await start(Counter, [], { tenant });
   const bare = bareCommitter();
-  const { timings: [b, r], ratio } = await alternating([bare.op, () => c.call("increment")]);
+  const { timings: [b, r], ratio } = await withCounter(
+    "p1",
+    (c) => alternating([bare.op, () => c.call("increment")]),
+  );
+  bare.close();
   record("p1BareCommitPerSec", "bare SQLite commit, in turns with P1's call", b!.rate, "commits/s");
   record("p1CallPerSec", "dgen durable call (SQLite FULL, inline path)", r!.rate, "calls/s");
   record("p1CallP50Ms", "dgen durable call p50", r!.p50, "ms");
   record("p1CallP99Ms", "dgen durable call p99", r!.p99, "ms");
-  bare.close();
-  await c.stop();
-  await backend.close();
   const q = ratio(1, 0);
   target(
     "P1",
@@ -574,39 +590,28 @@ async function p7(): Promise<void> {
 
 // ---- P3 ----------------------------------------------------------------------------------------
 
-async function dgenOverHttp(): Promise<Timing> {
-  const backend = await openSqliteBackend({ path: fresh("p3-http") });
-  const tenant = await openTenant(backend, "bench");
-  const c: ServerRef<typeof Counter> = await start(Counter, [], { tenant });
-  const server = await serveHttp({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch: async () => new Response(String(await c.call("increment"))),
-  });
-  try {
-    const url = `http://127.0.0.1:${server.port}/`;
-    return await timed(async () => {
-      const res = await fetch(url);
-      await res.text();
+function dgenOverHttp(): Promise<Timing> {
+  return withCounter("p3-http", async (c) => {
+    const server = await serveHttp({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: async () => new Response(String(await c.call("increment"))),
     });
-  } finally {
-    await server.close();
-    await c.stop();
-    await backend.close();
-  }
+    try {
+      const url = `http://127.0.0.1:${server.port}/`;
+      return await timed(async () => {
+        const res = await fetch(url);
+        await res.text();
+      });
+    } finally {
+      await server.close();
+    }
+  });
 }
 
 /** The counter called in process on SQLite (FULL): P3's like-for-like of a call inside a Worker. */
-async function dgenInProcess(): Promise<Timing> {
-  const backend = await openSqliteBackend({ path: fresh("p3") });
-  const tenant = await openTenant(backend, "bench");
-  const c = await start(Counter, [], { tenant });
-  try {
-    return await timed(() => c.call("increment"));
-  } finally {
-    await c.stop();
-    await backend.close();
-  }
+function dgenInProcess(): Promise<Timing> {
+  return withCounter("p3", (c) => timed(() => c.call("increment")));
 }
 
 async function p3(): Promise<void> {

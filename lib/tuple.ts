@@ -163,6 +163,8 @@ class Writer {
  */
 let shared = new Writer();
 
+const NO_PREFIX = new Uint8Array(0);
+
 function sharedWriter(): Writer {
   // A huge tuple does not keep its buffer alive for every later key.
   if (shared.buf.length > 65_536) shared = new Writer();
@@ -321,12 +323,7 @@ function writeDouble(w: Writer, x: number): void {
  * ```
  */
 export function pack(tuple: Tuple): Uint8Array {
-  const w = sharedWriter();
-  for (const item of tuple) writeItem(w, item, false);
-  if (w.stampAt !== -1) {
-    throw new TypeError("Tuple holds an incomplete versionstamp: use packWithVersionstamp");
-  }
-  return w.result();
+  return packAfter(NO_PREFIX, tuple);
 }
 
 /**
