@@ -590,8 +590,15 @@ async function p7(): Promise<void> {
 
 // ---- P3 ----------------------------------------------------------------------------------------
 
-function dgenOverHttp(): Promise<Timing> {
-  return withCounter("p3-http", async (c) => {
+/**
+ * P3's dgen side: one counter on a fresh SQLite backend (FULL), called in process (the
+ * like-for-like of a call inside a Worker) and over HTTP (one request per increment, as a
+ * client of a Worker or of Restate's ingress does).
+ */
+async function withP3Counter<T>(
+  fn: (ops: { inProcess: () => Promise<unknown>; overHttp: () => Promise<unknown> }) => Promise<T>,
+): Promise<T> {
+  return await withCounter("p3", async (c) => {
     const server = await serveHttp({
       hostname: "127.0.0.1",
       port: 0,
@@ -599,9 +606,12 @@ function dgenOverHttp(): Promise<Timing> {
     });
     try {
       const url = `http://127.0.0.1:${server.port}/`;
-      return await timed(async () => {
-        const res = await fetch(url);
-        await res.text();
+      return await fn({
+        inProcess: () => c.call("increment"),
+        overHttp: async () => {
+          const res = await fetch(url);
+          await res.text();
+        },
       });
     } finally {
       await server.close();
@@ -609,87 +619,84 @@ function dgenOverHttp(): Promise<Timing> {
   });
 }
 
-/** The counter called in process on SQLite (FULL): P3's like-for-like of a call inside a Worker. */
-function dgenInProcess(): Promise<Timing> {
-  return withCounter("p3", (c) => timed(() => c.call("increment")));
-}
-
 async function p3(): Promise<void> {
-  progress("P3 sequential counter vs Durable Objects and Restate");
-  // dgen is timed right before and right after the peers, and the mean of the two is compared:
-  // the peers run for about a minute, over which this machine's disk alone can change by a third.
-  const before = { mine: await dgenInProcess(), http: await dgenOverHttp() };
-  if (!PEERS) {
-    record("p3DgenHttpPerSec", "dgen counter over HTTP (SQLite FULL)", before.http.rate, "ops/s");
-    record("p3DgenHttpP50Ms", "dgen counter over HTTP, p50", before.http.p50, "ms");
-    return progress("  peers skipped (--no-peers)");
-  }
-  const n = QUICK ? 300 : 1000;
-  const options = {
-    n,
-    warmup: Math.min(100, n / 5),
-    log: (line: string) => progress(`  ${line}`),
-    fsyncProbeOps: QUICK ? 0 : 200,
-  };
-  const peers: PeerResult[] = [];
-  for (const run of [runDurableObjects, runRestate]) {
-    try {
-      peers.push(...await run(options));
-    } catch (e) {
-      progress(`  a peer could not run: ${e instanceof Error ? e.message : e}`);
+  progress("P3 sequential counter vs Durable Objects and Restate, in turns");
+  await withP3Counter(async ({ inProcess, overHttp }) => {
+    if (!PEERS) {
+      const http = await timed(overHttp);
+      record("p3DgenHttpPerSec", "dgen counter over HTTP (SQLite FULL)", http.rate, "ops/s");
+      record("p3DgenHttpP50Ms", "dgen counter over HTTP, p50", http.p50, "ms");
+      return progress("  peers skipped (--no-peers)");
     }
-  }
-  const after = { mine: await dgenInProcess(), http: await dgenOverHttp() };
-  const mine = (before.mine.rate + after.mine.rate) / 2;
-  const http = (before.http.rate + after.http.rate) / 2;
-  const around = (b: Timing, a: Timing) =>
-    `before the peers ${fmt(b.rate, "")}/s, after ${fmt(a.rate, "")}/s`;
-  record(
-    "p3DgenInProcessPerSec",
-    "dgen counter in process (SQLite FULL), around the peers",
-    mine,
-    "ops/s",
-    around(before.mine, after.mine),
-  );
-  record(
-    "p3DgenHttpPerSec",
-    "dgen counter over HTTP (SQLite FULL), around the peers",
-    http,
-    "ops/s",
-    around(before.http, after.http),
-  );
-  record(
-    "p3DgenHttpP50Ms",
-    "dgen counter over HTTP, p50",
-    (before.http.p50 + after.http.p50) / 2,
-    "ms",
-  );
-  for (const p of peers) {
-    const label = `${p.name} (${p.mode})`;
-    if (p.error !== undefined || !(p.opsPerSec > 0)) {
-      progress(`  ${label} not measured: ${p.error ?? "no figure"}`);
-      continue;
+    // Each timed round of a peer (n increments) is followed by a round of dgen's counter on
+    // the matching path, so that the two sides of each ratio take turns on the machine; the
+    // ratio is the median of the rounds' own ratios, as for P1, P2, P4 and P5.
+    const viaHttp = (p: { name: string; mode: string }) =>
+      /http/i.test(p.mode) || /restate/i.test(p.name);
+    const label = (p: { name: string; mode: string }) => `${p.name} (${p.mode})`;
+    const ours = new Map<string, Array<Timing & { lat: number[] }>>();
+    const n = QUICK ? 300 : 1000;
+    const options = {
+      n,
+      warmup: Math.min(100, n / 5),
+      rounds: ROUNDS,
+      afterRound: async (p: { name: string; mode: string }) => {
+        const t = await timed(viaHttp(p) ? overHttp : inProcess, SECONDS / ROUNDS);
+        const list = ours.get(label(p)) ?? [];
+        list.push(t);
+        ours.set(label(p), list);
+      },
+      log: (line: string) => progress(`  ${line}`),
+      fsyncProbeOps: QUICK ? 0 : 200,
+    };
+    const peers: PeerResult[] = [];
+    for (const run of [runDurableObjects, runRestate]) {
+      try {
+        peers.push(...await run(options));
+      } catch (e) {
+        progress(`  a peer could not run: ${e instanceof Error ? e.message : e}`);
+      }
     }
-    const fsyncs = p.fsyncsPerOp === undefined ? "" : `, ${p.fsyncsPerOp.toFixed(2)} fsyncs/op`;
-    record(
-      `p3Peer_${p.name}_${p.mode}`.replace(/\W+/g, "_"),
-      label,
-      p.opsPerSec,
-      "ops/s",
-      `${p.runtime}${fsyncs}`,
-    );
-    const viaHttp = /http/i.test(p.mode) || /restate/i.test(p.name);
-    const ours = viaHttp ? http : mine;
-    const goal = /restate/i.test(p.name) ? 20 : 10;
-    target(
-      `P3 ${p.name}`.slice(0, 28),
-      `dgen ${viaHttp ? "over HTTP" : "in process"} ÷ ${label}`,
-      ours / p.opsPerSec,
-      goal,
-      true,
-      `${fmt(ours, "")} vs ${fmt(p.opsPerSec, "")} ops/s${fsyncs}`,
-    );
-  }
+    for (const p of peers) {
+      const name = label(p);
+      const rounds = p.roundOpsPerSec ?? [];
+      const mine = ours.get(name) ?? [];
+      if (p.error !== undefined || !(p.opsPerSec > 0) || rounds.length !== mine.length) {
+        progress(`  ${name} not measured: ${p.error ?? "no figure"}`);
+        continue;
+      }
+      const fsyncs = p.fsyncsPerOp === undefined ? "" : `, ${p.fsyncsPerOp.toFixed(2)} fsyncs/op`;
+      const peerRate = median(rounds);
+      record(
+        `p3Peer_${p.name}_${p.mode}`.replace(/\W+/g, "_"),
+        name,
+        peerRate,
+        "ops/s",
+        `${p.runtime}${fsyncs}; rounds ${rounds.map((r) => fmt(r, "")).join(", ")} ops/s`,
+      );
+      const path = viaHttp(p) ? "over HTTP" : "in process";
+      const ourRate = median(mine.map((t) => t.rate));
+      record(
+        `p3Dgen_${p.name}_${p.mode}`.replace(/\W+/g, "_"),
+        `dgen counter ${path} (SQLite FULL), in turns with ${name}`,
+        ourRate,
+        "ops/s",
+        `rounds ${mine.map((t) => fmt(t.rate, "")).join(", ")} ops/s; p50 ${
+          fmt(percentile(mine.flatMap((t) => t.lat).sort((x, y) => x - y), 0.5), "ms")
+        } ms`,
+      );
+      const ratios = mine.map((t, r) => t.rate / rounds[r]!);
+      target(
+        `P3 ${p.name}`.slice(0, 28),
+        `dgen ${path} ÷ ${name}`,
+        median(ratios),
+        /restate/i.test(p.name) ? 20 : 10,
+        true,
+        `${fmt(ourRate, "")} vs ${fmt(peerRate, "")} ops/s${fsyncs}, ` +
+          spread({ min: Math.min(...ratios), max: Math.max(...ratios) }),
+      );
+    }
+  });
 }
 
 // ---- main --------------------------------------------------------------------------------------

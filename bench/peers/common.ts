@@ -46,6 +46,8 @@ export interface PeerResult {
   fsyncsPerOp?: number;
   /** Result of the restart-and-read-back check of the peer's state, if one ran. */
   persistence?: { ok: boolean; detail: string };
+  /** Timed operations per second of each round, when the mode ran in rounds. */
+  roundOpsPerSec?: number[];
   /** Caveats about this figure. */
   notes?: string;
   /** Why the peer could not be measured (the figures are then `NaN`). */
@@ -62,6 +64,49 @@ export interface PeerOptions {
   log: (line: string) => void;
   /** Increments run under strace to count fsyncs per operation (0 skips; default 200). */
   fsyncProbeOps?: number;
+  /** Timed rounds of `n` increments per mode (default 1); the warm-up precedes the first. */
+  rounds?: number;
+  /**
+   * Called after each timed round of each mode: `bench/run.ts` times dgen's side of the ratio
+   * there, so that the two sides take turns on the machine instead of running a minute apart.
+   */
+  afterRound?: (peer: { name: string; mode: string }, round: number) => Promise<void>;
+}
+
+/** A timed run of sequential increments: each one's latency, the wall time, the last reply. */
+export interface CounterRun {
+  latenciesMs: number[];
+  totalMs: number;
+  last: number;
+}
+
+/**
+ * Runs `round` (`warmup` is the untimed increments to do first: the given warm-up in the first
+ * round, none after) for `options.rounds` rounds, calling `options.afterRound` after each.
+ * Returns the pooled summary (latencies of all rounds, ops over their summed time), each
+ * round's ops/s, and the last round's final value.
+ */
+export async function inRounds(
+  options: PeerOptions,
+  peer: { name: string; mode: string },
+  round: (warmup: number) => Promise<CounterRun>,
+): Promise<
+  ReturnType<typeof summarize> & { roundOpsPerSec: number[]; last: number }
+> {
+  const rounds = Math.max(1, options.rounds ?? 1);
+  const latencies: number[] = [];
+  const roundOpsPerSec: number[] = [];
+  let totalMs = 0;
+  let last = 0;
+  for (let r = 0; r < rounds; r++) {
+    const run = await round(r === 0 ? options.warmup : 0);
+    for (const x of run.latenciesMs) latencies.push(x);
+    totalMs += run.totalMs;
+    last = run.last;
+    roundOpsPerSec.push(run.latenciesMs.length / (run.totalMs / 1000));
+    await options.afterRound?.(peer, r);
+  }
+  return { ...summarize(latencies, totalMs), roundOpsPerSec, last };
 }
 
 /** A result for a mode that could not be measured, with the reason. */
@@ -115,7 +160,7 @@ export async function sequentialCounter(
   n: number,
   warmup: number,
   increment: () => Promise<number>,
-): Promise<{ latenciesMs: number[]; totalMs: number; last: number }> {
+): Promise<CounterRun> {
   let last = await increment();
   const check = (value: number) => {
     if (value !== last + 1) throw new Error(`counter replied ${value} after ${last}`);

@@ -12,7 +12,8 @@
  * Then it counts the runtime's fsyncs per increment with strace (if available) and checks that
  * the counters survive a restart of the runtime.
  *
- * Run: `deno run -A bench/peers/durable_objects.ts [--n=1000] [--warmup=100] [--probe=200]`
+ * Run: `deno run -A bench/peers/durable_objects.ts [--n=1000] [--warmup=100] [--probe=200]
+ * [--rounds=1]`
  * (or `bun bench/peers/durable_objects.ts`): progress on stderr, then a table and one JSON line
  * on stdout. `bench/run.ts` calls {@link runDurableObjects}. miniflare is installed on first use
  * into `bench/.peers/durable-objects/`. Figures are noisy on a shared machine.
@@ -29,6 +30,7 @@ import {
   describeSyncs,
   failedResult,
   hostRuntime,
+  inRounds,
   installedVersion,
   installPeer,
   numberFlag,
@@ -36,7 +38,6 @@ import {
   type PeerResult,
   printTable,
   sequentialCounter,
-  summarize,
 } from "./common.ts";
 
 /** The pinned miniflare (it pins its own workerd). */
@@ -140,6 +141,7 @@ async function counterValue(runtime: Runtime, name: string): Promise<number> {
 /** Runs the workload in both modes; see the module documentation. */
 export async function runDurableObjects(options: PeerOptions): Promise<PeerResult[]> {
   const { n, warmup, log } = options;
+  const rounds = Math.max(1, options.rounds ?? 1);
   const probeOps = options.fsyncProbeOps ?? 200;
   const cleanup = new Cleanup();
   let runtimeDesc = `miniflare ${MINIFLARE_VERSION}, driven from ${hostRuntime()}`;
@@ -168,7 +170,7 @@ export async function runDurableObjects(options: PeerOptions): Promise<PeerResul
     const scratchDir = cleanup.tempDir("peer-do-scratch");
 
     log(`${PEER}: starting workerd (state in ${persistDir}) …`);
-    let t = performance.now();
+    const t = performance.now();
     let runtime = await startRuntime(miniflare, persistDir, scratchDir, cleanup);
     log(`${PEER}: ready at ${runtime.url.href} in ${(performance.now() - t).toFixed(0)} ms`);
 
@@ -176,11 +178,15 @@ export async function runDurableObjects(options: PeerOptions): Promise<PeerResul
     const results: PeerResult[] = [];
     let httpLast = 0;
     try {
-      log(`${PEER}: ${HTTP_MODE}: ${warmup} warm-up + ${n} sequential increments …`);
+      log(`${PEER}: ${HTTP_MODE}: ${warmup} warm-up + ${rounds} × ${n} sequential increments …`);
       const url = new URL("/increment?name=http", runtime.url);
-      const run = await sequentialCounter(n, warmup, async () => Number(await get(url)));
-      httpLast = run.last;
-      results.push({ ...base(HTTP_MODE), ...summarize(run.latenciesMs, run.totalMs) });
+      const { last, ...summary } = await inRounds(
+        options,
+        { name: NAME, mode: HTTP_MODE },
+        (w) => sequentialCounter(n, w, async () => Number(await get(url))),
+      );
+      httpLast = last;
+      results.push({ ...base(HTTP_MODE), ...summary });
     } catch (e) {
       results.push(failedResult(base(HTTP_MODE), e));
     }
@@ -188,18 +194,25 @@ export async function runDurableObjects(options: PeerOptions): Promise<PeerResul
     // Mode (b): the Worker loops over the object's stub and times itself.
     let rpcLast = 0;
     try {
-      log(`${PEER}: ${RPC_MODE}: ${warmup} warm-up + ${n} sequential increments …`);
-      t = performance.now();
-      const reply = JSON.parse(
-        await get(new URL(`/loop?name=rpc&n=${n}&warmup=${warmup}`, runtime.url)),
-      ) as LoopReply;
-      const wallMs = performance.now() - t;
-      rpcLast = reply.last;
+      log(`${PEER}: ${RPC_MODE}: ${warmup} warm-up + ${rounds} × ${n} sequential increments …`);
+      let wallMs = 0;
+      const { last, ...whole } = await inRounds(
+        options,
+        { name: NAME, mode: RPC_MODE },
+        async (w) => {
+          const sent = performance.now();
+          const reply = JSON.parse(
+            await get(new URL(`/loop?name=rpc&n=${n}&warmup=${w}`, runtime.url)),
+          ) as LoopReply;
+          wallMs += performance.now() - sent;
+          return reply;
+        },
+      );
+      rpcLast = last;
       // workerd's clocks tick in whole milliseconds, so single increments cannot be timed
       // inside the Worker: the percentiles are not reported as numbers; the whole-ms readings
       // only bound them (a reading of d ms means less than d + 1 ms). The mean is exact enough:
       // it comes from the total time over n increments.
-      const whole = summarize(reply.latenciesMs, reply.totalMs);
       results.push({
         ...base(RPC_MODE),
         ...whole,
@@ -208,8 +221,8 @@ export async function runDurableObjects(options: PeerOptions): Promise<PeerResul
         notes: "timed inside the Worker with workerd's clock, which ticks in whole ms: per-" +
           `increment percentiles cannot be measured there (the readings bound them: p50 < ` +
           `${whole.p50Ms + 1} ms, p99 < ${whole.p99Ms + 1} ms); ops/s and the mean come from ` +
-          `the total time (the bench saw ${wallMs.toFixed(0)} ms for the whole request, ` +
-          "warm-up included)",
+          `the total time (the bench saw ${wallMs.toFixed(0)} ms for the requests, warm-up ` +
+          "included)",
       });
     } catch (e) {
       results.push(failedResult(base(RPC_MODE), e));
@@ -269,6 +282,7 @@ if (import.meta.main) {
     n: numberFlag("n", 1000),
     warmup: numberFlag("warmup", 100),
     fsyncProbeOps: numberFlag("probe", 200),
+    rounds: numberFlag("rounds", 1),
     log: (line) => console.error(line),
   });
   printTable(results, (line) => console.log(line));

@@ -7,7 +7,8 @@
  * the server's fsyncs per increment with strace (if available), checks that the counter
  * survives a restart of the server, and stops everything.
  *
- * Run: `deno run -A bench/peers/restate.ts [--n=1000] [--warmup=100] [--probe=200] [--bun]`
+ * Run: `deno run -A bench/peers/restate.ts [--n=1000] [--warmup=100] [--probe=200] [--rounds=1]
+ * [--bun]`
  * (or `bun bench/peers/restate.ts`): progress on stderr, then a table and one JSON line on
  * stdout. The service runs under the same runtime as this script unless `--bun`/`--deno` says
  * otherwise. `bench/run.ts` calls {@link runRestate}. The server and SDK are installed on first
@@ -25,6 +26,7 @@ import {
   failedResult,
   freePort,
   hostRuntime,
+  inRounds,
   installPeer,
   numberFlag,
   type PeerOptions,
@@ -33,7 +35,6 @@ import {
   Proc,
   run,
   sequentialCounter,
-  summarize,
   waitFor,
 } from "./common.ts";
 
@@ -234,15 +235,16 @@ export async function runRestate(options: RestateOptions): Promise<PeerResult[]>
       50,
     );
 
-    log(`${PEER}: ${MODE}: ${warmup} warm-up + ${n} sequential increments …`);
-    const measured = await sequentialCounter(
-      n,
-      warmup,
-      () => call(`${ingress}/Counter/bench/increment`),
+    const rounds = Math.max(1, options.rounds ?? 1);
+    log(`${PEER}: ${MODE}: ${warmup} warm-up + ${rounds} × ${n} sequential increments …`);
+    const { last, ...summary } = await inRounds(
+      options,
+      { name: NAME, mode: MODE },
+      (w) => sequentialCounter(n, w, () => call(`${ingress}/Counter/bench/increment`)),
     );
     const result: PeerResult = {
       ...base(),
-      ...summarize(measured.latenciesMs, measured.totalMs),
+      ...summary,
       durability: `${documented} (from --dump-config: ${config})`,
     };
 
@@ -272,8 +274,8 @@ export async function runRestate(options: RestateOptions): Promise<PeerResult[]>
         "the counter could not be read after the restart",
         50,
       );
-      const ok = before === measured.last && after.value === measured.last;
-      const detail = `counter ${measured.last} after the run, ${before} before and ` +
+      const ok = before === last && after.value === last;
+      const detail = `counter ${last} after the run, ${before} before and ` +
         `${after.value} after restarting restate-server: ${ok ? "ok" : "FAILED"}`;
       result.persistence = { ok, detail };
       log(`${PEER}: persistence ${detail}`);
@@ -304,6 +306,7 @@ if (import.meta.main) {
     n: numberFlag("n", 1000),
     warmup: numberFlag("warmup", 100),
     fsyncProbeOps: numberFlag("probe", 200),
+    rounds: numberFlag("rounds", 1),
     log: (line) => console.error(line),
     ...(serviceRuntime === undefined ? {} : { serviceRuntime }),
   });
