@@ -187,19 +187,31 @@ function int64Halves(bytes: Uint8Array): [number, number] {
  * transaction's place in a batch of commits).
  */
 export function versionstampBytes(counter: number, index = 0): Uint8Array {
-  const out = new Uint8Array(10);
+  return writeVersionstamp(new Uint8Array(10), 0, counter, index);
+}
+
+/**
+ * Writes the versionstamp of {@link versionstampBytes} into `out` at `offset` (10 bytes), for
+ * a caller that builds a stamped key or value without allocating the stamp apart; returns `out`.
+ */
+export function writeVersionstamp(
+  out: Uint8Array,
+  offset: number,
+  counter: number,
+  index = 0,
+): Uint8Array {
   const hi = Math.floor(counter / 0x1_0000_0000);
   const lo = counter >>> 0;
-  out[0] = hi >>> 24;
-  out[1] = (hi >>> 16) & 0xff;
-  out[2] = (hi >>> 8) & 0xff;
-  out[3] = hi & 0xff;
-  out[4] = lo >>> 24;
-  out[5] = (lo >>> 16) & 0xff;
-  out[6] = (lo >>> 8) & 0xff;
-  out[7] = lo & 0xff;
-  out[8] = index >>> 8;
-  out[9] = index & 0xff;
+  out[offset] = hi >>> 24;
+  out[offset + 1] = (hi >>> 16) & 0xff;
+  out[offset + 2] = (hi >>> 8) & 0xff;
+  out[offset + 3] = hi & 0xff;
+  out[offset + 4] = lo >>> 24;
+  out[offset + 5] = (lo >>> 16) & 0xff;
+  out[offset + 6] = (lo >>> 8) & 0xff;
+  out[offset + 7] = lo & 0xff;
+  out[offset + 8] = index >>> 8;
+  out[offset + 9] = index & 0xff;
   return out;
 }
 

@@ -16,6 +16,7 @@ import {
   ONE_LE,
   printable,
   versionstampBytes,
+  writeVersionstamp,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -455,7 +456,10 @@ class MemoryTransaction implements Transaction {
       throw error;
     }
     const at = ++store.version;
-    const stamp = versionstampBytes(at);
+    // The stamp alone, made once: values that are only the stamp, and the caller of
+    // getVersionstamp, share it (stored values are shared with readers anyway).
+    let bare: Uint8Array | undefined;
+    const stampOnly = () => bare ??= versionstampBytes(at);
     const written = new Set<string>();
     for (const [b, e] of this.clears) {
       const keys = store.sorted.slice(lowerBound(store.sorted, b), lowerBound(store.sorted, e));
@@ -473,20 +477,22 @@ class MemoryTransaction implements Transaction {
       else if (m.kind === "add") {
         value = store.visible(k, at);
         for (const op of m.operands) value = addLittleEndian(value, op);
+      } else if (m.prefix.length === 0 && m.suffix.length === 0) {
+        value = stampOnly();
       } else {
-        value = concat3(m.prefix, stamp, m.suffix);
+        value = stamped(m.prefix, at, m.suffix);
       }
       if (value === undefined && store.visible(k, at) === undefined) continue;
       store.write(k, value, at);
       written.add(k);
     }
     for (const s of this.stampedKeys) {
-      const k = bytesToBinaryString(concat3(s.prefix, stamp, s.suffix));
+      const k = bytesToBinaryString(stamped(s.prefix, at, s.suffix));
       store.write(k, s.value, at);
       written.add(k);
     }
     this.armWatches(written, at);
-    this.stamp.resolve(stamp);
+    this.stamp.resolve(stampOnly);
     if (++store.commitsSinceGc >= 256 || store.dirty.size > 4096) store.gc();
   }
 
@@ -541,11 +547,12 @@ function ownCopy(b: Uint8Array): Uint8Array {
   return b.length === 0 ? EMPTY_BYTES : b.slice();
 }
 
-function concat3(a: Uint8Array, b: Uint8Array, c: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length + c.length);
-  out.set(a);
-  out.set(b, a.length);
-  out.set(c, a.length + b.length);
+/** `prefix`, the versionstamp of commit `at`, then `suffix`, in one new array. */
+function stamped(prefix: Uint8Array, at: number, suffix: Uint8Array): Uint8Array {
+  const out = new Uint8Array(prefix.length + 10 + suffix.length);
+  out.set(prefix);
+  writeVersionstamp(out, prefix.length, at);
+  out.set(suffix, prefix.length + 10);
   return out;
 }
 

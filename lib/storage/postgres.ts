@@ -1173,7 +1173,7 @@ class PgTransaction implements Transaction {
     this.#session = undefined;
     if (session !== undefined) this.backend.pool.release(session);
     if (stamp !== undefined) {
-      this.#stamp.resolve(stamp);
+      this.#stamp.resolve(() => stamp);
       this.backend.stamped(stamp);
     } else {
       this.#stamp.reject(() =>

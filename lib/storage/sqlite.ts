@@ -47,6 +47,7 @@ import {
   ONE_LE,
   printable,
   versionstampBytes,
+  writeVersionstamp,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -497,8 +498,11 @@ class SqliteTransaction implements Transaction {
     readonly index: number,
     /** Logical version written into rows. */
     readonly version: number,
-    /** This transaction's versionstamp (known up front: the counter is locked). */
-    readonly stampBytes: Uint8Array | undefined,
+    /**
+     * The commit counter of this transaction's versionstamp, with `index` (known up front: the
+     * counter is locked); -1 for a read-only transaction.
+     */
+    readonly stampCounter: number,
   ) {
     this.snapshot = {
       get: (key) => this.#settle(() => this.#get(key, false)),
@@ -728,19 +732,35 @@ class SqliteTransaction implements Transaction {
     const key = new Uint8Array(prefix.length + 10 + suffix.length);
     this.checkWrite(key, value);
     key.set(prefix);
-    key.set(this.stampBytes!, prefix.length);
+    writeVersionstamp(key, prefix.length, this.stampCounter, this.index);
     key.set(suffix, prefix.length + 10);
     // Written at the end of the body: such keys are not readable in their own transaction.
     (this.#stampedKeys ??= []).push({ key, value: value.slice() });
   }
 
   setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY_BYTES): void {
-    const value = new Uint8Array(prefix.length + 10 + suffix.length);
-    this.checkWrite(key, value);
-    value.set(prefix);
-    value.set(this.stampBytes!, prefix.length);
-    value.set(suffix, prefix.length + 10);
+    let value: Uint8Array;
+    if (prefix.length === 0 && suffix.length === 0) {
+      value = this.stampBytes();
+      this.checkWrite(key, value);
+    } else {
+      value = new Uint8Array(prefix.length + 10 + suffix.length);
+      this.checkWrite(key, value);
+      value.set(prefix);
+      writeVersionstamp(value, prefix.length, this.stampCounter, this.index);
+      value.set(suffix, prefix.length + 10);
+    }
     (this.#stampedValues ??= new Map()).set(bytesToBinaryString(key), { key: key.slice(), value });
+  }
+
+  #stampBytes: Uint8Array | undefined;
+
+  /**
+   * This transaction's versionstamp, made once: values that are only the stamp and the caller
+   * of getVersionstamp share it (values are shared with readers anyway).
+   */
+  stampBytes(): Uint8Array {
+    return this.#stampBytes ??= versionstampBytes(this.stampCounter, this.index);
   }
 
   getVersionstamp(): Promise<Uint8Array> {
@@ -1076,7 +1096,7 @@ class SqliteBackendImpl implements SqliteBackend {
         group,
         index,
         counter * GROUP_SPAN + index,
-        versionstampBytes(counter, index),
+        counter,
       );
       group.last = index;
       index++;
@@ -1176,7 +1196,8 @@ class SqliteBackendImpl implements SqliteBackend {
     for (const d of done) {
       if (d.tx.wrote) {
         this.stats.transactions++;
-        d.tx.stamp.resolve(d.tx.stampBytes!);
+        const tx = d.tx;
+        tx.stamp.resolve(() => tx.stampBytes());
       } else {
         d.tx.stamp.reject(() =>
           new TransactionError(
@@ -1323,7 +1344,7 @@ class SqliteBackendImpl implements SqliteBackend {
       try {
         signal?.throwIfAborted();
         conn.begin.run();
-        const tx = new SqliteTransaction(this, conn, true, undefined, undefined, 0, 0, undefined);
+        const tx = new SqliteTransaction(this, conn, true, undefined, undefined, 0, 0, -1);
         let result: T;
         try {
           result = await this.#runBody(fn, tx);

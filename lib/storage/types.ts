@@ -31,7 +31,11 @@ export interface RangeOptions {
 
 /** The read operations of a transaction. */
 export interface ReadTransaction {
-  /** The value stored at `key`, or `undefined`. Sees this transaction's own writes. */
+  /**
+   * The value stored at `key`, or `undefined`. Sees this transaction's own writes. The array
+   * may be shared with the store and with other readers (as every value and versionstamp a
+   * backend returns): read it, never change it.
+   */
   get(key: Uint8Array): Promise<Uint8Array | undefined>;
   /**
    * The pairs with `begin <= key < end`, in key order (or reverse order). Sees this
