@@ -35,7 +35,7 @@ import {
 import { Child, missingRuntimes, testScript } from "../tests/_processes.ts";
 import { serveHttp } from "../lib/runtime/http.ts";
 import { Counter } from "./_counter.ts";
-import type { PeerResult } from "./peers/common.ts";
+import type { PeerMode, PeerResult } from "./peers/common.ts";
 import { runDurableObjects } from "./peers/durable_objects.ts";
 import { runRestate } from "./peers/restate.ts";
 import { percentile } from "./_stats.ts";
@@ -141,6 +141,13 @@ const ROUNDS = 3;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+/** A ratio from its rounds' own ratios: their median, with their range. */
+const ratioOfRounds = (rs: number[]) => ({
+  median: median(rs),
+  min: Math.min(...rs),
+  max: Math.max(...rs),
+});
+
 /**
  * Runs `measures` in turns, ROUNDS rounds of SECONDS ÷ ROUNDS each (the order reversed every
  * other round), so that the two sides of a ratio share the machine's conditions: on this shared
@@ -162,10 +169,7 @@ async function inTurns<T extends { rate: number }>(
   }
   return {
     rounds,
-    ratio: (a, b) => {
-      const rs = rounds[a]!.map((x, r) => x.rate / rounds[b]![r]!.rate);
-      return { median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
-    },
+    ratio: (a, b) => ratioOfRounds(rounds[a]!.map((x, r) => x.rate / rounds[b]![r]!.rate)),
   };
 }
 
@@ -631,9 +635,8 @@ async function p3(): Promise<void> {
     // Each timed round of a peer (n increments) is followed by a round of dgen's counter on
     // the matching path, so that the two sides of each ratio take turns on the machine; the
     // ratio is the median of the rounds' own ratios, as for P1, P2, P4 and P5.
-    const viaHttp = (p: { name: string; mode: string }) =>
-      /http/i.test(p.mode) || /restate/i.test(p.name);
-    const label = (p: { name: string; mode: string }) => `${p.name} (${p.mode})`;
+    const viaHttp = (p: PeerMode) => /http/i.test(p.mode) || /restate/i.test(p.name);
+    const label = (p: PeerMode) => `${p.name} (${p.mode})`;
     const ours = new Map<string, Array<Timing & { lat: number[] }>>();
     const n = QUICK ? 300 : 1000;
     const options = {
@@ -642,7 +645,7 @@ async function p3(): Promise<void> {
       // next two after a warm-up of 100 increments (25-40 ms; dgen's side warms for 300 ms).
       warmup: n / 2,
       rounds: ROUNDS,
-      afterRound: async (p: { name: string; mode: string }) => {
+      afterRound: async (p: PeerMode) => {
         const t = await timed(viaHttp(p) ? overHttp : inProcess, SECONDS / ROUNDS);
         const list = ours.get(label(p)) ?? [];
         list.push(t);
@@ -687,15 +690,14 @@ async function p3(): Promise<void> {
           fmt(percentile(mine.flatMap((t) => t.lat).sort((x, y) => x - y), 0.5), "ms")
         } ms`,
       );
-      const ratios = mine.map((t, r) => t.rate / rounds[r]!);
+      const ratio = ratioOfRounds(mine.map((t, r) => t.rate / rounds[r]!));
       target(
         `P3 ${p.name}`.slice(0, 28),
         `dgen ${path} ÷ ${name}`,
-        median(ratios),
+        ratio.median,
         /restate/i.test(p.name) ? 20 : 10,
         true,
-        `${fmt(ourRate, "")} vs ${fmt(peerRate, "")} ops/s${fsyncs}, ` +
-          spread({ min: Math.min(...ratios), max: Math.max(...ratios) }),
+        `${fmt(ourRate, "")} vs ${fmt(peerRate, "")} ops/s${fsyncs}, ${spread(ratio)}`,
       );
     }
   });

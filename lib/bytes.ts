@@ -190,11 +190,25 @@ export function versionstampBytes(counter: number, index = 0): Uint8Array {
   return writeVersionstamp(new Uint8Array(10), 0, counter, index);
 }
 
+/** `prefix`, the versionstamp of {@link versionstampBytes}, then `suffix`, in one new array. */
+export function stampedBytes(
+  prefix: Uint8Array,
+  counter: number,
+  index: number,
+  suffix: Uint8Array,
+): Uint8Array {
+  const out = new Uint8Array(prefix.length + 10 + suffix.length);
+  out.set(prefix);
+  writeVersionstamp(out, prefix.length, counter, index);
+  out.set(suffix, prefix.length + 10);
+  return out;
+}
+
 /**
  * Writes the versionstamp of {@link versionstampBytes} into `out` at `offset` (10 bytes), for
  * a caller that builds a stamped key or value without allocating the stamp apart; returns `out`.
  */
-export function writeVersionstamp(
+function writeVersionstamp(
   out: Uint8Array,
   offset: number,
   counter: number,

@@ -70,7 +70,15 @@ export interface PeerOptions {
    * Called after each timed round of each mode: `bench/run.ts` times dgen's side of the ratio
    * there, so that the two sides take turns on the machine instead of running a minute apart.
    */
-  afterRound?: (peer: { name: string; mode: string }, round: number) => Promise<void>;
+  afterRound?: (peer: PeerMode, round: number) => Promise<void>;
+}
+
+/** Which peer and mode a figure is of. */
+export type PeerMode = Pick<PeerResult, "name" | "mode">;
+
+/** The timed rounds per mode that `options` asks for (at least one). */
+export function roundCount(options: PeerOptions): number {
+  return Math.max(1, options.rounds ?? 1);
 }
 
 /** A timed run of sequential increments: each one's latency, the wall time, the last reply. */
@@ -88,12 +96,12 @@ export interface CounterRun {
  */
 export async function inRounds(
   options: PeerOptions,
-  peer: { name: string; mode: string },
+  peer: PeerMode,
   round: (warmup: number) => Promise<CounterRun>,
 ): Promise<
   ReturnType<typeof summarize> & { roundOpsPerSec: number[]; last: number }
 > {
-  const rounds = Math.max(1, options.rounds ?? 1);
+  const rounds = roundCount(options);
   const latencies: number[] = [];
   const roundOpsPerSec: number[] = [];
   let totalMs = 0;

@@ -37,6 +37,7 @@ import {
   type PeerOptions,
   type PeerResult,
   printTable,
+  roundCount,
   sequentialCounter,
 } from "./common.ts";
 
@@ -141,7 +142,7 @@ async function counterValue(runtime: Runtime, name: string): Promise<number> {
 /** Runs the workload in both modes; see the module documentation. */
 export async function runDurableObjects(options: PeerOptions): Promise<PeerResult[]> {
   const { n, warmup, log } = options;
-  const rounds = Math.max(1, options.rounds ?? 1);
+  const rounds = roundCount(options);
   const probeOps = options.fsyncProbeOps ?? 200;
   const cleanup = new Cleanup();
   let runtimeDesc = `miniflare ${MINIFLARE_VERSION}, driven from ${hostRuntime()}`;

@@ -33,6 +33,7 @@ import {
   type PeerResult,
   printTable,
   Proc,
+  roundCount,
   run,
   sequentialCounter,
   waitFor,
@@ -235,7 +236,7 @@ export async function runRestate(options: RestateOptions): Promise<PeerResult[]>
       50,
     );
 
-    const rounds = Math.max(1, options.rounds ?? 1);
+    const rounds = roundCount(options);
     log(`${PEER}: ${MODE}: ${warmup} warm-up + ${rounds} × ${n} sequential increments …`);
     const { last, ...summary } = await inRounds(
       options,

@@ -15,8 +15,8 @@ import {
   int64LE,
   ONE_LE,
   printable,
+  stampedBytes,
   versionstampBytes,
-  writeVersionstamp,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -480,14 +480,14 @@ class MemoryTransaction implements Transaction {
       } else if (m.prefix.length === 0 && m.suffix.length === 0) {
         value = stampOnly();
       } else {
-        value = stamped(m.prefix, at, m.suffix);
+        value = stampedBytes(m.prefix, at, 0, m.suffix);
       }
       if (value === undefined && store.visible(k, at) === undefined) continue;
       store.write(k, value, at);
       written.add(k);
     }
     for (const s of this.stampedKeys) {
-      const k = bytesToBinaryString(stamped(s.prefix, at, s.suffix));
+      const k = bytesToBinaryString(stampedBytes(s.prefix, at, 0, s.suffix));
       store.write(k, s.value, at);
       written.add(k);
     }
@@ -545,15 +545,6 @@ function conflictMessage(k: string): string {
 /** A copy the transaction owns (the shared empty array for an empty one). */
 function ownCopy(b: Uint8Array): Uint8Array {
   return b.length === 0 ? EMPTY_BYTES : b.slice();
-}
-
-/** `prefix`, the versionstamp of commit `at`, then `suffix`, in one new array. */
-function stamped(prefix: Uint8Array, at: number, suffix: Uint8Array): Uint8Array {
-  const out = new Uint8Array(prefix.length + 10 + suffix.length);
-  out.set(prefix);
-  writeVersionstamp(out, prefix.length, at);
-  out.set(suffix, prefix.length + 10);
-  return out;
 }
 
 class MemoryBackend implements Backend {

@@ -46,8 +46,8 @@ import {
   int64LE,
   ONE_LE,
   printable,
+  stampedBytes,
   versionstampBytes,
-  writeVersionstamp,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -729,27 +729,17 @@ class SqliteTransaction implements Transaction {
   }
 
   setVersionstampedKey(prefix: Uint8Array, suffix: Uint8Array, value: Uint8Array): void {
-    const key = new Uint8Array(prefix.length + 10 + suffix.length);
+    const key = stampedBytes(prefix, this.stampCounter, this.index, suffix);
     this.checkWrite(key, value);
-    key.set(prefix);
-    writeVersionstamp(key, prefix.length, this.stampCounter, this.index);
-    key.set(suffix, prefix.length + 10);
     // Written at the end of the body: such keys are not readable in their own transaction.
     (this.#stampedKeys ??= []).push({ key, value: value.slice() });
   }
 
   setVersionstampedValue(key: Uint8Array, prefix: Uint8Array, suffix = EMPTY_BYTES): void {
-    let value: Uint8Array;
-    if (prefix.length === 0 && suffix.length === 0) {
-      value = this.stampBytes();
-      this.checkWrite(key, value);
-    } else {
-      value = new Uint8Array(prefix.length + 10 + suffix.length);
-      this.checkWrite(key, value);
-      value.set(prefix);
-      writeVersionstamp(value, prefix.length, this.stampCounter, this.index);
-      value.set(suffix, prefix.length + 10);
-    }
+    const value = prefix.length === 0 && suffix.length === 0
+      ? this.stampBytes()
+      : stampedBytes(prefix, this.stampCounter, this.index, suffix);
+    this.checkWrite(key, value);
     (this.#stampedValues ??= new Map()).set(bytesToBinaryString(key), { key: key.slice(), value });
   }
 
