@@ -233,6 +233,9 @@ class Codec implements StateCodec {
 
   constructor(readonly maxValueSize: number, readonly freezeArrayLimit: number) {}
 
+  /** {@link unfrozenArray}, bound (what the value encoder asks of each array). */
+  readonly leftUnfrozen = (x: unknown[]): boolean => this.unfrozenArray(x);
+
   /**
    * Whether `freeze` leaves array `x` unfrozen (see `freezeArrayLimit`): only collections
    * (arrays of items with ids), whose diff reads the copy the codec keeps of them.
@@ -569,6 +572,8 @@ class Writer {
   readonly clears: Uint8Array[] = [];
   readonly ranges: Array<[Uint8Array, Uint8Array]> = [];
   readonly after: Array<() => void> = [];
+  /** Codec copies standing for an unfrozen array in this write whose items are all frozen. */
+  readonly frozenCopies = new WeakSet<object>();
   readonly pending: Array<{ entry: EncodingEntry; pending: { tx: object; bytes: Uint8Array } }> =
     [];
 
@@ -615,7 +620,9 @@ class Writer {
     touched: readonly number[],
   ): void {
     const codec = this.codec;
-    const copy = codec.shadows.get(prevArray);
+    // prevArray is next's own copy when next is an unfrozen array diffed against itself.
+    const copy = codec.shadows.get(prevArray) ??
+      (codec.shadows.get(next) === prevArray ? prevArray as unknown[] : undefined);
     if (copy === undefined || prevArray === next) return this.shadow(next, scanned);
     this.after.push(() => {
       codec.shadows.delete(prevArray);
@@ -732,7 +739,7 @@ class Writer {
       this.set(node, smallInt(x, KIND_VALUE));
       return false;
     }
-    const { bytes, mutable } = encodeValue(x, path, ancestors, this.codec.freezeArrayLimit);
+    const { bytes, mutable } = encodeValue(x, path, ancestors, this.codec.leftUnfrozen);
     const same = prev?.bytes !== undefined && equalBytes(prev.bytes, bytes);
     if (!same) this.putValue(node, bytes, prevLength);
     if (typeof x === "object" && x !== null) {
@@ -868,17 +875,26 @@ class Writer {
     if (prev === next && Array.isArray(next) && codec.unfrozenArray(next)) {
       // An array freeze leaves unfrozen (freezeArrayLimit), maybe changed in place: its cached
       // shape, order keys and copy describe what is stored; its content is measured afresh.
+      // The copy (never handed out) stands for what is stored, with what is known of it: the
+      // diff then scans identities only, and shadowEdit updates the copy in place.
       storedShape = codec.shapes.get(next);
       codec.shapes.delete(next);
       const old = codec.shadows.get(next);
       if (old !== undefined && storedShape !== undefined) {
-        const copy = [...old];
-        codec.shapes.set(copy, storedShape);
+        codec.shapes.set(old, storedShape);
         const order = codec.orders.get(next);
-        if (order !== undefined) codec.orders.set(copy, order);
+        if (order !== undefined) codec.orders.set(old, order);
         // This write places the array afresh (not a second store disagreeing on its keys).
         codec.orders.delete(next);
-        prev = copy;
+        const items = codec.mutableItems.get(next);
+        if (items !== undefined) codec.mutableItems.set(old, items);
+        // The copy's items are frozen if freeze has visited the array since it was last
+        // written (no hint waiting for it): the diff may then hint freeze to the new items
+        // only. A waiting hint is dropped instead (freeze then visits every item).
+        if (codec.frozenItems.has(next) && !codec.freezeHints.has(next)) {
+          this.frozenCopies.add(old);
+        } else this.after.push(() => codec.freezeHints.delete(next));
+        prev = old;
       }
     }
     const prevKind = storedShape !== undefined
@@ -1064,7 +1080,8 @@ class Writer {
     if (n === pn && p + s >= n) this.shadowEdit(prevArray, next, scanned, touched);
     else this.shadow(next, scanned);
     if (
-      (codec.frozen.has(prevArray) || codec.frozenItems.has(prevArray)) && !Object.isFrozen(next)
+      (codec.frozen.has(prevArray) || codec.frozenItems.has(prevArray) ||
+        this.frozenCopies.has(prevArray)) && !Object.isFrozen(next)
     ) {
       // Every item outside these positions is an item of prev (or of its copy), hence
       // deep-frozen already.

@@ -156,8 +156,8 @@ interface Walk {
   readonly ancestors: Set<object>;
   /** Whether a mutable leaf container was met. */
   mutable: boolean;
-  /** Arrays longer than this count as mutable containers. */
-  readonly mutableArrayLength: number;
+  /** Whether an array counts as a mutable container (one `freeze` leaves unfrozen). */
+  readonly unfrozen: ((arr: unknown[]) => boolean) | undefined;
 }
 
 /** Turns a value into what `cbor-x` writes exactly as the table above says. */
@@ -184,8 +184,9 @@ function prepare(v: unknown, path: ValuePath, walk: Walk): unknown {
   if (walk.ancestors.has(v)) cycle(path);
   const proto = Object.getPrototypeOf(v);
   if (proto === Array.prototype && Array.isArray(v)) {
-    // A long array left unfrozen (the state codec's freezeArrayLimit) can change in place.
-    if (v.length > walk.mutableArrayLength) walk.mutable = true;
+    // An array freeze leaves unfrozen (a long collection, see the state codec's
+    // freezeArrayLimit) can change in place; every other array is frozen with the state.
+    if (walk.unfrozen?.(v) === true) walk.mutable = true;
     walk.ancestors.add(v);
     const out = new Array<unknown>(v.length);
     for (let i = 0; i < v.length; i++) {
@@ -269,13 +270,14 @@ export interface EncodedValue {
 /**
  * Encodes `value`. Throws `CodecError` naming the path of anything that cannot be stored
  * (the root is `path`). `ancestors` are the objects that contain `value` (cycle detection);
- * the set is left as it was given.
+ * the set is left as it was given. `unfrozen` says which arrays count as mutable containers
+ * (those the state codec's `freeze` leaves unfrozen); by default none.
  */
 export function encodeValue(
   value: unknown,
   path: ValuePath,
   ancestors?: Set<object>,
-  mutableArrayLength = Infinity,
+  unfrozen?: (arr: unknown[]) => boolean,
 ): EncodedValue {
   // Small integers and booleans are most of what a state's leaves hold: write their CBOR
   // (RFC 8949 §3.1, shortest form, exactly what cbor-x writes) without the encoder's buffers.
@@ -288,7 +290,7 @@ export function encodeValue(
   } else if (value === null) {
     return { bytes: new Uint8Array([0xf6]), mutable: false };
   }
-  const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false, mutableArrayLength };
+  const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false, unfrozen };
   const prepared = prepare(value, path, walk);
   // cbor-x returns a view of its reusable buffer (a Buffer): copy it into a plain array.
   return { bytes: new Uint8Array(encoder.encode(prepared)), mutable: walk.mutable };

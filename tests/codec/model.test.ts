@@ -405,4 +405,38 @@ describe("collections left unfrozen (freezeArrayLimit)", () => {
       await b.close();
     }
   });
+
+  it("leave other arrays frozen values, and freeze what an untouched collection gains in place", async () => {
+    const b = await openBench(MAX_VALUE, 2);
+    try {
+      const s1 = {
+        items: Array.from({ length: 5 }, (_, i) => ({ id: `i${i}`, n: i })),
+        nums: [1, 2, 3, 4, 5],
+        n: 0,
+      };
+      await b.put(s1);
+      b.codec.freeze(s1);
+      // Only collections stay unfrozen: a long array of numbers is an immutable value, so
+      // writes need not encode it again to learn whether it changed.
+      assert.ok(Object.isFrozen(s1.nums));
+      const codec = b.codec as unknown as { isMutable(x: unknown): boolean };
+      assert.equal(codec.isMutable(s1.nums), false, "a frozen array is no mutable container");
+      assert.equal(codec.isMutable(s1.items), true, "an unfrozen collection is one");
+      // A write where the collection is untouched, then one after an item was pushed in place
+      // before any freeze: the pushed item must still be frozen by the next freeze.
+      const s2 = { ...s1, n: 1 };
+      const { counts } = await b.put(s2);
+      assert.deepEqual([counts.sets, counts.clears, counts.clearRanges], [1, 0, 0]);
+      const pushed = { id: "i5", n: 5 };
+      s2.items.push(pushed);
+      await b.put(s2);
+      b.codec.freeze(s2);
+      assert.ok(Object.isFrozen(pushed), "the item pushed in place is frozen");
+      const read = await b.get();
+      assert.ok(read.found);
+      assert.equal(difference(s2, read.state), undefined);
+    } finally {
+      await b.close();
+    }
+  });
 });
