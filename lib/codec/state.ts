@@ -572,8 +572,6 @@ class Writer {
   readonly clears: Uint8Array[] = [];
   readonly ranges: Array<[Uint8Array, Uint8Array]> = [];
   readonly after: Array<() => void> = [];
-  /** Codec copies standing for an unfrozen array in this write whose items are all frozen. */
-  readonly frozenCopies = new WeakSet<object>();
   readonly pending: Array<{ entry: EncodingEntry; pending: { tx: object; bytes: Uint8Array } }> =
     [];
 
@@ -596,7 +594,7 @@ class Writer {
    * Keeps an unfrozen copy of collection array `arr` for the next diff to read, if cheap:
    * `scanned` when the scan already read a copy of `arr` (see {@link readable}).
    */
-  shadow(arr: unknown[], scanned: unknown[]): void {
+  shadow(arr: unknown[], scanned: unknown[] = readable(arr)): void {
     // The runtime writes a state before it freezes it, so `arr` is frozen only when the
     // handler returned an array frozen already (moved from the old state, or its own).
     let copy = scanned;
@@ -711,7 +709,7 @@ class Writer {
       }
       const at = bytesToBinaryString(node);
       this.after.push(() => this.codec.placeOrder(arr, at, keys));
-      this.shadow(arr, readable(arr));
+      this.shadow(arr);
       mutable ||= this.codec.unfrozenArray(arr);
     }
     ancestors.delete(obj);
@@ -872,6 +870,7 @@ class Writer {
     }
     const rel = this.rel(node);
     let storedShape: Shape | undefined;
+    let prevItemsFrozen = false;
     if (prev === next && Array.isArray(next) && codec.unfrozenArray(next)) {
       // An array freeze leaves unfrozen (freezeArrayLimit), maybe changed in place: its cached
       // shape, order keys and copy describe what is stored; its content is measured afresh.
@@ -891,9 +890,8 @@ class Writer {
         // The copy's items are frozen if freeze has visited the array since it was last
         // written (no hint waiting for it): the diff may then hint freeze to the new items
         // only. A waiting hint is dropped instead (freeze then visits every item).
-        if (codec.frozenItems.has(next) && !codec.freezeHints.has(next)) {
-          this.frozenCopies.add(old);
-        } else this.after.push(() => codec.freezeHints.delete(next));
+        prevItemsFrozen = codec.frozenItems.has(next) && !codec.freezeHints.has(next);
+        if (!prevItemsFrozen) this.after.push(() => codec.freezeHints.delete(next));
         prev = old;
       }
     }
@@ -904,7 +902,14 @@ class Writer {
       return this.diffRecord(node, prev as Record<string, unknown>, next, path, ancestors);
     }
     if (prevKind === "collection" && isPlainArray(next)) {
-      const r = this.diffCollection(node, prev as Array<{ id: string }>, next, path, ancestors);
+      const r = this.diffCollection(
+        node,
+        prev as Array<{ id: string }>,
+        next,
+        path,
+        ancestors,
+        prevItemsFrozen,
+      );
       if (r !== NOT_A_COLLECTION) return r;
     }
     if (prevKind === "value" && codec.kindOf(next, rel, path) === "value") {
@@ -959,7 +964,9 @@ class Writer {
 
   /**
    * Diffs two collections by id. Returns {@link NOT_A_COLLECTION}, having staged nothing, if
-   * `next` turns out not to be one (then the caller rewrites the node).
+   * `next` turns out not to be one (then the caller rewrites the node). `prevItemsFrozen` says
+   * that every item of `prevArray` is known deep-frozen although freeze never saw it (the
+   * codec's copy of an unfrozen array).
    */
   diffCollection(
     node: Uint8Array,
@@ -967,6 +974,7 @@ class Writer {
     next: unknown[],
     path: ValuePath,
     ancestors: Set<object>,
+    prevItemsFrozen = false,
   ): boolean | typeof NOT_A_COLLECTION {
     const codec = this.codec;
     // The scans below are the loops that grow with the collection, and they read unfrozen
@@ -1080,8 +1088,8 @@ class Writer {
     if (n === pn && p + s >= n) this.shadowEdit(prevArray, next, scanned, touched);
     else this.shadow(next, scanned);
     if (
-      (codec.frozen.has(prevArray) || codec.frozenItems.has(prevArray) ||
-        this.frozenCopies.has(prevArray)) && !Object.isFrozen(next)
+      (prevItemsFrozen || codec.frozen.has(prevArray) || codec.frozenItems.has(prevArray)) &&
+      !Object.isFrozen(next)
     ) {
       // Every item outside these positions is an item of prev (or of its copy), hence
       // deep-frozen already.
