@@ -5,6 +5,10 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
   addLittleEndian,
+  binaryStringToBytes,
+  bytesToBinaryString,
+  compareBytes,
+  fixedBytes,
   int64LE,
   readInt64LE,
   readInt64LENumber,
@@ -70,5 +74,28 @@ describe("byte helpers", () => {
       }),
       fcParams(2000),
     );
+  });
+
+  it("turn bytes into order-preserving binary strings, looked up for fixed arrays", () => {
+    const bytes = fc.uint8Array({ maxLength: 40 });
+    fc.assert(
+      fc.property(bytes, bytes, fc.boolean(), (a, b, fix) => {
+        const copyA = a.slice();
+        if (fix) assert.equal(fixedBytes(a), a);
+        const [sa, sb] = [bytesToBinaryString(a), bytesToBinaryString(b)];
+        // Each code unit is one byte, in order, and the strings order as the bytes do.
+        assert.deepEqual(binaryStringToBytes(sa), copyA);
+        assert.equal(sa.length, a.length);
+        assert.equal(sa < sb ? -1 : sa > sb ? 1 : 0, Math.sign(compareBytes(a, b)));
+        // A view of a fixed array, or an equal array, is converted, not looked up.
+        assert.equal(bytesToBinaryString(a.subarray(1)), sa.slice(1));
+        assert.equal(bytesToBinaryString(copyA), sa);
+      }),
+      fcParams(2000),
+    );
+    // Longer than one conversion chunk (8,192 bytes).
+    const long = Uint8Array.from({ length: 20_000 }, (_, i) => (i * 7) & 0xff);
+    assert.deepEqual(binaryStringToBytes(bytesToBinaryString(long)), long);
+    assert.deepEqual(binaryStringToBytes(bytesToBinaryString(fixedBytes(long))), long);
   });
 });

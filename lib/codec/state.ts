@@ -33,6 +33,7 @@ import {
   bytesToBinaryString,
   concatBytes,
   equalBytes,
+  fixedBytes,
   hasPrefix,
   printable,
   strinc,
@@ -259,7 +260,7 @@ class Codec implements StateCodec {
   rootKey(prefix: Uint8Array): Uint8Array {
     if (this.#lastPrefix === undefined || !equalBytes(this.#lastPrefix, prefix)) {
       this.#lastPrefix = prefix.slice();
-      this.#lastRoot = concatBytes(prefix, ROOT_SUFFIX);
+      this.#lastRoot = fixedBytes(concatBytes(prefix, ROOT_SUFFIX));
     }
     return this.#lastRoot!;
   }

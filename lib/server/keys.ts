@@ -25,7 +25,7 @@
  * @module
  */
 
-import { concatBytes, strinc } from "../bytes.ts";
+import { concatBytes, fixedBytes, strinc } from "../bytes.ts";
 import { pack, packAfter } from "../tuple.ts";
 
 /** Keys of one server, all relative to its tenant. */
@@ -95,6 +95,11 @@ export class ServerKeys {
     this.replies = sub("r");
     this.requests = sub("req");
     this.instances = sub("in");
+    // Passed to the backend on every call and never written into: their binary strings are
+    // looked up, not converted (see fixedBytes). The tenant's prefix is not ours to mark.
+    for (const [name, key] of Object.entries(this)) {
+      if (name !== "prefix" && key instanceof Uint8Array) fixedBytes(key);
+    }
   }
 
   /** Reply slot of call `callId` (chunked values live under it). */
