@@ -40,6 +40,7 @@ import {
 } from "../bytes.ts";
 import { CodecError } from "../errors.ts";
 import type { ReadTransaction, Transaction } from "../storage/types.ts";
+import { hasSetOwned, setOwned } from "../storage/common.ts";
 import { pack, packAfter, unpack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import { freshKeys, planKeys } from "./collection.ts";
@@ -405,7 +406,7 @@ class Codec implements StateCodec {
       if (!prev.found) {
         // Whatever is there (nothing, by the contract) goes: the state is written whole.
         w.clearRange(prefix, strinc(prefix));
-        w.set(concatBytes(prefix, FORMAT_SUFFIX), FORMAT_MARK);
+        w.set(concatBytes(prefix, FORMAT_SUFFIX), FORMAT_MARK.slice());
         w.fresh(root, next, ROOT_PATH, new Set());
       } else {
         w.diff(root, prev.state, next, ROOT_PATH, new Set());
@@ -640,8 +641,12 @@ class Writer {
     let bytesWritten = 0;
     for (const key of this.clears) tx.clear(key);
     for (const [b, e] of this.ranges) tx.clearRange(b, e);
+    // Every value staged here is a fresh array (the marks are copied) that the codec keeps no
+    // reference to: the backend may take it without a copy.
+    const owned = hasSetOwned(tx) ? tx : undefined;
     for (const [k, value] of this.sets) {
-      tx.set(k, value);
+      if (owned !== undefined) owned[setOwned](k, value);
+      else tx.set(k, value);
       bytesWritten += k.length + value.length;
     }
     for (const f of this.after) f();
@@ -692,7 +697,7 @@ class Writer {
     ancestors.add(obj);
     let mutable = false;
     if (kind === "record") {
-      this.set(node, RECORD_MARK);
+      this.set(node, RECORD_MARK.slice());
       const rec = obj as Record<string, unknown>;
       for (const k of Object.keys(rec)) {
         const m = this.fresh(packAfter(node, [k]), rec[k], child(path, k), ancestors);
@@ -700,7 +705,7 @@ class Writer {
       }
     } else {
       const arr = obj as Array<{ id: string }>;
-      this.set(node, COLLECTION_MARK);
+      this.set(node, COLLECTION_MARK.slice());
       const keys = freshKeys(arr.length);
       for (let j = 0; j < arr.length; j++) {
         const id = arr[j]!.id;

@@ -23,6 +23,7 @@ import {
 import { createStateCodec } from "../codec/state.ts";
 import { pid, runtimeName, type TimerHandle, unrefTimer } from "../runtime/process.ts";
 import type { Transaction, TransactOptions, Watch } from "../storage/types.ts";
+import { committedStamp, type HasCommittedStamp, hasCommittedStamp } from "../storage/common.ts";
 import type { Tenant } from "../tenant.ts";
 import { parse, safeParseUser, toIssues } from "../validate.ts";
 import {
@@ -608,25 +609,38 @@ class Instance {
   ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
     let effects = new TxEffects();
     let attempts = 0;
+    // The stamp of a state write: read from the committed transaction where the backend
+    // allows it, else asked for before the commit (an attempt that fails to commit rejects its
+    // promise; only the last one is awaited).
     let stamp: Promise<Uint8Array> | undefined;
+    let stamped: HasCommittedStamp | undefined;
     const value = await this.#rt.tenant.backend.transact(async (tx) => {
       if (this.#crashed) throw new ServerStoppedError("Instance crashed (test hook)");
       attempts++;
       effects = new TxEffects();
       const r = await body(tx, effects);
-      stamp = effects.written ? tx.getVersionstamp() : undefined;
-      // An attempt that fails to commit rejects its stamp; only the last one is awaited.
-      stamp?.catch(() => {});
+      stamp = stamped = undefined;
+      if (effects.written && hasCommittedStamp(tx)) stamped = tx;
+      else if (effects.written) (stamp = tx.getVersionstamp()).catch(() => {});
       return r;
     }, options);
-    await this.#afterCommit(effects, stamp);
+    const version = stamped?.[committedStamp]() ?? stamp;
+    // The common case (no dead letters, no actions) ends without another await.
+    const more = this.#updateCache(effects, version);
+    if (more !== undefined) await more;
     return { value, effects, attempts };
   }
 
-  async #afterCommit(effects: TxEffects, stamp: Promise<Uint8Array> | undefined): Promise<void> {
+  /** Updates the state cache after a commit; a promise if anything is left to await. */
+  #updateCache(
+    effects: TxEffects,
+    version: Uint8Array | Promise<Uint8Array> | undefined,
+  ): Promise<void> | undefined {
+    if (version !== undefined && !(version instanceof Uint8Array)) {
+      return version.then((v) => this.#updateCache(effects, v));
+    }
     const rt = this.#rt;
-    if (effects.written && stamp) {
-      const version = await stamp;
+    if (effects.written && version) {
       if (!rt.cache || compareBytes(version, rt.cache.version) > 0) {
         rt.cache = { version, stored: effects.written };
       }
@@ -635,6 +649,12 @@ class Instance {
         rt.cache = { version: effects.readVersion, stored: effects.observed };
       }
     }
+    if (effects.deadLetters.length === 0 && effects.actions.length === 0) return undefined;
+    return this.#afterCommit(effects);
+  }
+
+  /** Runs the dead-letter hooks and the actions of a committed transaction. */
+  async #afterCommit(effects: TxEffects): Promise<void> {
     this.stats.deadLettered += effects.deadLetters.length;
     for (const d of effects.deadLetters) {
       const hook = this.#def.handleDeadLetter;

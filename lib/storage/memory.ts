@@ -39,7 +39,14 @@ import {
   type TransactOptions,
   type Watch,
 } from "./types.ts";
-import { checkTransactOptions, LazyStamp, limitsSchema, WatchHandle } from "./common.ts";
+import {
+  checkTransactOptions,
+  committedStamp,
+  LazyStamp,
+  limitsSchema,
+  setOwned,
+  WatchHandle,
+} from "./common.ts";
 
 /** One committed version of a key; `value` undefined marks a deletion. */
 interface Version {
@@ -350,6 +357,11 @@ class MemoryTransaction implements Transaction {
     this.writes.set(k, { kind: "set", value: value.slice() });
   }
 
+  [setOwned](key: Uint8Array, value: Uint8Array): void {
+    const k = this.checkWrite(key, value);
+    this.writes.set(k, { kind: "set", value });
+  }
+
   clear(key: Uint8Array): void {
     const k = this.checkWrite(key);
     this.writes.set(k, { kind: "clear" });
@@ -397,6 +409,10 @@ class MemoryTransaction implements Transaction {
 
   getVersionstamp(): Promise<Uint8Array> {
     return this.stamp.promise;
+  }
+
+  [committedStamp](): Uint8Array | undefined {
+    return this.stamp.now();
   }
 
   watch(key: Uint8Array): Watch {

@@ -57,7 +57,14 @@ import {
 } from "../errors.ts";
 import { pack } from "../tuple.ts";
 import { parse } from "../validate.ts";
-import { checkTransactOptions, LazyStamp, limitsSchema, WatchHandle } from "./common.ts";
+import {
+  checkTransactOptions,
+  committedStamp,
+  LazyStamp,
+  limitsSchema,
+  setOwned,
+  WatchHandle,
+} from "./common.ts";
 import { PeerBell } from "./_peer_bell.ts";
 import { retryLoop } from "./retry.ts";
 import {
@@ -683,6 +690,12 @@ class SqliteTransaction implements Transaction {
     this.#put(w, key, value);
   }
 
+  [setOwned](key: Uint8Array, value: Uint8Array): void {
+    const w = this.checkWrite(key, value);
+    this.#forgetStampedValue(key);
+    this.#put(w, key, value, true);
+  }
+
   clear(key: Uint8Array): void {
     const w = this.checkWrite(key);
     this.#forgetStampedValue(key);
@@ -755,6 +768,10 @@ class SqliteTransaction implements Transaction {
 
   getVersionstamp(): Promise<Uint8Array> {
     return this.stamp.promise;
+  }
+
+  [committedStamp](): Uint8Array | undefined {
+    return this.stamp.now();
   }
 
   watch(key: Uint8Array): Watch {

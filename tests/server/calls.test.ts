@@ -157,6 +157,38 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("reads the state from storage once: later calls find it in the cache", async () => {
+      // The cache is keyed by the versionstamp of the state write, which in-process backends
+      // hand over without a promise: a wrong stamp would make every call read the state again.
+      const { backend } = await fresh(b);
+      let ranges = 0;
+      const counting: Backend = Object.create(backend);
+      counting.transact = (fn, options) =>
+        backend.transact((tx) =>
+          fn(
+            new Proxy(tx, {
+              get(target, p) {
+                if (p === "getRange") ranges++;
+                const v = Reflect.get(target, p);
+                return typeof v === "function" ? v.bind(target) : v;
+              },
+            }),
+          ), options);
+      const tenant = await openTenant(counting, "cache");
+      const ref = await start(Counter, [], { tenant });
+      await ref.call("increment");
+      ranges = 0;
+      for (let i = 0; i < 10; i++) await ref.call("increment");
+      assert.equal(await ref.call("value"), 11);
+      assert.equal(ranges, 0, "calls read the state's range");
+      const cold = await start(Counter, [], { tenant, cache: false });
+      assert.equal(await cold.call("value"), 11);
+      assert.ok(ranges > 0, "the counting wrapper saw the uncached instance's state read");
+      await cold.stop();
+      await ref.stop();
+      await backend.close();
+    });
+
     it("works without the cache", async () => {
       const { backend, tenant } = await fresh(b);
       const a = await start(Counter, [], { tenant, cache: false });
