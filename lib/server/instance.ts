@@ -895,7 +895,13 @@ class Instance {
     return size;
   }
 
-  #envelope(kind: "call" | "cast", name: string, arg: unknown, request: string): Envelope {
+  #envelope(
+    kind: "call" | "cast",
+    name: string,
+    arg: unknown,
+    request: string,
+    at = Date.now(),
+  ): Envelope {
     const m: Envelope = {
       kind,
       name,
@@ -903,7 +909,7 @@ class Instance {
       attempts: 0,
       request,
       sender: this.instance,
-      at: Date.now(),
+      at,
     };
     if (kind === "call") m.callId = request;
     return m;
@@ -1083,8 +1089,9 @@ class Instance {
       ? {}
       : parse(timeoutSchema, options, "options");
     const started = performance.now();
-    const deadlineAt = Number.isFinite(timeout) ? Date.now() + timeout : null;
-    const m = this.#envelope("call", name, arg, timeOrderedId());
+    const now = Date.now();
+    const deadlineAt = Number.isFinite(timeout) ? now + timeout : null;
+    const m = this.#envelope("call", name, arg, timeOrderedId(now), now);
     const rt = this.#rt;
     let watch: Watch | undefined;
     let checkFirst = false;

@@ -525,6 +525,25 @@ export function registerConformance(
         assert.equal(await b.transact((tx) => tx.get(k("slow"))), undefined);
       }, { limits: { maxTransactionDuration: 50 } }));
 
+    it("stops a body that keeps reading past its time limit, before its commit", () =>
+      withBackend(open, async (b) => {
+        let reads = 0;
+        await assert.rejects(
+          b.transact(async (tx) => {
+            tx.set(k("poll"), k("1"));
+            // A poll inside a transaction: only a read can stop it before it gives up.
+            while (reads <= 40) {
+              await tx.get(k("flag"));
+              reads++;
+              await new Promise((r) => setTimeout(r, 10));
+            }
+          }),
+          (e) => e instanceof LimitExceededError && e.code === "transaction_timeout",
+        );
+        assert.ok(reads <= 40, `the body made ${reads} reads: no read looked at the clock`);
+        assert.equal(await b.transact((tx) => tx.get(k("poll"))), undefined);
+      }, { limits: { maxTransactionDuration: 50 } }));
+
     it("refuses writes in a read-only transaction", () =>
       withBackend(open, async (b) => {
         await assert.rejects(b.transact((tx) => tx.set(k("ro"), k("1")), { readOnly: true }));
