@@ -89,6 +89,7 @@ class Store {
   /** Every key that has a chain, sorted. */
   sorted: string[] = [];
   version = 0;
+  /** Open transactions per read version (but those of {@link heldAt}). */
   readonly active = new Map<number, number>();
   readonly watches = new Map<string, Set<WatchHandle>>();
   /** Keys whose chains hold more than the latest version or end in a deletion. */
@@ -119,19 +120,53 @@ class Store {
       this.chains.set(key, chain);
       this.sorted.splice(lowerBound(this.sorted, key), 0, key);
     }
-    chain.push({ v: at, value });
-    if (chain.length > 1 || value === undefined) this.dirty.add(key);
+    if (chain.length === 1 && value !== undefined && !this.anyOpen()) {
+      // No transaction is open, so none can read the old version: it is replaced in place
+      // (no version to collect later).
+      const only = chain[0]!;
+      only.v = at;
+      only.value = value;
+    } else {
+      chain.push({ v: at, value });
+      if (chain.length > 1 || value === undefined) this.dirty.add(key);
+    }
     const ws = this.watches.get(key);
     if (ws !== undefined) {
       for (const w of ws) if (w.baseline < at) w.fire();
     }
   }
 
+  /**
+   * The newest read version held and how many open transactions hold it, counted apart from
+   * {@link active}: the common case (transactions at the latest version) costs no Map update.
+   */
+  heldAt = -1;
+  heldCount = 0;
+
+  /** Whether any transaction is open. */
+  anyOpen(): boolean {
+    return this.heldCount > 0 || this.active.size > 0;
+  }
+
   hold(readVersion: number): void {
-    this.active.set(readVersion, (this.active.get(readVersion) ?? 0) + 1);
+    if (readVersion === this.heldAt) {
+      this.heldCount++;
+      return;
+    }
+    // A new transaction reads the latest version, never an older one than heldAt: the
+    // holders of heldAt move to the map.
+    if (this.heldCount > 0) {
+      this.active.set(this.heldAt, (this.active.get(this.heldAt) ?? 0) + this.heldCount);
+    }
+    this.heldAt = readVersion;
+    this.heldCount = 1;
   }
 
   release(readVersion: number): void {
+    if (readVersion === this.heldAt) {
+      this.heldCount--;
+      return;
+    }
     const n = this.active.get(readVersion)! - 1;
     if (n === 0) this.active.delete(readVersion);
     else this.active.set(readVersion, n);
@@ -142,6 +177,7 @@ class Store {
     this.commitsSinceGc = 0;
     let oldest = this.version;
     for (const rv of this.active.keys()) if (rv < oldest) oldest = rv;
+    if (this.heldCount > 0 && this.heldAt < oldest) oldest = this.heldAt;
     let removed = false;
     for (const key of this.dirty) {
       const chain = this.chains.get(key)!;
@@ -473,7 +509,7 @@ class MemoryTransaction implements Transaction {
       this.stamp.reject(() =>
         new TransactionError("no_versionstamp", "A read-only transaction has no versionstamp")
       );
-      this.armWatches(new Set());
+      this.armWatches(undefined);
       return;
     }
     const conflict = this.findConflict();
@@ -488,13 +524,14 @@ class MemoryTransaction implements Transaction {
     // getVersionstamp, share it (stored values are shared with readers anyway).
     let bare: Uint8Array | undefined;
     const stampOnly = () => bare ??= versionstampBytes(at);
-    const written = new Set<string>();
+    // What this commit wrote, for its own watches only (most transactions watch nothing).
+    const written = this.watches.length > 0 ? new Set<string>() : undefined;
     for (const [b, e] of this.clears) {
       const keys = store.sorted.slice(lowerBound(store.sorted, b), lowerBound(store.sorted, e));
       for (const k of keys) {
         if (store.visible(k, at) !== undefined) {
           store.write(k, undefined, at);
-          written.add(k);
+          written?.add(k);
         }
       }
     }
@@ -512,12 +549,12 @@ class MemoryTransaction implements Transaction {
       }
       if (value === undefined && store.visible(k, at) === undefined) continue;
       store.write(k, value, at);
-      written.add(k);
+      written?.add(k);
     }
     for (const s of this.stampedKeys) {
       const k = bytesToBinaryString(stampedBytes(s.prefix, at, 0, s.suffix));
       store.write(k, s.value, at);
-      written.add(k);
+      written?.add(k);
     }
     this.armWatches(written, at);
     this.stamp.resolve(stampOnly);
@@ -537,9 +574,9 @@ class MemoryTransaction implements Transaction {
     return undefined;
   }
 
-  armWatches(written: Set<string>, at?: number): void {
+  armWatches(written: Set<string> | undefined, at?: number): void {
     for (const [k, handle] of this.watches) {
-      handle.baseline = at !== undefined && written.has(k) ? at : this.readVersion;
+      handle.baseline = at !== undefined && written?.has(k) ? at : this.readVersion;
       if (handle.settled) continue;
       if (this.store.latestVersion(k) > handle.baseline) {
         handle.fire();
@@ -582,13 +619,21 @@ class MemoryBackend implements Backend {
 
   constructor(readonly limits: BackendLimits) {}
 
-  async transact<T>(
+  transact<T>(
     fn: (tx: Transaction) => T | Promise<T>,
     options?: TransactOptions,
   ): Promise<T> {
-    const opts = checkTransactOptions(options);
-    if (this.#store.closed) throw new BackendUnavailableError("The memory backend is closed");
-    return await retryLoop(async () => {
+    // Not async itself: the retry loop's promise is the caller's (one await fewer per call).
+    let opts: TransactOptions;
+    try {
+      opts = checkTransactOptions(options);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (this.#store.closed) {
+      return Promise.reject(new BackendUnavailableError("The memory backend is closed"));
+    }
+    return retryLoop(async () => {
       const tx = new MemoryTransaction(this.#store, this.limits, opts.readOnly ?? false);
       try {
         const result = await fn(tx);
