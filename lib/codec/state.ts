@@ -197,9 +197,10 @@ function checkPrefix(prefix: Uint8Array): void {
       printable(prefix.subarray(0, 40)),
     );
   }
-  if (prefix.every((b) => b === 0xff)) {
-    throw new TypeError("The state prefix must hold a byte other than 0xff");
-  }
+  // A loop, not every(): it runs on each write, and stops at the first byte in practice.
+  let allFF = true;
+  for (let i = 0; i < prefix.length && allFF; i++) allFF = prefix[i] === 0xff;
+  if (allFF) throw new TypeError("The state prefix must hold a byte other than 0xff");
 }
 
 /** Whether an error is the engine's stack overflow. */

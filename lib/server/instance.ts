@@ -607,7 +607,8 @@ class Instance {
     body: (tx: Transaction, effects: TxEffects) => Promise<T>,
     options?: TransactOptions,
   ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
-    let effects = new TxEffects();
+    // Made by each attempt: the last one's are the committed transaction's.
+    let effects: TxEffects | undefined;
     let attempts = 0;
     // The stamp of a state write: read from the committed transaction where the backend
     // allows it, else asked for before the commit (an attempt that fails to commit rejects its
@@ -626,9 +627,9 @@ class Instance {
     }, options);
     const version = stamped?.[committedStamp]() ?? stamp;
     // The common case (no dead letters, no actions) ends without another await.
-    const more = this.#updateCache(effects, version);
+    const more = this.#updateCache(effects!, version);
     if (more !== undefined) await more;
-    return { value, effects, attempts };
+    return { value, effects: effects!, attempts };
   }
 
   /** Updates the state cache after a commit; a promise if anything is left to await. */
@@ -1371,12 +1372,18 @@ class Instance {
    * no commit of their own. Clears are blind writes (no read conflicts); if the transaction
    * fails they wait for the next commit again.
    */
-  async #callTransact<T>(
+  #callTransact<T>(
     body: (tx: Transaction, effects: TxEffects) => Promise<T>,
   ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
     if (this.#slotsToClear.length === 0 || this.#clearing !== undefined) {
-      return await this.#transact(body);
+      return this.#transact(body);
     }
+    return this.#transactClearingSlots(body);
+  }
+
+  async #transactClearingSlots<T>(
+    body: (tx: Transaction, effects: TxEffects) => Promise<T>,
+  ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
     const ids = this.#slotsToClear.splice(0, SLOT_CLEAR_BATCH);
     try {
       return await this.#transact((tx, effects) => {

