@@ -168,6 +168,11 @@ export class TxEffects {
 /** Loads the state: from the cache when the stored version matches, else through the codec. */
 export async function loadState(tx: Transaction, rt: Runtime): Promise<Loaded> {
   const version = await tx.get(rt.keys.stateVersion);
+  return cachedState(rt, version) ?? await loadStoredState(tx, rt, version);
+}
+
+/** The cached state, if `version` (the stored state's version) is the cache's. */
+export function cachedState(rt: Runtime, version: Uint8Array | undefined): Loaded | undefined {
   const cache = rt.cache;
   if (rt.useCache && cache && version && equalBytes(version, cache.version)) {
     return {
@@ -178,6 +183,15 @@ export async function loadState(tx: Transaction, rt: Runtime): Promise<Loaded> {
       migrated: false,
     };
   }
+  return undefined;
+}
+
+/** Loads the state through the codec; `version` is the stored state's version, just read. */
+export async function loadStoredState(
+  tx: Transaction,
+  rt: Runtime,
+  version: Uint8Array | undefined,
+): Promise<Loaded> {
   const meta = await readMeta(tx, rt);
   if (meta === undefined) throw new ServerGoneError(rt.id);
   const stored = await rt.codec.read(tx, rt.keys.state);
@@ -303,9 +317,11 @@ function badReturn(what: string, got: unknown, expected: string): DGenError {
 
 /**
  * Runs the handler for a message and checks its result. `path` is `"standard"` (may lock),
- * `"priority"` (may not lock) or `"locked"` (`handleLocked`, may not lock).
+ * `"priority"` (may not lock) or `"locked"` (`handleLocked`, may not lock). Not async: a
+ * handler that answers synchronously (most do) is checked at once, without a promise of its
+ * own; a missing handler throws synchronously (every caller awaits it in an async function).
  */
-export async function runHandler(
+export function runHandler(
   rt: Runtime,
   tx: Transaction | undefined,
   kind: "call" | "cast" | "info",
@@ -314,7 +330,7 @@ export async function runHandler(
   from: From | undefined,
   state: unknown,
   path: "standard" | "priority",
-): Promise<HandlerResult<unknown>> {
+): HandlerResult<unknown> | Promise<HandlerResult<unknown>> {
   const def = rt.def;
   const ctx = txContext(rt, tx!);
   let result: unknown;
@@ -325,21 +341,42 @@ export async function runHandler(
     if (h === undefined) {
       throw new DGenError("no_handler", `'${def.name}' has no handleCall.${name}`);
     }
-    result = await h(arg, from!, state, ctx);
+    result = h(arg, from!, state, ctx);
   } else if (kind === "cast") {
     const h = def.handleCast?.[name];
     what = `handleCast.${name}`;
     if (h === undefined) {
       throw new DGenError("no_handler", `'${def.name}' has no handleCast.${name}`);
     }
-    result = await h(arg, state, ctx);
+    result = h(arg, state, ctx);
   } else {
     what = "handleInfo";
     if (def.handleInfo === undefined) {
       throw new DGenError("no_handler", `'${def.name}' has no handleInfo`);
     }
-    result = await def.handleInfo(arg as never, state, ctx);
+    result = def.handleInfo(arg as never, state, ctx);
   }
+  if (isThenable(result)) {
+    return Promise.resolve(result).then((r) => checkResult(rt, kind, name, path, what, r));
+  }
+  return checkResult(rt, kind, name, path, what, result);
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return typeof x === "object" && x !== null &&
+    typeof (x as { then?: unknown }).then === "function";
+}
+
+/** Checks what a handler returned (see {@link runHandler}). */
+function checkResult(
+  rt: Runtime,
+  kind: "call" | "cast" | "info",
+  name: string,
+  path: "standard" | "priority",
+  what: string,
+  result: unknown,
+): HandlerResult<unknown> {
+  const def = rt.def;
   if (!isHandlerResult(result)) {
     throw badReturn(what, result, "reply(…), noreply(…), lock(…) or stop(…)");
   }
@@ -636,7 +673,11 @@ export function anyWatch(...watches: Watch[]): Watch {
 
 /** Reads the lock record. */
 export async function readLock(tx: Transaction, rt: Runtime): Promise<LockRecord | undefined> {
-  const bytes = await tx.get(rt.keys.lock);
+  return lockFrom(rt, await tx.get(rt.keys.lock));
+}
+
+/** The lock record stored as `bytes`, if any. */
+export function lockFrom(rt: Runtime, bytes: Uint8Array | undefined): LockRecord | undefined {
   return bytes === undefined ? undefined : decodeLock(bytes, rt.keys.lock);
 }
 

@@ -8,7 +8,7 @@
  */
 
 import * as v from "valibot";
-import { compareBytes, strinc } from "../bytes.ts";
+import { compareBytes, readInt64LENumber, strinc } from "../bytes.ts";
 import {
   CallTimeoutError,
   CodecError,
@@ -28,6 +28,7 @@ import type { Tenant } from "../tenant.ts";
 import { parse, safeParseUser, toIssues } from "../validate.ts";
 import {
   bumpChange,
+  cachedState,
   checkLockedResult,
   checkState,
   clearReplySlot,
@@ -36,9 +37,11 @@ import {
   failedAttempt,
   HandlerFailure,
   loadState,
+  loadStoredState,
   lockedFailure,
   type LockedWork,
   lockedWork,
+  lockFrom,
   metaRecord,
   openReplySlot,
   queueLength,
@@ -1190,8 +1193,9 @@ class Instance {
         queueLength(tx, rt),
       ]);
     } else {
-      held = await readLock(tx, rt);
-      if (held === undefined) length = await queueLength(tx, rt);
+      // Awaited here, not through readLock and queueLength: one async hop fewer each.
+      held = lockFrom(rt, await tx.get(rt.keys.lock));
+      if (held === undefined) length = readInt64LENumber(await tx.get(rt.keys.queueLength));
     }
     if (prior !== undefined) {
       const { record } = prior;
@@ -1215,11 +1219,14 @@ class Instance {
     if (held !== undefined) return await queueIt();
     // The length (one key every enqueue and dequeue moves) says it as a range read would.
     if (length > 0) return await queueIt();
-    const loaded = await loadState(tx, rt);
+    const version = await tx.get(rt.keys.stateVersion);
+    const loaded = cachedState(rt, version) ?? await loadStoredState(tx, rt, version);
     const from = { instance: this.instance, callId: m.callId! };
     let result;
     try {
-      result = await runHandler(rt, tx, "call", m.name, m.arg, from, loaded.state, "standard");
+      const r = runHandler(rt, tx, "call", m.name, m.arg, from, loaded.state, "standard");
+      // A synchronous handler's result is not awaited: one microtask fewer (Bun: measurable).
+      result = r instanceof Promise ? await r : r;
       checkState(rt, result.state);
     } catch (e) {
       throw new HandlerFailure(undefined, e);
