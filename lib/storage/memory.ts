@@ -241,7 +241,7 @@ class MemoryTransaction implements Transaction {
    * Fails a finished transaction, a closed backend, and a body over its time limit. The
    * commit always looks at the clock, so no transaction over the limit commits; writes never
    * do; reads and watches do every eighth time, to stop a body that keeps reading (a poll)
-   * without paying for the clock on every read (116 ns on Deno, a call reads four keys).
+   * without paying for the clock on every read (116 ns on Deno, a call reads three keys).
    */
   check(clock: "commit" | "read" | "write" = "read"): void {
     if (this.done) throw new TransactionError("transaction_done", "Transaction already finished");

@@ -25,6 +25,29 @@ const Big = defineServer({
   },
 });
 
+/**
+ * `backend`, with each transaction seen through a proxy: every property read goes through
+ * `spy(name, value)`, which returns what the caller gets (methods come bound to the real
+ * transaction).
+ */
+function spiedBackend(
+  backend: Backend,
+  spy: (p: string | symbol, value: unknown) => unknown,
+): Backend {
+  const spied: Backend = Object.create(backend);
+  spied.transact = (fn, options) =>
+    backend.transact((tx) =>
+      fn(
+        new Proxy(tx, {
+          get(target, p) {
+            const v = Reflect.get(target, p);
+            return spy(p, typeof v === "function" ? v.bind(target) : v);
+          },
+        }),
+      ), options);
+  return spied;
+}
+
 async function replySlots(tenant: Awaited<ReturnType<typeof fresh>>["tenant"], id: string) {
   const keys = new ServerKeys(id);
   return await tenant.transact((tx) => tx.getRange(keys.replies, strinc(keys.replies)));
@@ -162,18 +185,10 @@ for (const b of backends) {
       // hand over without a promise: a wrong stamp would make every call read the state again.
       const { backend } = await fresh(b);
       let ranges = 0;
-      const counting: Backend = Object.create(backend);
-      counting.transact = (fn, options) =>
-        backend.transact((tx) =>
-          fn(
-            new Proxy(tx, {
-              get(target, p) {
-                if (p === "getRange") ranges++;
-                const v = Reflect.get(target, p);
-                return typeof v === "function" ? v.bind(target) : v;
-              },
-            }),
-          ), options);
+      const counting = spiedBackend(backend, (p, v) => {
+        if (p === "getRange") ranges++;
+        return v;
+      });
       const tenant = await openTenant(counting, "cache");
       const ref = await start(Counter, [], { tenant });
       await ref.call("increment");
@@ -203,23 +218,16 @@ for (const b of backends) {
       // unrelated servers' transactions abort each other (docs/postgres.md).
       const { backend } = await fresh(b);
       let adds = 0;
-      const counting: Backend = Object.create(backend);
-      counting.transact = (fn, options) =>
-        backend.transact((tx) =>
-          fn(
-            new Proxy(tx, {
-              get(target, p) {
-                if (p === "add") {
-                  return (...args: Parameters<Transaction["add"]>) => {
-                    adds++;
-                    return target.add(...args);
-                  };
-                }
-                const v = Reflect.get(target, p);
-                return typeof v === "function" ? v.bind(target) : v;
-              },
-            }),
-          ), options);
+      const counting = spiedBackend(
+        backend,
+        (p, v) =>
+          p === "add"
+            ? (...args: Parameters<Transaction["add"]>) => {
+              adds++;
+              return (v as Transaction["add"])(...args);
+            }
+            : v,
+      );
       const tenant = await openTenant(counting, "adds");
       const ref = await start(Counter, [], { tenant });
       await ref.call("increment");
