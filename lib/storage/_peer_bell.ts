@@ -90,6 +90,14 @@ export class PeerBell {
     return this.#file !== undefined && this.#peers.length === 0 && this.#deaf === 0;
   }
 
+  /**
+   * Whether this process listens on a UDP port. A process without one registers as port 0,
+   * and two such backends of one process share a registration file, so neither sees the other.
+   */
+  get listening(): boolean {
+    return this.#port !== 0;
+  }
+
   /** Rings every other registered process. */
   ring(): void {
     const socket = this.#socket;

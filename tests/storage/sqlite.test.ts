@@ -417,6 +417,101 @@ describe("sqlite backend", () => {
   });
 });
 
+describe("sqlite backend: the commit counter", () => {
+  /** Commits one write on `b`; the commit counter of its versionstamp. */
+  const commit = async (b: SqliteBackend, key = "n"): Promise<number> => {
+    let stamp!: Promise<Uint8Array>;
+    await b.transact((tx) => {
+      tx.add(k(key), 1);
+      stamp = tx.getVersionstamp();
+    });
+    return Number(new DataView((await stamp).buffer).getBigUint64(0));
+  };
+  /** The counter stored in the file, read through a connection of its own. */
+  const storedIn = (raw: DatabaseSync) => () =>
+    (raw.prepare("SELECT value FROM meta WHERE name = 'counter'").get() as { value: number })
+      .value;
+
+  it("stores the counter ahead while alone, and each commit's own once another backend opens", async () => {
+    const path = fresh();
+    const a = await openSqliteBackend({ path });
+    const raw = new DatabaseSync(path);
+    const stored = storedIn(raw);
+    let b: SqliteBackend | undefined;
+    try {
+      // Alone: consecutive counters, and the stored one written once, ahead of them all (a
+      // crash at any point leaves it above every counter used).
+      const alone = [await commit(a)];
+      const reservation = stored();
+      for (let i = 0; i < 20; i++) {
+        alone.push(await commit(a));
+        assert.equal(alone.at(-1), alone.at(-2)! + 1, "counters are consecutive");
+        assert.equal(stored(), reservation, "the stored counter is not written again");
+      }
+      assert.ok(reservation > alone.at(-1)!, `stored ${reservation} ≥ used ${alone.at(-1)}`);
+      // Another backend opens: from its opening commit on, every commit stores its own
+      // counter (other processes' watch checks see each one), and counters keep increasing.
+      b = await openSqliteBackend({ path });
+      assert.ok(stored() > reservation, "the newcomer continues above the reservation");
+      let last = stored();
+      for (let i = 0; i < 10; i++) {
+        const c = await commit(i % 2 === 0 ? a : b);
+        assert.ok(c > last, `counter ${c} above ${last}`);
+        assert.equal(stored(), c, `commit ${i} stores its own counter`);
+        last = c;
+      }
+      await b.close();
+      b = undefined;
+      // Alone again, it goes back to reserving (after EXACT_MS without another commit).
+      await waitFor(
+        async () => {
+          const c = await commit(a);
+          assert.ok(c > last && stored() >= c);
+          last = c;
+          return stored() > c;
+        },
+        10_000,
+        "the backend alone again never reserved counters",
+      );
+    } finally {
+      raw.close();
+      await b?.close();
+      await a.close();
+    }
+  });
+
+  it("uses no counter for a transaction that fails or writes nothing", () =>
+    withSqlite(async (b) => {
+      const first = await commit(b);
+      await assert.rejects(
+        b.transact((tx) => {
+          tx.set(k("x"), k("y"));
+          throw new Error("no");
+        }),
+        /no/,
+      );
+      await b.transact((tx) => tx.get(k("x")));
+      assert.equal(await commit(b), first + 1);
+    }));
+
+  it("continues above every counter used after a close and reopen", async () => {
+    const path = fresh();
+    const a = await openSqliteBackend({ path });
+    let used = 0;
+    try {
+      for (let i = 0; i < 5; i++) used = await commit(a);
+    } finally {
+      await a.close();
+    }
+    const again = await openSqliteBackend({ path });
+    try {
+      assert.ok(await commit(again) > used);
+    } finally {
+      await again.close();
+    }
+  });
+});
+
 describe("sqlite backend: the writer's row cache", () => {
   const dec = new TextDecoder();
   const text = (v: Uint8Array | undefined) => v === undefined ? undefined : dec.decode(v);
