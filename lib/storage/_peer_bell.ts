@@ -55,6 +55,9 @@ export class PeerBell {
     const bell = new PeerBell(fs, dir, pid, alive);
     try {
       const socket = dgram.createSocket("udp4");
+      // The bell alone must not keep the process alive. Deno honours unref() only when it comes
+      // before bind() (after it, a bound socket kept the process running: checked on 2.9.6).
+      socket.unref();
       await new Promise<void>((resolve, reject) => {
         socket.once("error", reject);
         socket.bind(0, "127.0.0.1", () => {
@@ -64,7 +67,6 @@ export class PeerBell {
       });
       socket.on("message", onRing);
       socket.on("error", () => {}); // a send to a peer that just left; harmless
-      // The bell alone must not keep the process alive.
       socket.unref();
       bell.#socket = socket;
       bell.#port = (socket.address() as { port: number }).port;

@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openSqliteBackend, openTenant, readInt64LE } from "../../mod.ts";
 import { int64LE, strinc } from "../../lib/bytes.ts";
-import { type Child, missingRuntimes, type Runtime, sqliteChild } from "../_processes.ts";
+import { Child, missingRuntimes, type Runtime, sqliteChild, testScript } from "../_processes.ts";
+import { deadline } from "../_helpers.ts";
 
 const skip = missingRuntimes();
 let root: string | undefined;
@@ -219,6 +220,23 @@ describe("sqlite across OS processes (Deno and Bun)", () => {
     // All 30 got their turn while the child was still writing (it had 10 million to go).
     assert.equal(sorted.length, 30);
   });
+
+  for (const runtime of ["deno", "bun"] as const) {
+    it(
+      `lets a ${runtime} process with an open backend and a non-consuming instance exit`,
+      TEST,
+      async () => {
+        const child = new Child(runtime, testScript("./storage/exit_child.ts"), [fresh()]);
+        try {
+          await child.next((d) => d.done === true, READY_MS, "the cast");
+          const code = await deadline(child.closed, 20_000, "the process did not exit on its own");
+          assert.equal(code, 0);
+        } finally {
+          await child.kill();
+        }
+      },
+    );
+  }
 
   it("keeps tenants apart across processes", TEST, async () => {
     const path = fresh();
