@@ -19,7 +19,13 @@ import {
   readInt64LENumber,
   strinc,
 } from "../bytes.ts";
-import { CodecError, DGenError, LockLostError, ValidationError } from "../errors.ts";
+import {
+  CodecError,
+  DGenError,
+  LimitExceededError,
+  LockLostError,
+  ValidationError,
+} from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
 import type { Tenant } from "../tenant.ts";
@@ -140,6 +146,29 @@ export class HandlerFailure extends Error {
   }
 }
 
+/**
+ * Whether `e` is a failure that a message's own results cause every time they are stored: a
+ * state or reply that cannot be encoded (a `CodecError` met writing it), or a key, value or transaction
+ * over the backend's limits, or a transaction that ran past its time limit. Retrying the same
+ * message cannot help; it counts as a failed attempt of the message that caused it, so that the
+ * message is dead-lettered at the threshold instead of wedging its server.
+ */
+export function isPoison(e: unknown): boolean {
+  return e instanceof LimitExceededError || (e instanceof CodecError && unstorable.has(e));
+}
+
+/**
+ * CodecErrors met while storing what a message returned, as opposed to reading stored data
+ * (a corrupt record is not the message's fault, and is reported as it is).
+ */
+const unstorable = new WeakSet<CodecError>();
+
+/** Marks `e` as met while storing (see isPoison) and returns it, to rethrow. */
+function storing(e: unknown): unknown {
+  if (e instanceof CodecError) unstorable.add(e);
+  return e;
+}
+
 /** Everything a transaction body decided, applied after commit. */
 export class TxEffects {
   /** Actions to run with the committed state, in order. */
@@ -244,7 +273,12 @@ export function writeState(
   if (!loaded.cacheHit) effects.loadedFromStorage = true;
   if (Object.is(next, loaded.state) && !loaded.migrated) return;
   checkState(rt, next);
-  const stats = rt.codec.write(tx, rt.keys.state, loaded.stored, next);
+  let stats;
+  try {
+    stats = rt.codec.write(tx, rt.keys.state, loaded.stored, next);
+  } catch (e) {
+    throw storing(e);
+  }
   // Frozen after the write (the codec leaves hints that make freezing cheap then).
   rt.codec.freeze(next);
   const stored = { found: true as const, state: next };
@@ -547,13 +581,23 @@ export async function writeReply(
   const slot = decodeReplySlot(bytes, key);
   if (slot.status !== "pending") return;
   if (outcome.ok) {
-    // A reply that fits in one value travels inside the slot record: one key written, one read.
-    const inline = encodeRecord({ status: "ok", at: rt.now(), inline: true, value: outcome.value });
-    if (inline.length <= rt.tenant.backend.limits.maxValueSize) {
-      tx.set(key, inline);
-      return;
+    try {
+      // A reply that fits in one value travels inside the slot record: one key written, one
+      // read.
+      const inline = encodeRecord({
+        status: "ok",
+        at: rt.now(),
+        inline: true,
+        value: outcome.value,
+      });
+      if (inline.length <= rt.tenant.backend.limits.maxValueSize) {
+        tx.set(key, inline);
+        return;
+      }
+      rt.codec.write(tx, replyValuePrefix(rt, callId), { found: false }, outcome.value);
+    } catch (e) {
+      throw storing(e);
     }
-    rt.codec.write(tx, replyValuePrefix(rt, callId), { found: false }, outcome.value);
     tx.set(key, encodeRecord({ status: "ok", at: rt.now() }));
   } else {
     tx.set(key, encodeRecord({ status: "error", error: outcome.error, at: rt.now() }));
@@ -581,13 +625,57 @@ export function clearReplySlot(tx: Transaction, rt: Runtime, callId: string): vo
 // ---------------------------------------------------------------------------------------------
 // Failures and dead letters
 
-/** `message` with one more failed attempt, and `error` as its last error. */
-export function failedAttempt(message: Envelope, error: unknown): Envelope & {
+/** Longest error text a failed attempt or a dead letter keeps, in UTF-16 code units. */
+export const MAX_ERROR_TEXT = 2_000;
+
+/** The first `room` code units of `text` (ending with "…" when cut), never half a pair. */
+function clip(text: string, room: number): string {
+  if (text.length <= room) return text;
+  if (room <= 1) return "";
+  let end = room - 1;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--; // a high surrogate without its pair
+  return text.slice(0, end) + "…";
+}
+
+/**
+ * Encodes `build(text)` with `text` a prefix of `full` (at most {@link MAX_ERROR_TEXT}), halved
+ * until the record fits in one value: an error's text must never make its record unstorable
+ * (a handler may throw an error that quotes its whole argument).
+ */
+function fitErrorText(
+  rt: Runtime,
+  full: string,
+  build: (text: string) => unknown,
+): { bytes: Uint8Array; text: string } {
+  const max = rt.tenant.backend.limits.maxValueSize;
+  for (let room = Math.min(full.length, MAX_ERROR_TEXT);; room >>= 1) {
+    const text = clip(full, room);
+    const bytes = encodeRecord(build(text));
+    if (bytes.length <= max || room === 0) return { bytes, text };
+  }
+}
+
+/** What `error` says, as stored with a failed attempt (before clipping). */
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * `message` with one more failed attempt, and `error` as its last error (its text clipped so
+ * that the record fits in one value).
+ */
+export function failedAttempt(rt: Runtime, message: Envelope, error: unknown): Envelope & {
   attempts: number;
   lastError: string;
 } {
-  const lastError = error instanceof Error ? error.message : String(error);
-  return { ...message, attempts: message.attempts + 1, lastError };
+  const attempts = message.attempts + 1;
+  const { text } = fitErrorText(
+    rt,
+    errorText(error),
+    (lastError) => ({ ...message, attempts, lastError }),
+  );
+  return { ...message, attempts, lastError: text };
 }
 
 /**
@@ -602,20 +690,21 @@ export async function recordFailure(
   error: unknown,
   effects: TxEffects,
 ): Promise<"retry" | "dead"> {
-  const failed = failedAttempt(message, error);
-  const { attempts, lastError } = failed;
+  const attempts = message.attempts + 1;
   if (attempts >= rt.deadLetterThreshold) {
     if (queueKey !== undefined) removeFromQueue(tx, rt, queueKey);
-    const stored = toStoredError(error, attempts);
+    const at = rt.now();
+    const { bytes, text: lastError } = fitErrorText(rt, errorText(error), (text) => ({
+      message: { ...message, attempts, lastError: text },
+      attempts,
+      error: { ...toStoredError(error, attempts), message: text },
+      at,
+    }));
+    const stored = { ...toStoredError(error, attempts), message: lastError };
     tx.setVersionstampedKey(
       rt.keys.deadLetters,
       ServerKeys.entrySuffix(effects.stampIndex++),
-      encodeRecord({
-        message: failed,
-        attempts,
-        error: stored,
-        at: rt.now(),
-      }),
+      bytes,
     );
     tx.add(rt.keys.deadLetterCount, 1);
     if (message.kind === "call" && message.callId !== undefined) {
@@ -633,6 +722,7 @@ export async function recordFailure(
     bumpChange(tx, rt);
     return "dead";
   }
+  const failed = failedAttempt(rt, message, error);
   const updated = encodeRecord(failed);
   if (queueKey !== undefined) {
     tx.set(queueKey, updated);
@@ -682,12 +772,14 @@ export function lockFrom(rt: Runtime, bytes: Uint8Array | undefined): LockRecord
 }
 
 /**
- * One consume transaction: if unlocked, applies up to `batchSize` queued messages in order.
+ * One consume transaction: if unlocked, applies up to `limit` queued messages in order.
  * A handler failure throws {@link HandlerFailure}; the caller runs the step again with
  * `failing` set, which applies the messages before it and records its failed attempt, so the
  * batch commits exactly the messages before the failure with their effects.
  *
- * `isExpired` judges another holder's lease (by the observer's own clock).
+ * `isExpired` judges another holder's lease (by the observer's own clock). `limit` caps the
+ * batch (the caller narrows it to 1 to find the message behind a failure that {@link isPoison}
+ * names), and `seen.head` receives the first queued entry the step found.
  */
 export async function consumeStep(
   tx: Transaction,
@@ -695,6 +787,8 @@ export async function consumeStep(
   effects: TxEffects,
   failing: HandlerFailure | undefined,
   isExpired: (lock: LockRecord) => boolean,
+  limit: number = rt.batchSize,
+  seen?: { head?: QueueEntry },
 ): Promise<ConsumeOutcome> {
   const held = await readLock(tx, rt);
   if (held !== undefined) {
@@ -706,7 +800,8 @@ export async function consumeStep(
     }
     return { kind: "locked", watch: tx.watch(rt.keys.lock), lock: held };
   }
-  const entries = await queueHead(tx, rt, rt.batchSize);
+  const entries = await queueHead(tx, rt, limit);
+  if (seen !== undefined) seen.head = entries[0];
   if (entries.length === 0) {
     if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
     // The meta key too: a kill clears it, and an idle consumer must notice.
@@ -829,7 +924,7 @@ export async function takeOver(
   if (result === "retry") {
     tx.set(
       held.queueKey,
-      encodeRecord(failedAttempt(held.message, error)),
+      encodeRecord(failedAttempt(rt, held.message, error)),
     );
     tx.add(rt.keys.queueLength, 1);
   }
@@ -934,7 +1029,7 @@ export async function lockedFailure(
   if (result === "retry") {
     tx.set(
       held.queueKey,
-      encodeRecord(failedAttempt(held.message, error)),
+      encodeRecord(failedAttempt(rt, held.message, error)),
     );
     tx.add(rt.keys.queueLength, 1);
   }

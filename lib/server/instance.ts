@@ -14,7 +14,6 @@ import {
   CodecError,
   DeadLetterError,
   DGenError,
-  LimitExceededError,
   LockLostError,
   RetriesExhaustedError,
   ServerStoppedError,
@@ -36,6 +35,7 @@ import {
   enqueue,
   failedAttempt,
   HandlerFailure,
+  isPoison,
   loadState,
   loadStoredState,
   lockedFailure,
@@ -44,6 +44,7 @@ import {
   lockFrom,
   metaRecord,
   openReplySlot,
+  type QueueEntry,
   queueLength,
   readLock,
   readMeta,
@@ -708,21 +709,36 @@ class Instance {
   async #consumeLoop(): Promise<void> {
     const signal = this.#abort.signal;
     let failing: HandlerFailure | undefined;
+    // After a failure that the messages' own results cause (isPoison), the next step takes one
+    // message, so that the failure is counted against the message behind it.
+    let narrow = false;
+    const seen: { head?: QueueEntry } = {};
     let transientDelay = 0;
     while (!signal.aborted) {
       let outcome;
       let attempts = 0;
       let cacheMissed = false;
+      const limit = narrow ? 1 : this.#rt.batchSize;
       try {
         const r = await this.#transact(async (tx, effects) => {
           const hadCache = this.#rt.cache !== undefined;
-          const o = await consumeStep(tx, this.#rt, effects, failing, this.#isExpired);
+          seen.head = undefined;
+          const o = await consumeStep(
+            tx,
+            this.#rt,
+            effects,
+            failing,
+            this.#isExpired,
+            limit,
+            seen,
+          );
           cacheMissed = hadCache && effects.loadedFromStorage;
           return o;
         }, { maxRetries: CONSUME_RETRIES });
         outcome = r.value;
         attempts = r.attempts;
         failing = undefined;
+        narrow = false;
         transientDelay = 0;
       } catch (e) {
         if (signal.aborted) break;
@@ -730,6 +746,18 @@ class Instance {
           failing = e;
           continue;
         }
+        const head = seen.head;
+        if (isPoison(e) && head !== undefined && (limit > 1 || failing === undefined)) {
+          if (limit > 1) {
+            // Which message of the batch caused it is not known: take them one at a time.
+            narrow = true;
+            failing = undefined;
+          } else {
+            failing = new HandlerFailure(head.key, e, head.message.attempts);
+          }
+          continue;
+        }
+
         if (e instanceof RetriesExhaustedError) {
           // Another consumer keeps winning the head of the queue (or commits keep reporting
           // unknown results): step back for a while so one instance tends to stay active,
@@ -991,8 +1019,11 @@ class Instance {
         if (e instanceof QueueFrom && e.index < inline) {
           inline = e.index;
           failed = e.threw ? e : undefined;
-        } else if (e instanceof LimitExceededError && inline > 0) {
-          inline = 0; // too much for one transaction: the consumer takes them in batches
+        } else if (isPoison(e) && inline > 0) {
+          // Too much for one transaction, or a result that cannot be stored, of a cast not
+          // known: all are enqueued, and the consumer finds the one behind it (dead-lettering
+          // it in the end) while it applies the others.
+          inline = 0;
           failed = undefined;
         } else throw e;
       }
@@ -1044,7 +1075,7 @@ class Instance {
       const m = rest[0]!;
       const outcome = await recordFailure(tx, rt, undefined, m, failed.error, effects);
       rest = outcome === "retry"
-        ? [failedAttempt(m, failed.error), ...rest.slice(1)]
+        ? [failedAttempt(rt, m, failed.error), ...rest.slice(1)]
         : rest.slice(1);
     }
     // Before the batch's request record: when the failed cast is the batch's first, its
@@ -1116,10 +1147,12 @@ class Instance {
         // before this attempt's watch was made: such a watch would never fire.
         checkFirst = r.attempts > 1;
       } catch (e) {
-        if (!(e instanceof HandlerFailure)) throw e;
-        // Same outcome as on the queue: the message is queued with one failed attempt.
+        if (!(e instanceof HandlerFailure) && !isPoison(e)) throw e;
+        // Same outcome as on the queue: the message is queued with one failed attempt (also
+        // when what it returned cannot be stored: isPoison).
+        const error = e instanceof HandlerFailure ? e.error : e;
         const r = await this.#transact((tx, effects) =>
-          this.#enqueueFailedCall(tx, m, e.error, deadlineAt, effects)
+          this.#enqueueFailedCall(tx, m, error, deadlineAt, effects)
         );
         watch = r.value;
         // The slot may already hold the answer (dead-lettered at once): the watch, made in the
@@ -1151,7 +1184,7 @@ class Instance {
       openReplySlot(tx, rt, m.callId!, deadlineAt);
       const result = await recordFailure(tx, rt, undefined, m, error, effects);
       if (result === "retry") {
-        await enqueue(tx, rt, [failedAttempt(m, error)], effects);
+        await enqueue(tx, rt, [failedAttempt(rt, m, error)], effects);
       } else {
         writeRequest(tx, rt, m.request, { at: rt.now(), outcome: "queued" });
       }

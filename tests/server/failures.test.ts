@@ -166,6 +166,88 @@ for (const b of backends) {
       await backend.close();
     });
 
+    // A message whose results cannot be stored fails outside its handler: the state it returns
+    // holds a function (a CodecError at the write), or its error quotes a large argument.
+    type Frail = { n: number; f?: () => number };
+    const Fragile = defineServer({
+      name: "fragile",
+      init: (): Frail => ({ n: 0 }),
+      handleCall: {
+        get: (_: undefined, _f, s: Frail) => reply(s.n, s),
+        unstorable: (_: undefined, _f, s: Frail) => reply("ok", { ...s, f: () => 1 } as Frail),
+      },
+      handleCast: {
+        // Keeps what else the state holds: an unstorable state stays so.
+        inc: (_: undefined, s: Frail) => noreply({ ...s, n: s.n + 1 }),
+        unstorable: (_: undefined, s: Frail) => noreply({ ...s, f: () => 1 } as Frail),
+        quote: (text: string): never => {
+          throw new Error(`refused: ${text}`);
+        },
+      },
+    });
+
+    it("dead-letters a queued message whose new state cannot be stored; the batch's others apply", async () => {
+      const { backend, tenant } = await fresh(b);
+      const sender = await start(Fragile, [], { tenant, consume: false });
+      await sender.castMany([["inc"], ["unstorable"], ["inc"], ["inc"]]);
+      const consumer = await quietly(() =>
+        start(Fragile, [], { tenant, deadLetterThreshold: 2, batchSize: 8 })
+      );
+      await waitFor(async () => await sender.call("get") === 3, 10_000, "the batch wedged");
+      const letters = await consumer.deadLetters.list();
+      assert.deepEqual(letters.map((l) => [l.name, l.attempts]), [["unstorable", 2]]);
+      assert.match(letters[0]!.error.message, /function cannot be stored/);
+      await sender.stop();
+      await consumer.stop();
+      await backend.close();
+    });
+
+    it("queues an inline call whose new state cannot be stored, then dead-letters it", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 2 });
+      await ref.cast("inc");
+      await quietly(() =>
+        assert.rejects(
+          ref.call("unstorable", undefined, { timeout: 10_000 }),
+          (e) => e instanceof DeadLetterError && e.attempts === 2,
+        )
+      );
+      assert.equal(await ref.call("get"), 1, "the state is unchanged");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("takes a batch of inline casts with an unstorable one: the others apply, it is dead-lettered", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 2 });
+      await quietly(() =>
+        Promise.all([ref.cast("inc"), ref.cast("inc"), ref.cast("unstorable"), ref.cast("inc")])
+      );
+      await waitFor(async () => await ref.call("get") === 3, 10_000, "the casts were not applied");
+      await waitFor(() => ref.stats.deadLettered === 1, 10_000, "not dead-lettered");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("dead-letters a message whose error quotes a large argument, keeping a clipped text", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 2 });
+      const text = "é".repeat(30_000); // 60 KB of UTF-8, in a value limit of about 100 KB
+      await quietly(async () => {
+        await ref.cast("quote", text);
+        await ref.cast("inc");
+        await waitFor(async () => await ref.call("get") === 1, 10_000, "the server wedged");
+      });
+      const letters = await ref.deadLetters.list();
+      assert.equal(letters.length, 1);
+      assert.equal(letters[0]!.arg, text, "the message is kept whole");
+      const message = letters[0]!.error.message;
+      assert.ok(message.startsWith("refused: éé") && message.endsWith("…"), message.slice(0, 40));
+      assert.ok(message.length <= 2_000, `${message.length} code units kept`);
+      await ref.stop();
+      await backend.close();
+    });
+
     it("keeps the state committed when an action throws, and counts it", async () => {
       const { backend, tenant } = await fresh(b);
       const A = defineServer({
