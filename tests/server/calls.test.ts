@@ -15,7 +15,7 @@ import { ServerKeys } from "../../lib/server/keys.ts";
 import { strinc } from "../../lib/bytes.ts";
 import { backends, fresh } from "./_backends.ts";
 import { Counter, Ledger } from "./_defs.ts";
-import { waitFor } from "../_helpers.ts";
+import { deadline, waitFor } from "../_helpers.ts";
 
 const Big = defineServer({
   name: "big",
@@ -73,6 +73,39 @@ for (const b of backends) {
       );
       await sender.stop();
       await consumer.stop();
+      await backend.close();
+    });
+
+    it("times out an inline call whose handler outlasts its timeout; what it commits stays", async () => {
+      const { backend, tenant } = await fresh(b);
+      const gate = Promise.withResolvers<void>();
+      const Slow = defineServer({
+        name: "slow",
+        init: () => 0,
+        handleCall: {
+          slow: async (_: undefined, _from, n: number) => {
+            await gate.promise;
+            return reply("done", n + 1);
+          },
+          value: (_: undefined, _from, n: number) => reply(n, n),
+        },
+      });
+      const ref = await start(Slow, [], { tenant });
+      const t0 = performance.now();
+      try {
+        await deadline(
+          assert.rejects(ref.call("slow", undefined, { timeout: 100 }), CallTimeoutError),
+          5_000,
+          "the inline call outlived its timeout",
+        );
+      } finally {
+        gate.resolve();
+      }
+      const waited = performance.now() - t0;
+      assert.ok(waited >= 95 && waited < 1_000, `rejected after ${waited} ms`);
+      // The handler's transaction went on and commits: its caller was told "unknown".
+      await waitFor(async () => await ref.call("value") === 1, 5_000, "the late commit");
+      await ref.stop();
       await backend.close();
     });
 
