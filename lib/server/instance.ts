@@ -631,8 +631,12 @@ class Instance {
   async kill(): Promise<void> {
     this.#checkRunning();
     const rt = this.#rt;
-    await rt.tenant.backend.transact((tx) => {
+    await rt.tenant.backend.transact(async (tx) => {
+      // The last fencing token outlives the server: a holder of a lock taken before the kill
+      // must still lose against the holder of any lock taken after it (tokens only grow).
+      const fence = await tx.get(rt.keys.fence);
       tx.clearRange(rt.keys.root, strinc(rt.keys.root));
+      if (fence !== undefined) tx.set(rt.keys.fence, fence);
       tx.clear(rt.keys.index);
       tx.add(rt.keys.membership, 1);
     });

@@ -15,7 +15,7 @@
  * | `("s", id, "q", stamp)`               | queued message (12-byte stamp: commit, index)  |
  * | `("s", id, "qn")`                     | queue length (atomic add)                      |
  * | `("s", id, "lock")`                   | lock record with the in-progress message       |
- * | `("s", id, "fence")`                  | last fencing token                             |
+ * | `("s", id, "fence")`                  | last fencing token (kept by a kill)            |
  * | `("s", id, "dl", stamp)`              | dead letters                                   |
  * | `("s", id, "dln")`                    | dead-letter count (atomic add)                 |
  * | `("s", id, "r", callId, …)`           | reply slot of a queued call                    |

@@ -197,6 +197,27 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("keeps fencing tokens growing across a kill of the server", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const ref = await start(j.def, [], { tenant });
+      for (const [i, task] of ["t1", "t2"].entries()) {
+        const done = ref.call("work", task);
+        await waitFor(() => j.gates.length === i + 1, 5000, `handleLocked of ${task}`);
+        j.gates[i]!.resolve();
+        await done;
+      }
+      await ref.kill();
+      const again = await start(j.def, [], { tenant });
+      const done = again.call("work", "t3");
+      await waitFor(() => j.tokens.length === 3, 5000, "handleLocked not started");
+      j.gates.at(-1)!.resolve();
+      assert.equal(await done, "done t3");
+      assert.deepEqual(j.tokens, [1n, 2n, 3n], "a lock after the kill still outranks those before");
+      await again.stop();
+      await backend.close();
+    });
+
     it("refuses lock on the priority path and without handleLocked", async () => {
       const { backend, tenant } = await fresh(b);
       const NoLock = defineServer({
