@@ -211,7 +211,10 @@ export interface StartOptions {
   cache?: boolean;
   /** Messages applied per consume transaction. @default 1 */
   batchSize?: number;
-  /** Failed attempts after which a message is dead-lettered. @default 5 */
+  /**
+   * Failed attempts after which a message is dead-lettered; `Infinity` retries a failing
+   * message for ever (it then blocks the messages behind it). @default 5
+   */
   deadLetterThreshold?: number;
   /** Lease of the lock while `handleLocked` runs, ms; renewed at a third of it. @default 10000 */
   lockLease?: number;
@@ -325,7 +328,9 @@ const startOptionsSchema = v.strictObject({
   reset: v.optional(v.boolean()),
   cache: v.optional(v.boolean()),
   batchSize: v.optional(v.pipe(positiveInt, v.maxValue(1000))),
-  deadLetterThreshold: v.optional(positiveInt),
+  deadLetterThreshold: v.optional(
+    v.union([positiveInt, v.literal(Infinity)], "Expected a positive integer or Infinity"),
+  ),
   lockLease: v.optional(v.pipe(positiveInt, v.minValue(50))),
 });
 const timeoutSchema = v.optional(

@@ -364,6 +364,14 @@ const cases: Case[] = [
   },
   {
     area: "options",
+    input: "`start` with `deadLetterThreshold: 0`",
+    error: "ValidationError",
+    code: "validation",
+    names: "options.deadLetterThreshold",
+    act: (e) => start(Subject, [], { tenant: e.tenant, deadLetterThreshold: 0 }),
+  },
+  {
+    area: "options",
     input: '`start` with `consume: "yes"`',
     error: "ValidationError",
     code: "validation",

@@ -61,6 +61,25 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("retries a failing message for ever with deadLetterThreshold Infinity", async () => {
+      const { backend, tenant } = await fresh(b);
+      flaky.poison.add("bad");
+      const ref = await start(Flaky, [], { tenant, deadLetterThreshold: Infinity });
+      await quietly(async () => {
+        await ref.cast("apply", "bad");
+        // Past the default threshold (5), and then some.
+        await waitFor(
+          () => flaky.runs.filter((r) => r === "bad").length >= 8,
+          20_000,
+          "the failing message was not retried",
+        );
+      });
+      assert.equal(ref.stats.deadLettered, 0);
+      assert.deepEqual(await ref.deadLetters.list(), []);
+      await ref.stop();
+      await backend.close();
+    });
+
     it("purges dead letters", async () => {
       const { backend, tenant } = await fresh(b);
       const ref = await start(Flaky, [], { tenant, deadLetterThreshold: 1 });
