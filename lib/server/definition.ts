@@ -174,7 +174,8 @@ export interface HandlerContext {
   /**
    * The transaction the handler runs in (tenant-scoped keys), to read and write other keys of
    * the tenant atomically with the state. Absent in `handleLocked`, which runs outside any
-   * transaction. Keys starting with the tuple element `"s"` or `"servers"` belong to dgen.
+   * transaction. Keys starting with the tuple element `"s"`, `"servers"` or `"members"` belong
+   * to dgen (see lib/server/keys.ts).
    */
   readonly tx?: Transaction;
   /**
