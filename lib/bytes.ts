@@ -5,6 +5,8 @@
  * @module
  */
 
+import { ValidationError } from "./errors.ts";
+
 /** Compares two byte strings lexicographically as unsigned bytes: negative, zero or positive. */
 export function compareBytes(a: Uint8Array, b: Uint8Array): number {
   const n = a.length < b.length ? a.length : b.length;
@@ -165,8 +167,30 @@ export function int64LE(n: bigint | number): Uint8Array {
         fill;
     return out;
   }
+  if (typeof n !== "bigint" && !(typeof n === "number" && Number.isInteger(n))) {
+    throw new ValidationError([{
+      path: "n",
+      message: `Expected a bigint or an integer, got ${describe(n)}`,
+    }]);
+  }
   new DataView(out.buffer).setBigInt64(0, BigInt.asIntN(64, BigInt(n)), true);
   return out;
+}
+
+/** A short description of `x` for an error message. */
+function describe(x: unknown): string {
+  if (typeof x === "number" || typeof x === "boolean" || x == null) return String(x);
+  if (typeof x === "string") return JSON.stringify(x.length > 20 ? `${x.slice(0, 20)}…` : x);
+  return typeof x;
+}
+
+/** Throws a ValidationError naming `path` unless `bytes` is a Uint8Array (or undefined). */
+export function checkBytes(bytes: unknown, path: string, optional: boolean): void {
+  if (bytes instanceof Uint8Array || (optional && bytes === undefined)) return;
+  throw new ValidationError([{
+    path,
+    message: `Expected a Uint8Array${optional ? " or undefined" : ""}, got ${describe(bytes)}`,
+  }]);
 }
 
 /** 1 as an operand of `add` (`int64LE(1)`), shared: never write into it. */
@@ -177,7 +201,9 @@ export const ONE_LE: Uint8Array = int64LE(1);
  * FoundationDB's atomic add does); `undefined` reads as 0.
  */
 export function readInt64LE(bytes: Uint8Array | undefined): bigint {
-  if (bytes === undefined || bytes.length === 0) return 0n;
+  if (bytes === undefined) return 0n;
+  checkBytes(bytes, "bytes", false);
+  if (bytes.length === 0) return 0n;
   const [hi, lo] = int64Halves(bytes);
   return (BigInt(hi) << 32n) + BigInt(lo);
 }

@@ -7,6 +7,7 @@
  * @module
  */
 
+import * as v from "valibot";
 import { EMPTY_BYTES, readInt64LENumber, strinc, toHex } from "./bytes.ts";
 import { createStateCodec } from "./codec/state.ts";
 import { MEMBERSHIP, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
@@ -18,8 +19,18 @@ import {
   decodePresence,
   isLive,
 } from "./server/records.ts";
-import type { Tenant } from "./tenant.ts";
+import { type Tenant, tenantSchema } from "./tenant.ts";
 import { unpack } from "./tuple.ts";
+import { parse } from "./validate.ts";
+
+const idSchema = v.pipe(
+  v.string(),
+  v.minLength(1, "Expected a non-empty string"),
+  v.maxLength(1000),
+);
+const viewOptionsSchema = v.strictObject({
+  headLimit: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10_000))),
+});
 
 /** One queued message as shown to tools. */
 export interface QueuedView {
@@ -103,6 +114,7 @@ export function toDisplay(value: unknown): unknown {
 
 /** The ids of the servers stored in `tenant`, in id order. */
 export async function listServers(tenant: Tenant): Promise<string[]> {
+  parse(tenantSchema, tenant, "tenant");
   const rows = await tenant.transact(
     (tx) => tx.getRange(SERVER_INDEX, strinc(SERVER_INDEX)),
     { readOnly: true },
@@ -112,7 +124,7 @@ export async function listServers(tenant: Tenant): Promise<string[]> {
 
 /** Options of {@link readServerView}. */
 export interface ViewOptions {
-  /** How many queued messages to show. @default 10 */
+  /** How many queued messages to show, 0 to 10,000. @default 10 */
   headLimit?: number;
 }
 
@@ -122,6 +134,9 @@ export async function readServerView(
   id: string,
   options: ViewOptions = {},
 ): Promise<ServerView | undefined> {
+  parse(tenantSchema, tenant, "tenant");
+  parse(idSchema, id, "id");
+  parse(viewOptionsSchema, options, "options");
   const keys = new ServerKeys(id);
   const codec = createStateCodec({ maxValueSize: tenant.backend.limits.maxValueSize });
   return await tenant.transact(async (tx) => {
@@ -187,6 +202,9 @@ export async function watchTenant(
   onChange: (ids: string[]) => void | Promise<void>,
   signal: AbortSignal,
 ): Promise<void> {
+  parse(tenantSchema, tenant, "tenant");
+  parse(v.function("Expected a function"), onChange, "onChange");
+  parse(v.instance(AbortSignal, "Expected an AbortSignal"), signal, "signal");
   const pending = new Set<string>();
   let wake: (() => void) | undefined;
   let initial = -1; // first reads outstanding before the first call (-1: membership not read)

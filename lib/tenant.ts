@@ -42,7 +42,16 @@ export interface Tenant {
   transact<T>(fn: (tx: Transaction) => T | Promise<T>, options?: TransactOptions): Promise<T>;
 }
 
-function checkBackend(backend: unknown): asserts backend is Backend {
+/** A {@link Tenant}, as handed out by openTenant or sandboxOpen (for argument checks). */
+export const tenantSchema: v.GenericSchema<Tenant> = v.custom<Tenant>(
+  (t) =>
+    typeof t === "object" && t !== null && typeof (t as Tenant).name === "string" &&
+    typeof (t as Tenant).transact === "function" && (t as Tenant).prefix instanceof Uint8Array,
+  "Expected a Tenant (from openTenant or sandboxOpen)",
+);
+
+/** Throws a ValidationError naming `backend` unless it is a {@link Backend}. */
+export function checkBackend(backend: unknown): asserts backend is Backend {
   const b = backend as Partial<Backend> | null;
   if (
     b === null || typeof b !== "object" || typeof b.transact !== "function" ||

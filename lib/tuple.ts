@@ -14,7 +14,8 @@
  * @module
  */
 
-import { compareBytes } from "./bytes.ts";
+import { checkBytes, compareBytes } from "./bytes.ts";
+import { ValidationError } from "./errors.ts";
 
 /** Length of a transaction versionstamp: 8 bytes of commit version, 2 of batch order. */
 export const VERSIONSTAMP_LENGTH = 10;
@@ -471,6 +472,7 @@ function readItem(r: Reader, nested: boolean): TupleItem {
  * ```
  */
 export function unpack(bytes: Uint8Array): TupleItem[] {
+  checkBytes(bytes, "bytes", false);
   const r = new Reader(bytes);
   const items: TupleItem[] = [];
   while (r.pos < bytes.length) items.push(readItem(r, false));
@@ -506,6 +508,12 @@ function doubleKey(x: number): bigint {
  * prefix of a longer one sorts first.
  */
 export function compareTuples(a: Tuple, b: Tuple): number {
+  if (!Array.isArray(a) || !Array.isArray(b)) {
+    throw new ValidationError([{
+      path: Array.isArray(a) ? "b" : "a",
+      message: "Expected a tuple (an array of tuple items)",
+    }]);
+  }
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) {
     const c = compareItems(a[i]!, b[i]!);

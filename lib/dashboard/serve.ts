@@ -7,7 +7,7 @@
 import * as v from "valibot";
 import { ValidationError } from "../errors.ts";
 import { serveHttp } from "../runtime/http.ts";
-import type { Tenant } from "../tenant.ts";
+import { type Tenant, tenantSchema } from "../tenant.ts";
 import { parse } from "../validate.ts";
 import { type DashboardCounters, DEFAULT_TUNING, FeedHub, type FeedTuning } from "./feed.ts";
 import { createHandler, type HandlerConfig } from "./handler.ts";
@@ -36,13 +36,6 @@ export interface Dashboard {
   /** Ends every event stream, stops every feed and stops listening. Idempotent. */
   close(): Promise<void>;
 }
-
-const tenantSchema = v.custom<Tenant>(
-  (t) =>
-    typeof t === "object" && t !== null && typeof (t as Tenant).name === "string" &&
-    typeof (t as Tenant).transact === "function",
-  "Expected a Tenant (from openTenant or sandboxOpen)",
-);
 
 const optionsSchema = v.strictObject({
   tenants: v.pipe(v.array(tenantSchema), v.minLength(1, "Expected at least one tenant")),

@@ -23,7 +23,7 @@ import { createStateCodec } from "../codec/state.ts";
 import { pid, runtimeName, type TimerHandle, unrefTimer } from "../runtime/process.ts";
 import type { Transaction, TransactOptions, Watch } from "../storage/types.ts";
 import { committedStamp, type HasCommittedStamp, hasCommittedStamp } from "../storage/common.ts";
-import type { Tenant } from "../tenant.ts";
+import { type Tenant, tenantSchema } from "../tenant.ts";
 import { parse, safeParseUser, toIssues } from "../validate.ts";
 import {
   bumpChange,
@@ -315,12 +315,7 @@ export type CastTuple<D extends AnyServerDefinition> = {
 
 const positiveInt = v.pipe(v.number(), v.integer(), v.minValue(1));
 const startOptionsSchema = v.strictObject({
-  tenant: v.custom<Tenant>(
-    (t) =>
-      typeof t === "object" && t !== null && typeof (t as Tenant).transact === "function" &&
-      (t as Tenant).prefix instanceof Uint8Array,
-    "Expected a Tenant (from openTenant or sandboxOpen)",
-  ),
+  tenant: tenantSchema,
   id: v.optional(
     v.pipe(v.string(), v.minLength(1, "Expected a non-empty string"), v.maxLength(1000)),
   ),

@@ -9,6 +9,7 @@
 
 import * as v from "valibot";
 import { CommitUnknownResultError, ConflictError } from "../errors.ts";
+import { checkBackend } from "../tenant.ts";
 import { parse } from "../validate.ts";
 import { checkTransactOptions } from "./common.ts";
 import { retryLoop } from "./retry.ts";
@@ -94,6 +95,7 @@ class InjectedAbort extends Error {}
  * ```
  */
 export function withFaults(backend: Backend, options: FaultOptions): FaultyBackend {
+  checkBackend(backend);
   const opts = parse(optionsSchema, options, "options");
   const random = prng(opts.seed);
   const stats: FaultStats = { attempts: 0, conflicts: 0, unknownApplied: 0, unknownNotApplied: 0 };

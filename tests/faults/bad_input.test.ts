@@ -1,10 +1,10 @@
 /**
  * The bad-input catalogue: every case feeds one bad input to a public entry point (options,
- * messages, state, keys, stored data, the dashboard's HTTP side) and expects a clear error (its
- * class, its `code`, and the field, path or key it names) with nothing written: the backend's
- * every key and value is the same before and after (stored-data cases compare after the
- * corruption: it is reported, never reset). `DGEN_PRINT_CATALOGUE=1` prints the table that
- * docs/faults.md carries.
+ * messages, state, keys, stored data, the dashboard's HTTP side, the inspection and byte tools)
+ * and expects a clear error (its class, its `code`, and the field, path or key it names) with
+ * nothing written: the backend's every key and value is the same before and after (stored-data
+ * cases compare after the corruption: it is reported, never reset). `DGEN_PRINT_CATALOGUE=1`
+ * prints the table that docs/faults.md carries.
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -16,7 +16,10 @@ import * as v from "valibot";
 import {
   type Backend,
   CodecError,
+  compareTuples,
   defineServer,
+  int64LE,
+  listServers,
   lock,
   noreply,
   openFoundationdbBackend,
@@ -24,6 +27,7 @@ import {
   openPostgresBackend,
   openSqliteBackend,
   openTenant,
+  readInt64LE,
   readServerView,
   reply,
   sandboxOpen,
@@ -31,6 +35,8 @@ import {
   type ServerRef,
   start,
   type Tenant,
+  unpack,
+  watchTenant,
   withFaults,
 } from "../../mod.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
@@ -114,7 +120,7 @@ interface Expect {
 }
 
 interface Case extends Expect {
-  area: "options" | "messages" | "state" | "keys" | "stored data" | "HTTP";
+  area: "options" | "messages" | "state" | "keys" | "stored data" | "HTTP" | "tools";
   input: string;
   /** Prepares (e.g. corrupts) before the snapshot. */
   setup?: (env: Env) => Promise<void>;
@@ -972,6 +978,86 @@ const cases: Case[] = [
     dashboard: true,
     act: (e) => http(e, "/api/tenants/a/b/events"),
   },
+  {
+    area: "tools",
+    input: "`readServerView` with a number as server id",
+    error: "ValidationError",
+    code: "validation",
+    names: "id",
+    act: (e) => readServerView(e.tenant, 123 as never),
+  },
+  {
+    area: "tools",
+    input: "`readServerView` with `headLimit: -1`",
+    error: "ValidationError",
+    code: "validation",
+    names: "options.headLimit",
+    act: (e) => readServerView(e.tenant, "subject", { headLimit: -1 }),
+  },
+  {
+    area: "tools",
+    input: "`listServers` without a tenant",
+    error: "ValidationError",
+    code: "validation",
+    names: "tenant",
+    act: () => listServers(null as never),
+  },
+  {
+    area: "tools",
+    input: "`watchTenant` with a string as `onChange`",
+    error: "ValidationError",
+    code: "validation",
+    names: "onChange",
+    act: (e) => watchTenant(e.tenant, "x" as never, new AbortController().signal),
+  },
+  {
+    area: "tools",
+    input: "`watchTenant` without a signal",
+    error: "ValidationError",
+    code: "validation",
+    names: "signal",
+    act: (e) => watchTenant(e.tenant, () => {}, undefined as never),
+  },
+  {
+    area: "tools",
+    input: '`int64LE("x")`',
+    error: "ValidationError",
+    code: "validation",
+    names: "n",
+    act: async () => int64LE("x" as never),
+  },
+  {
+    area: "tools",
+    input: '`readInt64LE("x")`',
+    error: "ValidationError",
+    code: "validation",
+    names: "bytes",
+    act: async () => readInt64LE("x" as never),
+  },
+  {
+    area: "tools",
+    input: '`unpack("x")`',
+    error: "ValidationError",
+    code: "validation",
+    names: "bytes",
+    act: async () => unpack("x" as never),
+  },
+  {
+    area: "tools",
+    input: "`compareTuples(1, 2)`",
+    error: "ValidationError",
+    code: "validation",
+    names: "a",
+    act: async () => compareTuples(1 as never, 2 as never),
+  },
+  {
+    area: "tools",
+    input: "`withFaults` with a plain object as backend",
+    error: "ValidationError",
+    code: "validation",
+    names: "backend",
+    act: async () => withFaults({} as never, { seed: 1 }),
+  },
 ];
 
 /** Every key and value of the backend in `[begin, end)`, as hex. */
@@ -1007,7 +1093,7 @@ describe("bad-input catalogue: each input fails clearly, and nothing is written"
     const areas = new Set(cases.map((c) => c.area));
     assert.deepEqual(
       [...areas].sort(),
-      ["HTTP", "keys", "messages", "options", "state", "stored data"],
+      ["HTTP", "keys", "messages", "options", "state", "stored data", "tools"],
     );
   });
 
