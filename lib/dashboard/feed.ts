@@ -20,6 +20,11 @@ export interface FeedTuning {
   heartbeatMs: number;
   /** Server views read at once when many servers changed. */
   readConcurrency: number;
+  /**
+   * Shortest time between two events of one server whose only change is its instances'
+   * heartbeats (`lastSeen`), ms: heartbeats are shown every few seconds, not as a stream.
+   */
+  presenceMs: number;
 }
 
 /** The defaults: a busy server shows at most 5 updates a second, each within about 200 ms. */
@@ -28,6 +33,7 @@ export const DEFAULT_TUNING: FeedTuning = {
   // The contract promises one at least every 5 s; timers run late on a busy machine.
   heartbeatMs: 4_000,
   readConcurrency: 16,
+  presenceMs: 5_000,
 };
 
 /** Live resources of a dashboard, for tests that check nothing leaks. */
@@ -69,8 +75,15 @@ class TenantFeed {
   readonly #counters: DashboardCounters;
   /** Clients, and whether each has had its snapshot yet. */
   readonly #clients = new Map<FeedClient, { snapshotSent: boolean }>();
-  /** The last view sent of each server, with its JSON to compare the next one against. */
-  readonly #views = new Map<string, { view: ServerView; json: string }>();
+  /**
+   * The last view of each server, with what the next one is compared against: its JSON
+   * without the instances' heartbeats (`quiet`), the heartbeats, and when an event last went
+   * out for it.
+   */
+  readonly #views = new Map<
+    string,
+    { view: ServerView; quiet: string; seen: string; sentAt: number }
+  >();
   /** Servers whose last read failed, with the reason (sent after the snapshot). */
   readonly #unreadable = new Map<string, string>();
   readonly #abort = new AbortController();
@@ -160,9 +173,22 @@ class TenantFeed {
         if (this.#views.delete(id) || recovered) frames.push(sseEvent("removed", { id }));
         continue;
       }
-      const json = JSON.stringify(view);
-      if (!recovered && this.#views.get(id)?.json === json) continue;
-      this.#views.set(id, { view, json });
+      const quiet = JSON.stringify({
+        ...view,
+        instances: view.instances.map(({ lastSeen: _, ...rest }) => rest),
+      });
+      const seen = view.instances.map((i) => i.lastSeen).join(",");
+      const last = this.#views.get(id);
+      const now = performance.now();
+      if (!recovered && last !== undefined && last.quiet === quiet) {
+        if (last.seen === seen) continue; // nothing visible changed
+        if (now - last.sentAt < this.#tuning.presenceMs) {
+          // Heartbeats only: kept for new clients' snapshots, sent with a later change.
+          this.#views.set(id, { view, quiet, seen, sentAt: last.sentAt });
+          continue;
+        }
+      }
+      this.#views.set(id, { view, quiet, seen, sentAt: now });
       frames.push(sseEvent("server", view));
     }
     this.#ready = true;

@@ -22,6 +22,7 @@ import {
   serveDashboardWith,
 } from "../../lib/dashboard/serve.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
+import { decodePresence, encodeRecord } from "../../lib/server/records.ts";
 import { strinc } from "../../lib/bytes.ts";
 import { Counter } from "../server/_defs.ts";
 import { deadline, waitFor } from "../_helpers.ts";
@@ -156,6 +157,44 @@ describe("dashboard HTTP and event stream", () => {
     await b.call("add", 7); // the sentinel: its event comes after any event for a would have
     await waitFor(() => serverEvents(client, "b").length > 0, 5000, "no event for b");
     assert.deepEqual(serverEvents(client, "a"), [], "an unchanged server produced an event");
+    await t.done();
+  });
+
+  it("reflects instance heartbeats every few seconds at most, not as a stream of events", async () => {
+    const t = await setup();
+    const a = await start(Counter, [1], { tenant: t.tenant, id: "a" });
+    t.later(() => a.stop());
+    const b = await start(Counter, [], { tenant: t.tenant, id: "b" });
+    t.later(() => b.stop());
+    const dash = await serveDashboardWith({ tenants: [t.tenant] }, {
+      coalesceMs: 10,
+      presenceMs: 60_000,
+    });
+    t.later(() => dash.close());
+    const client = await SseClient.open(eventsUrl(dash, "acme/prod"));
+    t.later(() => client.close());
+    await waitFor(() => snapshotOf(client), 5000, "no snapshot");
+    // Ten heartbeats of a's instance, as #beat writes them: lastSeen moves, a change is marked.
+    const keys = new ServerKeys("a");
+    const key = keys.instance(a.instance);
+    let lastSeen = 0;
+    for (let i = 0; i < 10; i++) {
+      await t.tenant.transact(async (tx) => {
+        const p = decodePresence((await tx.get(key))!, key);
+        lastSeen = p.lastSeen + 1_000;
+        tx.set(key, encodeRecord({ ...p, lastSeen }));
+        tx.setVersionstampedValue(keys.change, new Uint8Array());
+      });
+    }
+    await b.call("add", 7); // the sentinel: its event comes after any event for a would have
+    await waitFor(() => serverEvents(client, "b").length > 0, 5000, "no event for b");
+    assert.deepEqual(serverEvents(client, "a"), [], "heartbeats alone produced events");
+    // A visible change goes out at once, with the latest heartbeat.
+    await a.call("add", 1);
+    await waitFor(() => serverEvents(client, "a").length > 0, 5000, "no event for a");
+    const ev = serverEvents(client, "a")[0]!;
+    assert.equal(ev.state, 2);
+    assert.equal(ev.instances.find((i) => i.instance === a.instance)?.lastSeen, lastSeen);
     await t.done();
   });
 
