@@ -1075,6 +1075,20 @@ class Instance {
     });
   }
 
+  /** castMany transactions in flight (settled either way). */
+  readonly #manyInFlight = new Set<Promise<void>>();
+
+  /**
+   * Waits for the casts this instance made before (awaited or not) to be enqueued or applied,
+   * so that a call or castMany lands after them: the order of messages between two Erlang
+   * processes. Nothing to wait for, nothing awaited.
+   */
+  #sendsBefore(): Promise<unknown> | undefined {
+    const flush = this.#castFlush;
+    if (this.#manyInFlight.size === 0) return flush;
+    return Promise.all([flush, ...this.#manyInFlight]);
+  }
+
   readonly #castQueue: Array<
     { m: Envelope; size: number; resolve: () => void; reject: (e: unknown) => void }
   > = [];
@@ -1231,7 +1245,16 @@ class Instance {
       }
       return this.#envelope("cast", pair[0], pair[1], request);
     });
-    await this.#transact((tx, effects) => enqueue(tx, this.#rt, envelopes, effects));
+    const before = this.#sendsBefore();
+    if (before !== undefined) await before; // not an await of nothing: a hop per call
+    const sent = this.#transact((tx, effects) => enqueue(tx, this.#rt, envelopes, effects));
+    const settled = sent.then(() => {}, () => {});
+    this.#manyInFlight.add(settled);
+    try {
+      await sent;
+    } finally {
+      this.#manyInFlight.delete(settled);
+    }
   }
 
   async call(name: string, arg?: unknown, options?: CallOptions): Promise<unknown> {
@@ -1248,6 +1271,8 @@ class Instance {
     const rt = this.#rt;
     let watch: Watch | undefined;
     let checkFirst = false;
+    const before = this.#sendsBefore();
+    if (before !== undefined) await before; // not an await of nothing: a hop per call
     if (this.#consume) {
       try {
         const r = await this.#callTransact(

@@ -109,6 +109,29 @@ for (const b of backends) {
       await backend.close();
     });
 
+    for (const consume of [true, false]) {
+      it(
+        `keeps a ${
+          consume ? "consuming" : "sending"
+        } instance's order: a call sees its casts made before, awaited or not`,
+        async () => {
+          const { backend, tenant } = await fresh(b);
+          const consumer = consume ? undefined : await start(Counter, [], { tenant });
+          const ref = await start(Counter, [], { tenant, consume });
+          const cast = ref.cast("bump", 10); // not awaited, as with gen_server:cast
+          assert.equal(await ref.call("value"), 10);
+          await cast;
+          const many = ref.castMany([["bump", 1], ["bump", 2]]);
+          const more = ref.cast("bump", 100);
+          assert.equal(await ref.call("value"), 113);
+          await Promise.all([many, more]);
+          await ref.stop();
+          await consumer?.stop();
+          await backend.close();
+        },
+      );
+    }
+
     it("clears an answered reply slot in the next call's commit, the last one soon after", async () => {
       const { backend, tenant } = await fresh(b);
       const consumer = await start(Counter, [], { tenant });
