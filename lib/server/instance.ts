@@ -905,6 +905,11 @@ class Instance {
             void this.#shutdown(outcome.stopped);
             return;
           }
+          // Another instance wrote since this one last did (its cache missed, or it lost a
+          // race): step back a little, so that one instance tends to stay active. Backends
+          // that serialize writers (SQLite) report no lost races, and without this two
+          // consumers took turns message by message (a cache miss each time).
+          await this.#backoff(signal);
           break;
         case "failed":
           // The message stays at the head with one more attempt: pause before retrying it.

@@ -200,6 +200,29 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("lets one of two consuming instances stay active (SPEC 5.7)", async () => {
+      const { backend, tenant } = await fresh(b);
+      const consumers = [
+        await start(Counter, [], { tenant }),
+        await start(Counter, [], { tenant }),
+      ];
+      const sender = await start(Counter, [], { tenant, consume: false });
+      for (let round = 1; round <= 3; round++) {
+        await Promise.all(Array.from({ length: 100 }, () => sender.cast("bump", 1)));
+        await waitFor(
+          async () => await sender.call("value", undefined, { timeout: 20_000 }) === 100 * round,
+          30_000,
+          "the casts were not applied",
+        );
+      }
+      const served = consumers.map((c) => c.stats.processed);
+      const total = served[0]! + served[1]!;
+      // Taking turns message by message would split them about evenly.
+      assert.ok(Math.max(...served) >= 0.7 * total, `messages per consumer: ${served}`);
+      await Promise.all([...consumers, sender].map((r) => r.stop()));
+      await backend.close();
+    });
+
     it("never enqueues twice when commits report unknown results", async () => {
       const { backend } = await fresh(b);
       const faulty = withFaults(backend, {
