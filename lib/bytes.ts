@@ -150,7 +150,16 @@ export function binaryStringToBytes(s: string): Uint8Array {
   return out;
 }
 
-/** Encodes a signed integer as 8 little-endian bytes (two's complement), as FDB's `add` takes. */
+/**
+ * Encodes a signed integer as 8 little-endian bytes (two's complement), as FDB's `add` takes.
+ *
+ * @example
+ * ```ts
+ * import { int64LE } from "../mod.ts";
+ * console.log(int64LE(258)); // Uint8Array(8) [2, 1, 0, 0, 0, 0, 0, 0]
+ * console.log(int64LE(-1n)); // Uint8Array(8) [255, 255, 255, 255, 255, 255, 255, 255]
+ * ```
+ */
 export function int64LE(n: bigint | number): Uint8Array {
   const out = new Uint8Array(8);
   if (typeof n === "number" && Number.isInteger(n) && n >= -0x8000_0000 && n < 0x8000_0000) {
@@ -199,6 +208,17 @@ export const ONE_LE: Uint8Array = int64LE(1);
 /**
  * Reads a little-endian signed integer of up to 8 bytes (shorter values are zero-extended, as
  * FoundationDB's atomic add does); `undefined` reads as 0.
+ *
+ * @example
+ * ```ts
+ * import { int64LE, openMemoryBackend, readInt64LE } from "../mod.ts";
+ * console.log(readInt64LE(int64LE(-2)), readInt64LE(undefined)); // -2n 0n
+ * const backend = openMemoryBackend();
+ * const key = new TextEncoder().encode("hits");
+ * await backend.transact((tx) => tx.add(key, 3));
+ * console.log(readInt64LE(await backend.transact((tx) => tx.get(key)))); // 3n
+ * await backend.close();
+ * ```
  */
 export function readInt64LE(bytes: Uint8Array | undefined): bigint {
   if (bytes === undefined) return 0n;

@@ -5,7 +5,17 @@
  * @module
  */
 
-/** Options accepted by every dgen error constructor. */
+/**
+ * Options accepted by every dgen error constructor.
+ *
+ * @example
+ * ```ts
+ * import { BackendUnavailableError, type DGenErrorOptions } from "./errors.ts";
+ * const options: DGenErrorOptions = { cause: new Error("disk full") };
+ * const e = new BackendUnavailableError("SQLite cannot be opened", options);
+ * console.log(e.cause === options.cause); // true
+ * ```
+ */
 export interface DGenErrorOptions {
   /** The underlying error, if any. */
   cause?: unknown;
@@ -91,7 +101,17 @@ export class DeadLetterError extends DGenError {
   }
 }
 
-/** One problem found while validating input. */
+/**
+ * One problem found while validating input.
+ *
+ * @example
+ * ```ts
+ * import { ValidationError, type ValidationIssue } from "./errors.ts";
+ * const issue: ValidationIssue = { path: "options.port", message: "Expected an integer" };
+ * const e = new ValidationError([issue]);
+ * console.log(e.issues[0]?.path); // "options.port"
+ * ```
+ */
 export interface ValidationIssue {
   /** Dotted path of the offending field, e.g. `options.batchSize`. */
   path: string;

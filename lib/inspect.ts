@@ -32,7 +32,23 @@ const viewOptionsSchema = v.strictObject({
   headLimit: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10_000))),
 });
 
-/** One queued message as shown to tools. */
+/**
+ * One queued message as shown to tools.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, readServerView, start } from "../mod.ts";
+ * import type { QueuedView } from "./inspect.ts";
+ * const run = (_: number, n: number) => noreply(n);
+ * const Jobs = defineServer({ name: "jobs", init: () => 0, handleCast: { run } });
+ * const ref = await start(Jobs, [], { tenant: await openTenant(openMemoryBackend(), "demo"), consume: false });
+ * await ref.cast("run", 7);
+ * const head: QueuedView[] = (await readServerView(ref.tenant, "jobs"))!.queue.head;
+ * console.log(head); // [{ kind: "cast", name: "run", arg: 7, attempts: 0 }]
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface QueuedView {
   /** `"call"` or `"cast"`. */
   kind: "call" | "cast";
@@ -44,7 +60,21 @@ export interface QueuedView {
   attempts: number;
 }
 
-/** One live instance of a server as shown to tools. */
+/**
+ * One live instance of a server as shown to tools.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, readServerView, start } from "../mod.ts";
+ * import type { InstanceView } from "./inspect.ts";
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(defineServer({ name: "idle", init: () => null }), [], { tenant });
+ * const [instance]: InstanceView[] = (await readServerView(tenant, "idle"))!.instances;
+ * console.log(instance?.instance === ref.instance, instance?.consuming); // true true
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface InstanceView {
   /** Instance id. */
   instance: string;
@@ -60,7 +90,22 @@ export interface InstanceView {
   lastSeen: number;
 }
 
-/** What tools see of one server. */
+/**
+ * What tools see of one server.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, readServerView, start } from "../mod.ts";
+ * import type { ServerView } from "./inspect.ts";
+ * const Cart = defineServer({ name: "cart", init: () => new Set(["apple"]) });
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(Cart, [], { tenant });
+ * const view: ServerView | undefined = await readServerView(tenant, "cart");
+ * console.log(view?.state, view?.queue.length, view?.lock); // { $set: ["apple"] } 0 null
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface ServerView {
   /** Server id. */
   id: string;
@@ -85,6 +130,14 @@ export interface ServerView {
  * `{"$bytes": "hex"}`, `{"$date": "ISO"}`, `{"$undefined": true}`, `{"$number": "NaN" |
  * "Infinity" | "-Infinity" | "-0"}`. A plain object whose only key starts with `$` is wrapped
  * as `{"$object": {…}}` so it cannot be mistaken for a tag.
+ *
+ * @example
+ * ```ts
+ * import { toDisplay } from "../mod.ts";
+ * const display = toDisplay({ n: 1n, tags: new Set(["a"]), ratio: NaN });
+ * console.log(JSON.stringify(display));
+ * // {"n":{"$bigint":"1"},"tags":{"$set":["a"]},"ratio":{"$number":"NaN"}}
+ * ```
  */
 export function toDisplay(value: unknown): unknown {
   if (value === undefined) return { $undefined: true };
@@ -112,7 +165,22 @@ export function toDisplay(value: unknown): unknown {
   return String(value);
 }
 
-/** The ids of the servers stored in `tenant`, in id order. */
+/**
+ * The ids of the servers stored in `tenant`, in id order.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, listServers, openMemoryBackend, openTenant, start } from "../mod.ts";
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const Room = defineServer({ name: "room", init: () => [] as string[] });
+ * const lobby = await start(Room, [], { tenant, id: "lobby" });
+ * const attic = await start(Room, [], { tenant, id: "attic" });
+ * console.log(await listServers(tenant)); // ["attic", "lobby"]
+ * await lobby.stop();
+ * await attic.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export async function listServers(tenant: Tenant): Promise<string[]> {
   parse(tenantSchema, tenant, "tenant");
   const rows = await tenant.transact(
@@ -122,13 +190,43 @@ export async function listServers(tenant: Tenant): Promise<string[]> {
   return rows.map((r) => unpack(r.key)[1] as string);
 }
 
-/** Options of {@link readServerView}. */
+/**
+ * Options of {@link readServerView}.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, readServerView, start } from "../mod.ts";
+ * const run = (_: string, n: number) => noreply(n);
+ * const Jobs = defineServer({ name: "jobs", init: () => 0, handleCast: { run } });
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(Jobs, [], { tenant, consume: false });
+ * await ref.castMany([["run", "a"], ["run", "b"], ["run", "c"]]);
+ * const view = await readServerView(tenant, "jobs", { headLimit: 1 }); // ViewOptions
+ * console.log(view?.queue.length, view?.queue.head.map((m) => m.arg)); // 3 ["a"]
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface ViewOptions {
   /** How many queued messages to show, 0 to 10,000. @default 10 */
   headLimit?: number;
 }
 
-/** Reads the view of server `id` in one snapshot; undefined if it does not exist. */
+/**
+ * Reads the view of server `id` in one snapshot; undefined if it does not exist.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, readServerView, start } from "../mod.ts";
+ * const backend = openMemoryBackend();
+ * const tenant = await openTenant(backend, "demo");
+ * const ref = await start(defineServer({ name: "counter", init: () => 41 }), [], { tenant });
+ * console.log((await readServerView(tenant, "counter"))?.state); // 41
+ * console.log(await readServerView(tenant, "missing")); // undefined
+ * await ref.stop();
+ * await backend.close();
+ * ```
+ */
 export async function readServerView(
   tenant: Tenant,
   id: string,
@@ -196,6 +294,20 @@ export async function readServerView(
  * own change marker, and the tenant by one on its membership counter, so a change costs one
  * read of that server's marker only, whatever the number of servers. `onChange` calls do not
  * overlap: ids changed meanwhile are batched into the next call.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, start, watchTenant } from "../mod.ts";
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(defineServer({ name: "counter", init: () => 0 }), [], { tenant });
+ * const done = new AbortController();
+ * await watchTenant(tenant, (ids) => {
+ *   console.log(ids); // ["counter"]
+ *   done.abort();
+ * }, done.signal);
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
  */
 export async function watchTenant(
   tenant: Tenant,

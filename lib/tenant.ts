@@ -27,6 +27,17 @@ const segment = v.pipe(
 /**
  * A named, isolated subspace of a backend. Keys passed to {@link Tenant.transact}'s
  * transaction are relative to the tenant.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, openTenant, type Tenant } from "../mod.ts";
+ * const backend = openMemoryBackend();
+ * const tenant: Tenant = await openTenant(backend, "acme/prod");
+ * const key = new TextEncoder().encode("hits");
+ * await tenant.transact((tx) => tx.add(key, 1));
+ * console.log(tenant.name, tenant.backend.kind); // "acme/prod" "memory"
+ * await backend.close();
+ * ```
  */
 export interface Tenant {
   /** The tenant's name, e.g. `"acme/prod"`. */

@@ -25,6 +25,15 @@ export const VERSIONSTAMP_LENGTH = 10;
  * commit plus a 2-byte user version that orders several stamps written by one transaction.
  * An incomplete stamp (created with {@link Versionstamp.incomplete}) is a placeholder filled in
  * by the backend at commit (see `Transaction.setVersionstampedKey`).
+ *
+ * @example
+ * ```ts
+ * import { Versionstamp } from "./tuple.ts";
+ * const placeholder = Versionstamp.incomplete(1);
+ * console.log(placeholder.complete, placeholder.userVersion); // false 1
+ * const stamp = Versionstamp.from(new Uint8Array(10).fill(7), 2);
+ * console.log(stamp.complete, stamp.bytes.length); // true 12
+ * ```
  */
 export class Versionstamp {
   /** 12 bytes: 10 of transaction versionstamp, 2 of user version (big-endian). */
@@ -84,7 +93,16 @@ function checkUserVersion(n: number): void {
   }
 }
 
-/** One element of a tuple. */
+/**
+ * One element of a tuple.
+ *
+ * @example
+ * ```ts
+ * import { pack, type TupleItem, unpack } from "./tuple.ts";
+ * const items: TupleItem[] = [null, "a", 1, 2n ** 64n, 1.5, true, ["nested"]];
+ * console.log(unpack(pack(items)).length); // 7
+ * ```
+ */
 export type TupleItem =
   | null
   | Uint8Array
@@ -95,7 +113,16 @@ export type TupleItem =
   | Versionstamp
   | readonly TupleItem[];
 
-/** A tuple: an array of elements. */
+/**
+ * A tuple: an array of elements.
+ *
+ * @example
+ * ```ts
+ * import { pack, type Tuple, unpack } from "./tuple.ts";
+ * const key: Tuple = ["users", 42, "profile"];
+ * console.log(unpack(pack(key))); // ["users", 42, "profile"]
+ * ```
+ */
 export type Tuple = readonly TupleItem[];
 
 const NULL = 0x00;
@@ -350,6 +377,18 @@ export function packAfter(prefix: Uint8Array, tuple: Tuple): Uint8Array {
 /**
  * Encodes a tuple that holds exactly one incomplete {@link Versionstamp}, returning the bytes
  * and the offset of the placeholder, as `Transaction.setVersionstampedKey` takes them.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, packWithVersionstamp, unpack, Versionstamp } from "../mod.ts";
+ * const { bytes, offset } = packWithVersionstamp(["log", Versionstamp.incomplete()]);
+ * const [prefix, suffix] = [bytes.subarray(0, offset), bytes.subarray(offset + 10)];
+ * const backend = openMemoryBackend();
+ * await backend.transact((tx) => tx.setVersionstampedKey(prefix, suffix, new Uint8Array([1])));
+ * const [row] = await backend.transact((tx) => tx.getRange(prefix, new Uint8Array([0xff])));
+ * console.log(offset, (unpack(row!.key)[1] as Versionstamp).complete); // 6 true
+ * await backend.close();
+ * ```
  */
 export function packWithVersionstamp(tuple: Tuple): { bytes: Uint8Array; offset: number } {
   const w = new Writer();
@@ -506,6 +545,15 @@ function doubleKey(x: number): bigint {
  * (null < bytes < string < tuple < integer < double < false < true < versionstamp), then by
  * value (strings by their UTF-8 bytes; doubles in IEEE total order). A shorter tuple that is a
  * prefix of a longer one sorts first.
+ *
+ * @example
+ * ```ts
+ * import { compareTuples } from "./tuple.ts";
+ * console.log(compareTuples(["a", 1], ["a", 2]) < 0); // true
+ * console.log(compareTuples([1], ["z"]) > 0, compareTuples(["a"], ["a", 0]) < 0); // true true
+ * const sorted = [["b"], [2], [null]].sort(compareTuples);
+ * console.log(sorted); // [[null], ["b"], [2]]
+ * ```
  */
 export function compareTuples(a: Tuple, b: Tuple): number {
   if (!Array.isArray(a) || !Array.isArray(b)) {

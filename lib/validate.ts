@@ -11,6 +11,14 @@ import { ValidationError, type ValidationIssue } from "./errors.ts";
 /**
  * A valibot schema, as user definitions pass them (structurally typed so dgen's public types do
  * not expose valibot's internals).
+ *
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import type { AnySchema } from "../mod.ts";
+ * const state: AnySchema = v.pipe(v.number(), v.minValue(0));
+ * console.log(state.kind, state.type); // "schema" "number"
+ * ```
  */
 export interface AnySchema {
   /** valibot's marker of schemas. */

@@ -13,7 +13,20 @@ import { type DashboardCounters, DEFAULT_TUNING, FeedHub, type FeedTuning } from
 import { createHandler, type HandlerConfig } from "./handler.ts";
 import { loadPage } from "./page.ts";
 
-/** Options of {@link serveDashboard}. */
+/**
+ * Options of {@link serveDashboard}.
+ *
+ * @example
+ * ```ts
+ * import { type DashboardOptions, openMemoryBackend, openTenant, serveDashboard } from "../../mod.ts";
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const options: DashboardOptions = { tenants: [tenant], token: "s3cret" };
+ * const dashboard = await serveDashboard(options);
+ * console.log(new URL(dashboard.url).searchParams.get("token")); // "s3cret"
+ * await dashboard.close();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface DashboardOptions {
   /** The tenants to show (at least one; names must be distinct). */
   tenants: Tenant[];
@@ -29,7 +42,21 @@ export interface DashboardOptions {
   token?: string;
 }
 
-/** A running dashboard. */
+/**
+ * A running dashboard.
+ *
+ * @example
+ * ```ts
+ * import { type Dashboard, openMemoryBackend, openTenant, serveDashboard } from "../../mod.ts";
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const dashboard: Dashboard = await serveDashboard({ tenants: [tenant] });
+ * const page = await fetch(dashboard.url);
+ * console.log(page.status, dashboard.url.startsWith("http://127.0.0.1:")); // 200 true
+ * await page.body?.cancel();
+ * await dashboard.close();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface Dashboard {
   /** Where to open it; carries `?token=…` when a token is set. */
   readonly url: string;

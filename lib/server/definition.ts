@@ -17,10 +17,31 @@ const RESULT = Symbol.for("dgen.result");
 /**
  * Runs after the transaction that produced it commits, with the committed state; the only
  * place for side effects. Returning `"halt"` skips the remaining actions.
+ *
+ * @example
+ * ```ts
+ * import { type Action, defineServer, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * const announce: Action<number> = (n) => console.log(`committed ${n}`);
+ * const bump = (_: undefined, _from: unknown, n: number) => reply(n + 1, n + 1, [announce]);
+ * const Counter = defineServer({ name: "counter", init: () => 0, handleCall: { bump } });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * await ref.call("bump"); // "committed 1"
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
  */
 export type Action<S> = (committedState: S) => unknown;
 
-/** A handler's decision to reply to a call and continue with `state`. */
+/**
+ * A handler's decision to reply to a call and continue with `state`.
+ *
+ * @example
+ * ```ts
+ * import { reply, type ReplyResult } from "../../mod.ts";
+ * const result: ReplyResult<string, number> = reply("ok", 1);
+ * console.log(result.kind, result.value, result.state); // "reply" "ok" 1
+ * ```
+ */
 export interface ReplyResult<R, S> {
   /** @internal Marks values built by the result helpers. */
   readonly [RESULT]: true;
@@ -34,7 +55,16 @@ export interface ReplyResult<R, S> {
   readonly actions: readonly Action<S>[];
 }
 
-/** A handler's decision to continue with `state` without replying. */
+/**
+ * A handler's decision to continue with `state` without replying.
+ *
+ * @example
+ * ```ts
+ * import { noreply, type NoreplyResult } from "../../mod.ts";
+ * const result: NoreplyResult<string[]> = noreply(["a", "b"]);
+ * console.log(result.kind, result.state, result.actions.length); // "noreply" ["a", "b"] 0
+ * ```
+ */
 export interface NoreplyResult<S> {
   /** @internal Marks values built by the result helpers. */
   readonly [RESULT]: true;
@@ -46,7 +76,16 @@ export interface NoreplyResult<S> {
   readonly actions: readonly Action<S>[];
 }
 
-/** A handler's decision to commit `state`, take the lock and continue in `handleLocked`. */
+/**
+ * A handler's decision to commit `state`, take the lock and continue in `handleLocked`.
+ *
+ * @example
+ * ```ts
+ * import { lock, type LockResult } from "../../mod.ts";
+ * const result: LockResult<{ busy: boolean }> = lock({ busy: true });
+ * console.log(result.kind, result.state); // "lock" { busy: true }
+ * ```
+ */
 export interface LockResult<S> {
   /** @internal Marks values built by the result helpers. */
   readonly [RESULT]: true;
@@ -56,7 +95,16 @@ export interface LockResult<S> {
   readonly state: S;
 }
 
-/** A handler's decision to commit `state` and stop the instance that ran it. */
+/**
+ * A handler's decision to commit `state` and stop the instance that ran it.
+ *
+ * @example
+ * ```ts
+ * import { stop, type StopResult } from "../../mod.ts";
+ * const result: StopResult<number> = stop("shutdown", 3);
+ * console.log(result.kind, result.reason, result.state); // "stop" "shutdown" 3
+ * ```
+ */
 export interface StopResult<S> {
   /** @internal Marks values built by the result helpers. */
   readonly [RESULT]: true;
@@ -70,7 +118,16 @@ export interface StopResult<S> {
   readonly actions: readonly Action<S>[];
 }
 
-/** Anything a handler may return. */
+/**
+ * Anything a handler may return.
+ *
+ * @example
+ * ```ts
+ * import { type HandlerResult, noreply, stop } from "../../mod.ts";
+ * const tick = (n: number): HandlerResult<number> => n >= 3 ? stop("done", n) : noreply(n + 1);
+ * console.log(tick(0).kind, tick(3).kind); // "noreply" "stop"
+ * ```
+ */
 export type HandlerResult<S, R = unknown> =
   | ReplyResult<R, S>
   | NoreplyResult<S>
@@ -153,7 +210,20 @@ export function isHandlerResult(x: unknown): x is HandlerResult<unknown> {
   return typeof x === "object" && x !== null && (x as Record<symbol, unknown>)[RESULT] === true;
 }
 
-/** Identifies the caller of a call: passed to `handleCall`. */
+/**
+ * Identifies the caller of a call: passed to `handleCall`.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, type From, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * const whoami = (_: undefined, from: From, state: null) => reply(from.instance, state);
+ * const Echo = defineServer({ name: "echo", init: () => null, handleCall: { whoami } });
+ * const ref = await start(Echo, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * console.log(await ref.call("whoami") === ref.instance); // true
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface From {
   /** The instance the call was made through. */
   readonly instance: string;
@@ -161,7 +231,22 @@ export interface From {
   readonly callId: string;
 }
 
-/** What every handler gets besides the message and the state. */
+/**
+ * What every handler gets besides the message and the state.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * import type { HandlerContext } from "./definition.ts";
+ * const where = (_: undefined, _f: unknown, n: number, ctx: HandlerContext) => reply(ctx.id, n);
+ * const Named = defineServer({ name: "named", init: () => 0, handleCall: { where } });
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(Named, [], { tenant, id: "alice" });
+ * console.log(await ref.call("where")); // "alice"
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface HandlerContext {
   /** The tenant the server lives in. */
   readonly tenant: Tenant;
@@ -185,18 +270,63 @@ export interface HandlerContext {
   readonly fencingToken?: bigint;
 }
 
-/** A transactional handler's context: `tx` is always present. */
+/**
+ * A transactional handler's context: `tx` is always present.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, pack, reply, start } from "../../mod.ts";
+ * import type { TxContext } from "./definition.ts";
+ * const get = async (key: string, _f: unknown, n: number, ctx: TxContext) =>
+ *   reply(await ctx.tx.get(pack([key])), n);
+ * const Reader = defineServer({ name: "reader", init: () => 0, handleCall: { get } });
+ * const ref = await start(Reader, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * await ref.tenant.transact((tx) => tx.set(pack(["motd"]), new Uint8Array([42])));
+ * console.log(await ref.call("get", "motd")); // Uint8Array(1) [42]
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface TxContext extends HandlerContext {
   /** The transaction the handler runs in. */
   readonly tx: Transaction;
 }
 
-/** The event `handleLocked` continues: the message that took the lock. */
+/**
+ * The event `handleLocked` continues: the message that took the lock.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, lock, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * import type { LockedEvent } from "./definition.ts";
+ * const work = (_: undefined, _from: unknown, n: number) => lock(n);
+ * const handleLocked = (event: LockedEvent, n: number) => reply(`${event.kind} ${event.name}`, n + 1);
+ * const Slow = defineServer({ name: "slow", init: () => 0, handleCall: { work }, handleLocked });
+ * const ref = await start(Slow, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * console.log(await ref.call("work")); // "call work"
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export type LockedEvent =
   | { readonly kind: "call"; readonly name: string; readonly arg: unknown; readonly from: From }
   | { readonly kind: "cast"; readonly name: string; readonly arg: unknown };
 
-/** A `handleCall` entry. */
+/**
+ * A `handleCall` entry.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * import type { CallHandler } from "./definition.ts";
+ * const add: CallHandler<number, number, number> = (by, _from, n) => reply(n + by, n + by);
+ * const Counter = defineServer({ name: "counter", init: () => 0, handleCall: { add } });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * console.log(await ref.call("add", 5)); // 5
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 // deno-lint-ignore no-explicit-any
 export type CallHandler<S = any, A = any, R = any> = (
   arg: A,
@@ -205,7 +335,22 @@ export type CallHandler<S = any, A = any, R = any> = (
   ctx: TxContext,
 ) => HandlerResult<S, R> | Promise<HandlerResult<S, R>>;
 
-/** A `handleCast` entry. */
+/**
+ * A `handleCast` entry.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, readServerView, start } from "../../mod.ts";
+ * import type { CastHandler } from "./definition.ts";
+ * const bump: CastHandler<number, number> = (by, n) => noreply(n + by);
+ * const Counter = defineServer({ name: "counter", init: () => 0, handleCast: { bump } });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * await ref.priorityCast("bump", 2);
+ * console.log((await readServerView(ref.tenant, "counter"))?.state); // 2
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 // deno-lint-ignore no-explicit-any
 export type CastHandler<S = any, A = any> = (
   arg: A,
@@ -213,7 +358,23 @@ export type CastHandler<S = any, A = any> = (
   ctx: TxContext,
 ) => HandlerResult<S, never> | Promise<HandlerResult<S, never>>;
 
-/** A message that was dead-lettered, as `handleDeadLetter` receives it. */
+/**
+ * A message that was dead-lettered, as `handleDeadLetter` receives it.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, start } from "../../mod.ts";
+ * import type { DeadLetterMessage } from "./definition.ts";
+ * const boom = () => Promise.reject(new Error("boom"));
+ * const handleDeadLetter = (m: DeadLetterMessage, attempts: number) => console.log(m.name, attempts);
+ * const Fragile = defineServer({ name: "fragile", init: () => 0, handleCall: { boom }, handleDeadLetter });
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 1 });
+ * await ref.call("boom").catch((e) => console.log(e.code)); // "boom" 1, then "dead_letter"
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface DeadLetterMessage {
   /** `"call"` or `"cast"`. */
   readonly kind: "call" | "cast";
@@ -223,7 +384,23 @@ export interface DeadLetterMessage {
   readonly arg: unknown;
 }
 
-/** Schemas validating messages, replies and state; each optional. */
+/**
+ * Schemas validating messages, replies and state; each optional.
+ *
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import { defineServer, noreply, openMemoryBackend, openTenant, start } from "../../mod.ts";
+ * import type { ServerSchemas } from "./definition.ts";
+ * const schemas: ServerSchemas = { cast: { bump: v.number() }, state: v.number() };
+ * const bump = (by: number, n: number) => noreply(n + by);
+ * const Counter = defineServer({ name: "counter", init: () => 0, handleCast: { bump }, schemas });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * await ref.cast("bump", "two" as never).catch((e) => console.log(e.code)); // "validation"
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface ServerSchemas {
   /** Per call name: the argument's schema. */
   readonly call?: Readonly<Record<string, AnySchema>>;
@@ -237,7 +414,20 @@ export interface ServerSchemas {
   readonly state?: AnySchema;
 }
 
-/** What {@link defineServer} takes. */
+/**
+ * What {@link defineServer} takes.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, type ServerSpec } from "../../mod.ts";
+ * type None = Record<never, never>;
+ * const spec: ServerSpec<number, [from: number], None, None, never> = {
+ *   name: "countdown",
+ *   init: (from) => from,
+ * };
+ * console.log(defineServer(spec).name, await spec.init(10)); // "countdown" 10
+ * ```
+ */
 export interface ServerSpec<
   S,
   Args extends readonly unknown[],
@@ -287,7 +477,16 @@ export interface ServerSpec<
   readonly migrate?: (fromVersion: number, oldState: unknown) => S | Promise<S>;
 }
 
-/** A server definition, made by {@link defineServer}. */
+/**
+ * A server definition, made by {@link defineServer}.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, type ServerDefinition } from "../../mod.ts";
+ * const Counter: ServerDefinition<number> = defineServer({ name: "counter", init: () => 0 });
+ * console.log(Counter.name, Counter.version); // "counter" 1
+ * ```
+ */
 export interface ServerDefinition<
   S = unknown,
   Args extends readonly unknown[] = readonly unknown[],
@@ -411,47 +610,221 @@ export function isDefinition(x: unknown): x is ServerDefinition {
 
 // ---- Types that flow from a definition to ServerRef ----
 
-/** Any server definition. */
+/**
+ * Any server definition.
+ *
+ * @example
+ * ```ts
+ * import { type AnyServerDefinition, defineServer } from "../../mod.ts";
+ * const label = (def: AnyServerDefinition) => `${def.name} v${def.version}`;
+ * const Counter = defineServer({ name: "counter", init: () => 0 });
+ * console.log(label(Counter)); // "counter v1"
+ * ```
+ */
 // deno-lint-ignore no-explicit-any
 export type AnyServerDefinition = ServerDefinition<any, any, any, any, any>;
 
-/** The types a definition carries (see `ServerDefinition["~types"]`). */
+/**
+ * The types a definition carries (see `ServerDefinition["~types"]`).
+ *
+ * @example
+ * ```ts
+ * import { defineServer, type TypesOf } from "../../mod.ts";
+ * const Greeter = defineServer({ name: "greeter", init: (greeting: string) => ({ greeting }) });
+ * type Types = TypesOf<typeof Greeter>;
+ * const args: Types["args"] = ["hello"];
+ * const state: Types["state"] = { greeting: "hi" };
+ * console.log(args, state); // ["hello"] { greeting: "hi" }
+ * ```
+ */
 export type TypesOf<D extends AnyServerDefinition> = NonNullable<D["~types"]>;
-/** The state type of a definition. */
+/**
+ * The state type of a definition.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, type StateOf } from "../../mod.ts";
+ * const Cart = defineServer({ name: "cart", init: () => ({ items: [] as string[] }) });
+ * const state: StateOf<typeof Cart> = { items: ["apple"] };
+ * console.log(state.items.length); // 1
+ * ```
+ */
 export type StateOf<D extends AnyServerDefinition> = TypesOf<D>["state"];
-/** The `init` argument tuple of a definition. */
+/**
+ * The `init` argument tuple of a definition.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, type InitArgsOf } from "../../mod.ts";
+ * const Echo = defineServer({ name: "echo", init: (s: string, times: number) => s.repeat(times) });
+ * const args: InitArgsOf<typeof Echo> = ["ho", 3];
+ * console.log(await Echo.init(...args)); // "hohoho"
+ * ```
+ */
 export type InitArgsOf<D extends AnyServerDefinition> = TypesOf<D>["args"];
-/** The call handler map of a definition. */
+/**
+ * The call handler map of a definition.
+ *
+ * @example
+ * ```ts
+ * import { type CallsOf, defineServer, reply } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(n, n) },
+ * });
+ * const calls: CallsOf<typeof Counter> = Counter.handleCall!;
+ * console.log(Object.keys(calls)); // ["value"]
+ * ```
+ */
 export type CallsOf<D extends AnyServerDefinition> = TypesOf<D>["calls"];
-/** The cast handler map of a definition. */
+/**
+ * The cast handler map of a definition.
+ *
+ * @example
+ * ```ts
+ * import { type CastsOf, defineServer, noreply } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ * });
+ * const casts: CastsOf<typeof Counter> = Counter.handleCast!;
+ * console.log(Object.keys(casts)); // ["bump"]
+ * ```
+ */
 export type CastsOf<D extends AnyServerDefinition> = TypesOf<D>["casts"];
-/** The info message type of a definition. */
+/**
+ * The info message type of a definition.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, readServerView, start } from "../../mod.ts";
+ * import type { InfoOf } from "./definition.ts";
+ * const handleInfo = (info: { tick: number }) => noreply(info.tick);
+ * const Clock = defineServer({ name: "clock", init: () => 0, handleInfo });
+ * const ref = await start(Clock, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * const info: InfoOf<typeof Clock> = { tick: 5 };
+ * await ref.send(info);
+ * console.log((await readServerView(ref.tenant, "clock"))?.state); // 5
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export type InfoOf<D extends AnyServerDefinition> = TypesOf<D>["info"];
 
-/** Names of the calls a definition handles. */
+/**
+ * Names of the calls a definition handles.
+ *
+ * @example
+ * ```ts
+ * import { type CallName, defineServer, reply } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(n, n) },
+ * });
+ * const name: CallName<typeof Counter> = "value";
+ * // @ts-expect-error: Counter has no call "reset"
+ * const wrong: CallName<typeof Counter> = "reset";
+ * console.log(name, wrong); // "value" "reset"
+ * ```
+ */
 export type CallName<D extends AnyServerDefinition> = keyof CallsOf<D> & string;
-/** Names of the casts a definition handles. */
+/**
+ * Names of the casts a definition handles.
+ *
+ * @example
+ * ```ts
+ * import { type CastName, defineServer, noreply } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ * });
+ * const names: CastName<typeof Counter>[] = ["bump"];
+ * console.log(names); // ["bump"]
+ * ```
+ */
 export type CastName<D extends AnyServerDefinition> = keyof CastsOf<D> & string;
-/** The argument type of call `K`. */
+/**
+ * The argument type of call `K`.
+ *
+ * @example
+ * ```ts
+ * import { type CallArg, defineServer, reply } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { add: (by: number, _from, n: number) => reply(n + by, n + by) },
+ * });
+ * const arg: CallArg<typeof Counter, "add"> = 5;
+ * console.log(arg); // 5
+ * ```
+ */
 export type CallArg<D extends AnyServerDefinition, K extends CallName<D>> = Parameters<
   CallsOf<D>[K]
 >[0];
-/** The argument type of cast `K`. */
+/**
+ * The argument type of cast `K`.
+ *
+ * @example
+ * ```ts
+ * import { type CastArg, defineServer, noreply } from "../../mod.ts";
+ * const post = (msg: { from: string; text: string }, log: string[]) => noreply([...log, msg.text]);
+ * const Chat = defineServer({ name: "chat", init: () => [] as string[], handleCast: { post } });
+ * const arg: CastArg<typeof Chat, "post"> = { from: "ada", text: "hi" };
+ * console.log(arg.text); // "hi"
+ * ```
+ */
 export type CastArg<D extends AnyServerDefinition, K extends CastName<D>> = Parameters<
   CastsOf<D>[K]
 >[0];
 /**
  * The reply type of call `K`: what its handler passes to `reply`. A handler that may `lock`
  * replies from `handleLocked`, whose reply type is not known: `unknown` then.
+ *
+ * @example
+ * ```ts
+ * import { type CallReply, defineServer, reply } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(`n=${n}`, n) },
+ * });
+ * const answer: CallReply<typeof Counter, "value"> = "n=3";
+ * console.log(answer); // "n=3"
+ * ```
  */
 export type CallReply<D extends AnyServerDefinition, K extends CallName<D>> = ReplyOf<
   Awaited<ReturnType<CallsOf<D>[K]>>
 >;
-/** The reply type carried by a handler result type `R` (`unknown` if it may lock). */
+/**
+ * The reply type carried by a handler result type `R` (`unknown` if it may lock).
+ *
+ * @example
+ * ```ts
+ * import { type NoreplyResult, type ReplyOf, type ReplyResult } from "../../mod.ts";
+ * const reply: ReplyOf<ReplyResult<string, number> | NoreplyResult<number>> = "ok";
+ * // @ts-expect-error: the reply is a string
+ * const wrong: ReplyOf<ReplyResult<string, number>> = 1;
+ * console.log(reply, wrong); // "ok" 1
+ * ```
+ */
 export type ReplyOf<R> = [Extract<R, { kind: "lock" }>] extends [never]
   ? Extract<R, { kind: "reply" }> extends { value: infer V } ? V : never
   : unknown;
 
-/** Argument list of a message: optional when its type admits `undefined`. */
+/**
+ * Argument list of a message: optional when its type admits `undefined`.
+ *
+ * @example
+ * ```ts
+ * import type { MessageArgs } from "../../mod.ts";
+ * const none: MessageArgs<number | undefined, { timeout?: number }> = [];
+ * const both: MessageArgs<string, { timeout?: number }> = ["hello", { timeout: 100 }];
+ * console.log(none.length, both.length); // 0 2
+ * ```
+ */
 export type MessageArgs<A, O> = undefined extends A ? [arg?: A, options?: O]
   : [arg: A, options?: O];

@@ -56,7 +56,16 @@ export function deepEqual(a: unknown, b: unknown): boolean {
 
 const MISSING = Symbol("missing");
 
-/** Both sides changed the same part of the state differently. */
+/**
+ * Both sides changed the same part of the state differently.
+ *
+ * @example
+ * ```ts
+ * import { StateConflictError } from "../../mod.ts";
+ * const e = new StateConflictError("state.items");
+ * console.log(e.code, e.path); // "state_conflict" "state.items"
+ * ```
+ */
 export class StateConflictError extends DGenError {
   /** Where the sides disagree, e.g. `state.items`. */
   readonly path: string;

@@ -77,7 +77,23 @@ const lockSchema = v.object({
   message: envelopeSchema,
 });
 
-/** An error as stored in a reply slot or dead letter. */
+/**
+ * An error as stored in a reply slot or dead letter.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, start, type StoredError } from "../../mod.ts";
+ * const boom = () => Promise.reject(new Error("boom"));
+ * const Fragile = defineServer({ name: "fragile", init: () => 0, handleCall: { boom } });
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 1 });
+ * await ref.call("boom").catch(() => {});
+ * const error: StoredError = (await ref.deadLetters.list())[0]!.error;
+ * console.log(error); // { code: "handler", message: "boom", attempts: 1 }
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface StoredError {
   /** The `DGenError` code, or `"handler"` for other errors. */
   code: string;

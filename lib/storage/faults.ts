@@ -15,7 +15,19 @@ import { checkTransactOptions } from "./common.ts";
 import { retryLoop } from "./retry.ts";
 import type { Backend, Transaction, TransactOptions } from "./types.ts";
 
-/** What to inject, and how often. Rates are probabilities per transaction attempt. */
+/**
+ * What to inject, and how often. Rates are probabilities per transaction attempt.
+ *
+ * @example
+ * ```ts
+ * import { type FaultOptions, openMemoryBackend, withFaults } from "../../mod.ts";
+ * const options: FaultOptions = { seed: 7, conflictRate: 1 };
+ * const backend = withFaults(openMemoryBackend(), options);
+ * const write = backend.transact((tx) => tx.add(new Uint8Array([1]), 1), { maxRetries: 2 });
+ * await write.catch((e) => console.log(e.code)); // "retries_exhausted"
+ * await backend.close();
+ * ```
+ */
 export interface FaultOptions {
   /** Seed of the pseudo-random choices; the same seed makes the same choices. */
   seed: number;
@@ -32,7 +44,19 @@ export interface FaultOptions {
   latency?: readonly [number, number];
 }
 
-/** Counts of what a {@link FaultyBackend} injected. */
+/**
+ * Counts of what a {@link FaultyBackend} injected.
+ *
+ * @example
+ * ```ts
+ * import { type FaultStats, openMemoryBackend, withFaults } from "../../mod.ts";
+ * const backend = withFaults(openMemoryBackend(), { seed: 1, conflictRate: 1 });
+ * await backend.transact((tx) => tx.clear(new Uint8Array([1])), { maxRetries: 2 }).catch(() => {});
+ * const stats: FaultStats = backend.stats;
+ * console.log(stats); // { attempts: 3, conflicts: 3, unknownApplied: 0, unknownNotApplied: 0 }
+ * await backend.close();
+ * ```
+ */
 export interface FaultStats {
   /** Attempts started. */
   attempts: number;
@@ -44,7 +68,19 @@ export interface FaultStats {
   unknownNotApplied: number;
 }
 
-/** A backend wrapped by {@link withFaults}, with counters of what it injected. */
+/**
+ * A backend wrapped by {@link withFaults}, with counters of what it injected.
+ *
+ * @example
+ * ```ts
+ * import { type FaultyBackend, openMemoryBackend, withFaults } from "../../mod.ts";
+ * const inner = openMemoryBackend();
+ * const backend: FaultyBackend = withFaults(inner, { seed: 3, latency: [0, 5] });
+ * await backend.transact((tx) => tx.set(new Uint8Array([1]), new Uint8Array([2])));
+ * console.log(backend.inner === inner, backend.kind, backend.stats.attempts); // true "memory" 1
+ * await backend.close();
+ * ```
+ */
 export interface FaultyBackend extends Backend {
   /** What has been injected so far. */
   readonly stats: Readonly<FaultStats>;

@@ -431,7 +431,21 @@ const optionsSchema = v.optional(
   {},
 );
 
-/** Options of {@link openFoundationdbBackend}. */
+/**
+ * Options of {@link openFoundationdbBackend}.
+ *
+ * @example
+ * ```ts
+ * import type { FoundationdbBackendOptions } from "../../mod.ts";
+ * const options: FoundationdbBackendOptions = {
+ *   clusterFile: "/etc/foundationdb/fdb.cluster",
+ *   directory: ["acme", "prod"],
+ *   limits: { maxTransactionDuration: 2_000 },
+ * };
+ * console.log(options.directory); // ["acme", "prod"]
+ * // With a cluster running: const backend = await openFoundationdbBackend(options);
+ * ```
+ */
 export interface FoundationdbBackendOptions {
   /**
    * Path of the cluster file. @default `FDB_CLUSTER_FILE`, else `./fdb.cluster`, else

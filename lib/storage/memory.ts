@@ -61,7 +61,19 @@ type Mutation =
   | { kind: "add"; operands: Uint8Array[] }
   | { kind: "stampedValue"; prefix: Uint8Array; suffix: Uint8Array };
 
-/** Options of {@link openMemoryBackend}. */
+/**
+ * Options of {@link openMemoryBackend}.
+ *
+ * @example
+ * ```ts
+ * import { type MemoryBackendOptions, openMemoryBackend } from "../../mod.ts";
+ * const options: MemoryBackendOptions = { limits: { maxKeySize: 100 } };
+ * const backend = openMemoryBackend(options);
+ * const set = backend.transact((tx) => tx.set(new Uint8Array(200), new Uint8Array([1])));
+ * await set.catch((e) => console.log(e.code)); // "key_too_large"
+ * await backend.close();
+ * ```
+ */
 export interface MemoryBackendOptions {
   /** Limits to enforce. @default FoundationDB's limits */
   limits?: Partial<BackendLimits>;

@@ -102,7 +102,21 @@ import {
  */
 export const POSTGRES_MAX_KEY_SIZE = 2_600;
 
-/** Options of {@link openPostgresBackend}. */
+/**
+ * Options of {@link openPostgresBackend}.
+ *
+ * @example
+ * ```ts
+ * import type { PostgresBackendOptions } from "../../mod.ts";
+ * const options: PostgresBackendOptions = {
+ *   url: "postgres://postgres@127.0.0.1:5432/postgres",
+ *   schema: "acme",
+ *   maxConnections: 4,
+ * };
+ * console.log(options.schema); // "acme"
+ * // With a server running: const backend = await openPostgresBackend(options);
+ * ```
+ */
 export interface PostgresBackendOptions {
   /**
    * Connection URL: `postgres://user:password@host:port/database`. Query parameters that

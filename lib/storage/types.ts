@@ -13,7 +13,20 @@
  * @module
  */
 
-/** One key-value pair of a range read. */
+/**
+ * One key-value pair of a range read.
+ *
+ * @example
+ * ```ts
+ * import { type KeyValue, openMemoryBackend, pack, unpack } from "../../mod.ts";
+ * const backend = openMemoryBackend();
+ * await backend.transact((tx) => tx.set(pack(["a"]), pack([1])));
+ * const [begin, end] = [new Uint8Array([0x00]), new Uint8Array([0xff])];
+ * const rows: KeyValue[] = await backend.transact((tx) => tx.getRange(begin, end));
+ * console.log(rows.map(({ key, value }) => [unpack(key), unpack(value)])); // [[["a"], [1]]]
+ * await backend.close();
+ * ```
+ */
 export interface KeyValue {
   /** The key. */
   key: Uint8Array;
@@ -21,7 +34,20 @@ export interface KeyValue {
   value: Uint8Array;
 }
 
-/** Options of {@link ReadTransaction.getRange}. */
+/**
+ * Options of {@link ReadTransaction.getRange}.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, pack, type RangeOptions, unpack } from "../../mod.ts";
+ * const backend = openMemoryBackend();
+ * await backend.transact((tx) => [1, 2, 3].forEach((i) => tx.set(pack([i]), pack([]))));
+ * const options: RangeOptions = { limit: 2, reverse: true };
+ * const rows = await backend.transact((tx) => tx.getRange(pack([0]), pack([9]), options));
+ * console.log(rows.map((kv) => unpack(kv.key)[0])); // [3, 2]
+ * await backend.close();
+ * ```
+ */
 export interface RangeOptions {
   /** Maximum number of pairs to return. @default no limit */
   limit?: number;
@@ -29,7 +55,19 @@ export interface RangeOptions {
   reverse?: boolean;
 }
 
-/** The read operations of a transaction. */
+/**
+ * The read operations of a transaction.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, pack, type ReadTransaction } from "../../mod.ts";
+ * const count = async (tx: ReadTransaction) => (await tx.getRange(pack([0]), pack([9]))).length;
+ * const backend = openMemoryBackend();
+ * await backend.transact((tx) => tx.set(pack([1]), pack(["one"])));
+ * console.log(await backend.transact((tx) => count(tx.snapshot))); // 1
+ * await backend.close();
+ * ```
+ */
 export interface ReadTransaction {
   /**
    * The value stored at `key`, or `undefined`. Sees this transaction's own writes. The array
@@ -51,6 +89,17 @@ export interface ReadTransaction {
  * when the watch is cancelled or the backend closes. A watch may fire spuriously; watchers
  * re-read what they watch. Like FoundationDB's watches, it is armed only when the transaction
  * that made it commits; if that transaction fails, the watch resolves `false`.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, type Watch } from "../../mod.ts";
+ * const backend = openMemoryBackend();
+ * const key = new TextEncoder().encode("config");
+ * const watch: Watch = await backend.transact((tx) => tx.watch(key));
+ * await backend.transact((tx) => tx.set(key, new Uint8Array([1])));
+ * console.log(await watch.promise); // true
+ * await backend.close();
+ * ```
  */
 export interface Watch {
   /** Resolves `true` when the key was written, `false` when cancelled. */
@@ -59,7 +108,23 @@ export interface Watch {
   cancel(): void;
 }
 
-/** A read-write transaction. Writes are buffered or applied so that later reads see them. */
+/**
+ * A read-write transaction. Writes are buffered or applied so that later reads see them.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, pack, readInt64LE, type Transaction } from "../../mod.ts";
+ * const visit = async (tx: Transaction) => {
+ *   tx.add(pack(["visits"]), 1);
+ *   tx.set(pack(["last"]), new TextEncoder().encode("ada"));
+ *   return readInt64LE(await tx.get(pack(["visits"])));
+ * };
+ * const backend = openMemoryBackend();
+ * await backend.transact(visit);
+ * console.log(await backend.transact(visit)); // 2n
+ * await backend.close();
+ * ```
+ */
 export interface Transaction extends ReadTransaction {
   /**
    * The same reads without adding to the conflict set (FoundationDB's snapshot reads): a
@@ -100,7 +165,18 @@ export interface Transaction extends ReadTransaction {
   addReadConflictRange(begin: Uint8Array, end: Uint8Array): void;
 }
 
-/** Size and time limits of a backend. Writes over them fail before commit. */
+/**
+ * Size and time limits of a backend. Writes over them fail before commit.
+ *
+ * @example
+ * ```ts
+ * import { type BackendLimits, openMemoryBackend } from "../../mod.ts";
+ * const backend = openMemoryBackend({ limits: { maxValueSize: 1_000 } });
+ * const limits: BackendLimits = backend.limits;
+ * console.log(limits.maxValueSize, limits.maxKeySize); // 1000 10000
+ * await backend.close();
+ * ```
+ */
 export interface BackendLimits {
   /** Largest key, in bytes. */
   readonly maxKeySize: number;
@@ -112,7 +188,18 @@ export interface BackendLimits {
   readonly maxTransactionDuration: number;
 }
 
-/** FoundationDB's limits, which the embedded backends declare too so code moves between them. */
+/**
+ * FoundationDB's limits, which the embedded backends declare too so code moves between them.
+ *
+ * @example
+ * ```ts
+ * import { FOUNDATIONDB_LIMITS, openMemoryBackend } from "../../mod.ts";
+ * console.log(FOUNDATIONDB_LIMITS.maxValueSize); // 100000
+ * const backend = openMemoryBackend();
+ * console.log(backend.limits.maxKeySize === FOUNDATIONDB_LIMITS.maxKeySize); // true
+ * await backend.close();
+ * ```
+ */
 export const FOUNDATIONDB_LIMITS: BackendLimits = Object.freeze({
   maxKeySize: 10_000,
   maxValueSize: 100_000,
@@ -120,7 +207,19 @@ export const FOUNDATIONDB_LIMITS: BackendLimits = Object.freeze({
   maxTransactionDuration: 5_000,
 });
 
-/** Options of {@link Backend.transact}. */
+/**
+ * Options of {@link Backend.transact}.
+ *
+ * @example
+ * ```ts
+ * import { openMemoryBackend, type TransactOptions } from "../../mod.ts";
+ * const backend = openMemoryBackend();
+ * const options: TransactOptions = { readOnly: true, maxRetries: 3 };
+ * const value = await backend.transact((tx) => tx.get(new Uint8Array([1])), options);
+ * console.log(value); // undefined
+ * await backend.close();
+ * ```
+ */
 export interface TransactOptions {
   /**
    * How many times to run the body again after a retryable failure (a conflict, an unknown
