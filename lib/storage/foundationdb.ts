@@ -990,7 +990,7 @@ export async function openFoundationdbBackendWith(
  *
  * @example
  * ```ts ignore
- * import { openFoundationdbBackend, openTenant } from "./mod.ts";
+ * import { openFoundationdbBackend, openTenant } from "../../mod.ts";
  * const backend = await openFoundationdbBackend({
  *   clusterFile: "/etc/foundationdb/fdb.cluster",
  * });
