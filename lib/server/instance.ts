@@ -197,7 +197,24 @@ const SLOT_CLEAR_DELAY = 50;
 /** At most this many slot clears ride on one call's commit or one clearing commit. */
 const SLOT_CLEAR_BATCH = 500;
 
-/** Options of {@link start}. */
+/**
+ * Options of {@link start}.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, openMemoryBackend, openTenant, reply, start, type StartOptions } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(n, n) },
+ * });
+ * const options: StartOptions = { tenant: await openTenant(openMemoryBackend(), "demo"), id: "c1" };
+ * const ref = await start(Counter, [], options);
+ * console.log(ref.id); // "c1"
+ * await ref.stop();
+ * await options.tenant.backend.close();
+ * ```
+ */
 export interface StartOptions {
   /** The tenant the server lives in. */
   tenant: Tenant;
@@ -220,13 +237,54 @@ export interface StartOptions {
   lockLease?: number;
 }
 
-/** Options of `ServerRef.call`. */
+/**
+ * Options of `ServerRef.call`.
+ *
+ * @example
+ * ```ts
+ * import { type CallOptions, defineServer, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(n, n) },
+ * });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * const options: CallOptions = { timeout: 1_000 };
+ * console.log(await ref.call("value", undefined, options)); // 0
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface CallOptions {
   /** Milliseconds to wait for the reply, or `Infinity`. @default 5000 */
   timeout?: number;
 }
 
-/** A dead-lettered message as listed by `ServerRef.deadLetters.list`. */
+/**
+ * A dead-lettered message as listed by `ServerRef.deadLetters.list`.
+ *
+ * @example
+ * ```ts
+ * import { type DeadLetter, defineServer, noreply, openMemoryBackend, openTenant, start } from "../../mod.ts";
+ * const Picky = defineServer({
+ *   name: "picky",
+ *   init: () => 0,
+ *   handleCast: {
+ *     take: (n: number, s: number) => {
+ *       if (n < 0) throw new Error("negative");
+ *       return noreply(s + n);
+ *     },
+ *   },
+ * });
+ * const tenant = await openTenant(openMemoryBackend(), "demo");
+ * const ref = await start(Picky, [], { tenant, deadLetterThreshold: 1 });
+ * await ref.cast("take", -1); // its first failed attempt reaches the threshold
+ * const letters: DeadLetter[] = await ref.deadLetters.list();
+ * console.log(letters[0]!.name, letters[0]!.error.message); // "take" "negative"
+ * await ref.stop();
+ * await tenant.backend.close();
+ * ```
+ */
 export interface DeadLetter {
   /** Key to pass to `requeue`. */
   key: string;
@@ -244,7 +302,23 @@ export interface DeadLetter {
   at: number;
 }
 
-/** The dead-letter list of a server. */
+/**
+ * The dead-letter list of a server.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, start } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ * });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * console.log((await ref.deadLetters.list()).length, await ref.deadLetters.purge()); // 0 0
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface DeadLetters {
   /** The dead letters, oldest first. */
   list(): Promise<DeadLetter[]>;
@@ -254,7 +328,24 @@ export interface DeadLetters {
   purge(): Promise<number>;
 }
 
-/** Counters of one instance. */
+/**
+ * Counters of one instance.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, start } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ * });
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * await ref.cast("bump", 2);
+ * console.log(ref.stats.processed, ref.stats.deadLettered); // 1 0
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface InstanceStats {
   /** Standard messages this instance applied. */
   processed: number;
@@ -266,7 +357,27 @@ export interface InstanceStats {
   lockLost: number;
 }
 
-/** A live instance of a durable server, made by {@link start}. */
+/**
+ * A live instance of a durable server, made by {@link start}.
+ *
+ * @example
+ * ```ts
+ * import { defineServer, noreply, openMemoryBackend, openTenant, reply, type ServerRef, start } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(n, n) },
+ *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ * });
+ * const ref: ServerRef<typeof Counter> = await start(Counter, [], {
+ *   tenant: await openTenant(openMemoryBackend(), "demo"),
+ * });
+ * await ref.cast("bump", 5);
+ * console.log(await ref.call("value")); // 5
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export interface ServerRef<D extends AnyServerDefinition = AnyServerDefinition> {
   /** The server id. */
   readonly id: string;
@@ -307,7 +418,26 @@ export interface ServerRef<D extends AnyServerDefinition = AnyServerDefinition> 
   readonly deadLetters: DeadLetters;
 }
 
-/** One cast of `castMany`: `[name, arg]`. */
+/**
+ * One cast of `castMany`: `[name, arg]`.
+ *
+ * @example
+ * ```ts
+ * import { type CastTuple, defineServer, noreply, openMemoryBackend, openTenant, reply, start } from "../../mod.ts";
+ * const Counter = defineServer({
+ *   name: "counter",
+ *   init: () => 0,
+ *   handleCall: { value: (_: undefined, _from, n: number) => reply(n, n) },
+ *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ * });
+ * const casts: CastTuple<typeof Counter>[] = [["bump", 1], ["bump", 2]];
+ * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
+ * await ref.castMany(casts);
+ * console.log(await ref.call("value")); // 3
+ * await ref.stop();
+ * await ref.tenant.backend.close();
+ * ```
+ */
 export type CastTuple<D extends AnyServerDefinition> = {
   [K in CastName<D>]: undefined extends CastArg<D, K> ? readonly [K, CastArg<D, K>?]
     : readonly [K, CastArg<D, K>];

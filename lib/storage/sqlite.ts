@@ -81,7 +81,18 @@ import {
   type Watch,
 } from "./types.ts";
 
-/** Options of {@link openSqliteBackend}. */
+/**
+ * Options of {@link openSqliteBackend}.
+ *
+ * @example
+ * ```ts
+ * import { openSqliteBackend, type SqliteBackendOptions } from "../../mod.ts";
+ * const options: SqliteBackendOptions = { path: ".dgen/options-example.sqlite", synchronous: "full" };
+ * const backend = await openSqliteBackend(options);
+ * console.log(backend.kind); // "sqlite"
+ * await backend.close();
+ * ```
+ */
 export interface SqliteBackendOptions {
   /**
    * Path of the database file. Its parent directory is created if missing. Next to it, SQLite
