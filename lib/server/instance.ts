@@ -114,6 +114,11 @@ export interface TestHooks {
   renewLeases: boolean;
   /** Makes every further transaction of the instance fail, and stops its loops and timers. */
   crash(): void;
+  /**
+   * Runs one heartbeat now, as the instance's timer would (every GC_EVERY-th of a consuming
+   * instance also collects garbage); resolves once its transaction settled.
+   */
+  beat(): Promise<void>;
 }
 
 /** The test hooks of an instance. */
@@ -587,6 +592,7 @@ class Instance {
       this.#abort.abort(new ServerStoppedError("crashed"));
       this.#resolveStopped("crashed");
     },
+    beat: () => this.#beat() ?? Promise.resolve(),
   };
 
   constructor(def: AnyServerDefinition, opts: v.InferOutput<typeof startOptionsSchema>) {
@@ -677,11 +683,11 @@ class Instance {
     bumpChange(tx, this.#rt);
   }
 
-  #beat(): void {
-    if (this.#state !== "running") return;
+  #beat(): Promise<void> | undefined {
+    if (this.#state !== "running") return undefined;
     this.#beats++;
     const gc = this.#consume && this.#beats % GC_EVERY === 0;
-    this.#track(
+    return this.#track(
       this.#rt.tenant.backend.transact(async (tx) => {
         if (await readMeta(tx, this.#rt) === undefined) return;
         this.#writePresence(tx);

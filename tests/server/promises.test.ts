@@ -24,41 +24,10 @@ import {
 } from "../../mod.ts";
 import { testHooks } from "../../lib/server/instance.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
-import { encodeRecord, HEARTBEAT_INTERVAL, timeOrderedId } from "../../lib/server/records.ts";
+import { encodeRecord, timeOrderedId } from "../../lib/server/records.ts";
 import { backends, fresh } from "./_backends.ts";
 import { Counter } from "./_defs.ts";
 import { deadline, waitFor } from "../_helpers.ts";
-
-/** Heartbeat period of the instances {@link startWithFastHeartbeat} starts, ms. */
-const FAST_BEAT = 20;
-
-/**
- * Runs `open` (which starts instances) with the heartbeat timer of the instances it starts
- * shortened from HEARTBEAT_INTERVAL to FAST_BEAT ms, so that a consuming instance's periodic
- * garbage collection (every GC_EVERY heartbeats, 30 s at the real pace) comes within a test's
- * patience. There is no test hook for the heartbeat period and lib/ is not ours to change here:
- * the runtime's own `setInterval` call is redirected, only while `open` runs, and only for that
- * exact period. Fails if no heartbeat timer was made (the runtime schedules it differently).
- */
-async function startWithFastHeartbeat<T>(open: () => Promise<T>): Promise<T> {
-  const real = globalThis.setInterval;
-  let redirected = 0;
-  globalThis.setInterval = ((handler: () => void, ms?: number, ...rest: unknown[]) => {
-    if (ms === HEARTBEAT_INTERVAL) {
-      redirected++;
-      ms = FAST_BEAT;
-    }
-    return (real as (...a: unknown[]) => ReturnType<typeof setInterval>)(handler, ms, ...rest);
-  }) as typeof setInterval;
-  let opened: T;
-  try {
-    opened = await open();
-  } finally {
-    globalThis.setInterval = real;
-  }
-  assert.ok(redirected > 0, "no heartbeat timer was started");
-  return opened;
-}
 
 /** A server whose `work` call locks; `handleLocked` waits on a gate the test opens. */
 function jobServer() {
@@ -179,9 +148,14 @@ for (const b of backends) {
           return out;
         });
       assert.deepEqual(await present(gone), Object.keys(gone), "the slots were written");
-      const consumer = await startWithFastHeartbeat(() => start(Counter, [], { tenant }));
+      const consumer = await start(Counter, [], { tenant });
+      // At the real pace a consuming instance collects garbage every GC_EVERY heartbeats (30 s):
+      // run its heartbeats now instead.
       await waitFor(
-        async () => (await present(gone)).length === 0,
+        async () => {
+          await testHooks(consumer).beat();
+          return (await present(gone)).length === 0;
+        },
         10_000,
         "abandoned reply slots were not collected",
       );
