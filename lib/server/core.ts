@@ -148,10 +148,11 @@ export class HandlerFailure extends Error {
 
 /**
  * Whether `e` is a failure that a message's own results cause every time they are stored: a
- * state or reply that cannot be encoded (a `CodecError` met writing it), or a key, value or transaction
- * over the backend's limits, or a transaction that ran past its time limit. Retrying the same
- * message cannot help; it counts as a failed attempt of the message that caused it, so that the
- * message is dead-lettered at the threshold instead of wedging its server.
+ * state or reply that cannot be encoded (a `CodecError` met writing it), or a key, value or
+ * transaction over the backend's limits, or a transaction that ran past its time limit.
+ * Retrying the same message cannot help; it counts as a failed attempt of the message that
+ * caused it, so that the message is dead-lettered at the threshold instead of wedging its
+ * server.
  */
 export function isPoison(e: unknown): boolean {
   return e instanceof LimitExceededError || (e instanceof CodecError && unstorable.has(e));
@@ -656,9 +657,12 @@ function fitErrorText(
   }
 }
 
-/** What `error` says, as stored with a failed attempt (before clipping). */
+/**
+ * What `error` says, as stored with a failed attempt (before clipping): well-formed, since a
+ * string with an unpaired surrogate cannot be stored, and the failure would then fail too.
+ */
 function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  return (error instanceof Error ? error.message : String(error)).toWellFormed();
 }
 
 /**

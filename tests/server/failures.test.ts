@@ -202,6 +202,9 @@ for (const b of backends) {
         quote: (text: string): never => {
           throw new Error(`refused: ${text}`);
         },
+        surrogate: (): never => {
+          throw new Error("refused: \ud800"); // half a UTF-16 pair: no UTF-8 form
+        },
       },
     });
 
@@ -244,6 +247,21 @@ for (const b of backends) {
       );
       await waitFor(async () => await ref.call("get") === 3, 10_000, "the casts were not applied");
       await waitFor(() => ref.stats.deadLettered === 1, 10_000, "not dead-lettered");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("dead-letters a message whose error text has an unpaired surrogate", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 2 });
+      await quietly(async () => {
+        await ref.cast("surrogate");
+        await ref.cast("inc");
+        await waitFor(async () => await ref.call("get") === 1, 10_000, "the server wedged");
+      });
+      const letters = await ref.deadLetters.list();
+      assert.equal(letters.length, 1);
+      assert.equal(letters[0]!.error.message, "refused: \ufffd");
       await ref.stop();
       await backend.close();
     });
