@@ -10,7 +10,7 @@
 import * as v from "valibot";
 import { EMPTY_BYTES, readInt64LENumber, strinc, toHex } from "./bytes.ts";
 import { createStateCodec } from "./codec/state.ts";
-import { MEMBERSHIP, SERVER_INDEX, ServerKeys } from "./server/keys.ts";
+import { MEMBERSHIP, SERVER_INDEX, serverIdSchema, ServerKeys } from "./server/keys.ts";
 import type { Watch } from "./storage/types.ts";
 import {
   decodeEnvelope,
@@ -23,11 +23,6 @@ import { type Tenant, tenantSchema } from "./tenant.ts";
 import { unpack } from "./tuple.ts";
 import { parse } from "./validate.ts";
 
-const idSchema = v.pipe(
-  v.string(),
-  v.minLength(1, "Expected a non-empty string"),
-  v.maxLength(1000),
-);
 const viewOptionsSchema = v.strictObject({
   headLimit: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10_000))),
 });
@@ -233,7 +228,7 @@ export async function readServerView(
   options: ViewOptions = {},
 ): Promise<ServerView | undefined> {
   parse(tenantSchema, tenant, "tenant");
-  parse(idSchema, id, "id");
+  parse(serverIdSchema, id, "id");
   parse(viewOptionsSchema, options, "options");
   const keys = new ServerKeys(id);
   const codec = createStateCodec({ maxValueSize: tenant.backend.limits.maxValueSize });

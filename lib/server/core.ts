@@ -674,12 +674,21 @@ export function failedAttempt(rt: Runtime, message: Envelope, error: unknown): E
   lastError: string;
 } {
   const attempts = message.attempts + 1;
-  const { text } = fitErrorText(
-    rt,
-    errorText(error),
-    (lastError) => ({ ...message, attempts, lastError }),
-  );
-  return { ...message, attempts, lastError: text };
+  return { ...message, attempts, lastError: fittedAttempt(rt, message, error).text };
+}
+
+/** {@link failedAttempt}, encoded as the queue entry it becomes. */
+export function failedAttemptRecord(rt: Runtime, message: Envelope, error: unknown): Uint8Array {
+  return fittedAttempt(rt, message, error).bytes;
+}
+
+function fittedAttempt(
+  rt: Runtime,
+  message: Envelope,
+  error: unknown,
+): { bytes: Uint8Array; text: string } {
+  const attempts = message.attempts + 1;
+  return fitErrorText(rt, errorText(error), (lastError) => ({ ...message, attempts, lastError }));
 }
 
 /**
@@ -698,13 +707,14 @@ export async function recordFailure(
   if (attempts >= rt.deadLetterThreshold) {
     if (queueKey !== undefined) removeFromQueue(tx, rt, queueKey);
     const at = rt.now();
+    const base = toStoredError(error, attempts);
     const { bytes, text: lastError } = fitErrorText(rt, errorText(error), (text) => ({
       message: { ...message, attempts, lastError: text },
       attempts,
-      error: { ...toStoredError(error, attempts), message: text },
+      error: { ...base, message: text },
       at,
     }));
-    const stored = { ...toStoredError(error, attempts), message: lastError };
+    const stored = { ...base, message: lastError };
     tx.setVersionstampedKey(
       rt.keys.deadLetters,
       ServerKeys.entrySuffix(effects.stampIndex++),
@@ -726,11 +736,7 @@ export async function recordFailure(
     bumpChange(tx, rt);
     return "dead";
   }
-  const failed = failedAttempt(rt, message, error);
-  const updated = encodeRecord(failed);
-  if (queueKey !== undefined) {
-    tx.set(queueKey, updated);
-  }
+  if (queueKey !== undefined) tx.set(queueKey, failedAttemptRecord(rt, message, error));
   bumpChange(tx, rt);
   return "retry";
 }
@@ -928,7 +934,7 @@ export async function takeOver(
   if (result === "retry") {
     tx.set(
       held.queueKey,
-      encodeRecord(failedAttempt(rt, held.message, error)),
+      failedAttemptRecord(rt, held.message, error),
     );
     tx.add(rt.keys.queueLength, 1);
   }
@@ -1033,7 +1039,7 @@ export async function lockedFailure(
   if (result === "retry") {
     tx.set(
       held.queueKey,
-      encodeRecord(failedAttempt(rt, held.message, error)),
+      failedAttemptRecord(rt, held.message, error),
     );
     tx.add(rt.keys.queueLength, 1);
   }

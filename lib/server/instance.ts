@@ -77,7 +77,7 @@ import {
   type MessageArgs,
 } from "./definition.ts";
 import { crashPoint } from "./crashpoints.ts";
-import { ServerKeys } from "./keys.ts";
+import { serverIdSchema, ServerKeys } from "./keys.ts";
 import {
   decodeDeadLetter,
   decodePresence,
@@ -451,9 +451,7 @@ export type CastTuple<D extends AnyServerDefinition> = {
 const positiveInt = v.pipe(v.number(), v.integer(), v.minValue(1));
 const startOptionsSchema = v.strictObject({
   tenant: tenantSchema,
-  id: v.optional(
-    v.pipe(v.string(), v.minLength(1, "Expected a non-empty string"), v.maxLength(1000)),
-  ),
+  id: v.optional(serverIdSchema),
   consume: v.optional(v.boolean()),
   reset: v.optional(v.boolean()),
   cache: v.optional(v.boolean()),
@@ -797,7 +795,7 @@ class Instance {
    * Runs a body in a transaction with fresh effects per attempt; after commit, updates the
    * cache and runs actions and dead-letter hooks. With `deadline` (an inline call's), the
    * promise rejects with a CallTimeoutError once the deadline passes, and the transaction goes
-   * on: if it commits, what the call left to do is still done (see #lateCall).
+   * on: if it commits, what the call left to do is still done (see #carryOut).
    */
   #transact<T>(
     body: (tx: Transaction, effects: TxEffects) => Promise<T>,
@@ -839,7 +837,7 @@ class Instance {
       committed.then((value) => {
         const version = stamped?.[committedStamp]() ?? stamp;
         const done = () => {
-          if (deadline?.expired) return this.#lateCall(value as InlineOutcome);
+          if (deadline?.expired) return this.#carryOut(value as InlineOutcome);
           if (deadline !== undefined) this.#deadlines.delete(deadline);
           resolve({ value, effects: effects!, attempts });
         };
@@ -885,8 +883,11 @@ class Instance {
     return ticker;
   }
 
-  /** An inline call committed after its caller timed out: what it left to do is still done. */
-  #lateCall(outcome: InlineOutcome): void {
+  /**
+   * Does what a committed inline call left to do (run the lock it took, stop the instance),
+   * whether its caller still waits or has timed out.
+   */
+  #carryOut(outcome: InlineOutcome): void {
     if (outcome.kind === "locked") this.#track(this.#runLocked(outcome.work));
     else if (outcome.kind === "stopped") void this.#shutdown(outcome.reason);
   }
@@ -1422,11 +1423,10 @@ class Instance {
         );
         const outcome = r.value;
         if (outcome.kind === "replied") return outcome.value;
+        this.#carryOut(outcome);
         if (outcome.kind === "stopped") {
-          void this.#shutdown(outcome.reason);
           throw new ServerStoppedError(`Server stopped: ${outcome.reason}`);
         }
-        if (outcome.kind === "locked") this.#track(this.#runLocked(outcome.work));
         watch = outcome.watch;
         // After a retry, an earlier attempt may have committed and the reply may have landed
         // before this attempt's watch was made: such a watch would never fire.

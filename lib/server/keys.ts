@@ -25,8 +25,16 @@
  * @module
  */
 
+import * as v from "valibot";
 import { concatBytes, fixedBytes, strinc } from "../bytes.ts";
 import { pack, packAfter } from "../tuple.ts";
+
+/** A server id: a non-empty string of at most 1,000 characters (checked where ids come in). */
+export const serverIdSchema = v.pipe(
+  v.string(),
+  v.minLength(1, "Expected a non-empty string"),
+  v.maxLength(1000),
+);
 
 /** Keys of one server, all relative to its tenant. */
 export class ServerKeys {

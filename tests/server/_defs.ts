@@ -90,3 +90,46 @@ export const Typed = defineServer({
     setN: (n: number, s: { name: string; n: number }) => noreply({ ...s, n }),
   },
 });
+
+/** The state of {@link jobServer}'s server. */
+export interface Job {
+  status: string;
+  notes: string[];
+  results: string[];
+}
+
+/**
+ * A server whose `work` call locks; `handleLocked` records the instance, fencing token and
+ * signal it ran with, and waits on a gate the test opens.
+ */
+export function jobServer() {
+  const gates: PromiseWithResolvers<void>[] = [];
+  const started: string[] = [];
+  const tokens: bigint[] = [];
+  const signals: AbortSignal[] = [];
+  const def = defineServer({
+    name: "job",
+    init: (): Job => ({ status: "idle", notes: [], results: [] }),
+    handleCall: {
+      work: (task: string, _from, s: Job) =>
+        task === "quick" ? reply("quick", s) : lock({ ...s, status: `running ${task}` }),
+      get: (_: undefined, _from, s: Job) => reply(s, s),
+      note: (n: string, _from, s: Job) => reply("noted", { ...s, notes: [...s.notes, n] }),
+      status: (st: string, _from, s: Job) => reply("set", { ...s, status: st }),
+    },
+    handleCast: {
+      note: (n: string, s: Job) => noreply({ ...s, notes: [...s.notes, n] }),
+    },
+    handleLocked: async (event, s: Job, ctx) => {
+      started.push(ctx.instance);
+      tokens.push(ctx.fencingToken!);
+      signals.push(ctx.signal);
+      const gate = Promise.withResolvers<void>();
+      gates.push(gate);
+      await gate.promise;
+      const task = event.arg as string;
+      return reply(`done ${task}`, { ...s, status: "idle", results: [...s.results, task] });
+    },
+  });
+  return { def, gates, started, tokens, signals };
+}

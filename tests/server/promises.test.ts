@@ -13,7 +13,6 @@ import process from "node:process";
 import {
   CallTimeoutError,
   defineServer,
-  lock,
   LockLostError,
   noreply,
   readServerView,
@@ -26,33 +25,8 @@ import { testHooks } from "../../lib/server/instance.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
 import { encodeRecord, timeOrderedId } from "../../lib/server/records.ts";
 import { backends, fresh } from "./_backends.ts";
-import { Counter } from "./_defs.ts";
+import { Counter, jobServer } from "./_defs.ts";
 import { deadline, waitFor } from "../_helpers.ts";
-
-/** A server whose `work` call locks; `handleLocked` waits on a gate the test opens. */
-function jobServer() {
-  const gates: PromiseWithResolvers<void>[] = [];
-  const started: string[] = [];
-  const signals: AbortSignal[] = [];
-  const def = defineServer({
-    name: "job",
-    init: () => ({ results: [] as string[] }),
-    handleCall: {
-      work: (_task: string, _from, s: { results: string[] }) => lock(s),
-      get: (_: undefined, _from, s: { results: string[] }) => reply(s, s),
-    },
-    handleLocked: async (event, s: { results: string[] }, ctx) => {
-      started.push(ctx.instance);
-      signals.push(ctx.signal);
-      const gate = Promise.withResolvers<void>();
-      gates.push(gate);
-      await gate.promise;
-      const task = event.arg as string;
-      return reply(`done ${task}`, { results: [...s.results, task] });
-    },
-  });
-  return { def, gates, started, signals };
-}
 
 /** A server whose handleInfo fails on request (throws, or returns something that is no result). */
 function infoServer() {
