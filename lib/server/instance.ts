@@ -1213,6 +1213,7 @@ class Instance {
     const m = this.#envelope("cast", name, arg, timeOrderedId());
     await new Promise<void>((resolve, reject) => {
       this.#castQueue.push({ m, size, resolve, reject });
+      this.#castsQueued++;
       this.#castFlush ??= this.#track(this.#flushCasts());
     });
   }
@@ -1223,13 +1224,23 @@ class Instance {
   /**
    * Waits for the casts this instance made before (awaited or not) to be enqueued or applied,
    * so that a call or castMany lands after them: the order of messages between two Erlang
-   * processes. Nothing to wait for, nothing awaited.
+   * processes. Only those: casts made later (a stream of them from other producers keeps the
+   * flush going) are not waited for. Nothing to wait for, nothing awaited.
    */
   #sendsBefore(): Promise<unknown> | undefined {
-    const flush = this.#castFlush;
-    if (this.#manyInFlight.size === 0) return flush;
-    return Promise.all([flush, ...this.#manyInFlight]);
+    const upTo = this.#castsQueued;
+    const casts = this.#castsSettled < upTo
+      ? new Promise<void>((resolve) => this.#castWaiters.push({ upTo, resolve }))
+      : undefined;
+    if (this.#manyInFlight.size === 0) return casts;
+    return Promise.all([casts, ...this.#manyInFlight]);
   }
+
+  /** Casts queued so far, and how many of them have settled (they settle in queue order). */
+  #castsQueued = 0;
+  #castsSettled = 0;
+  /** Calls and castManys waiting for the casts queued before them, in `upTo` order. */
+  readonly #castWaiters: Array<{ upTo: number; resolve: () => void }> = [];
 
   readonly #castQueue: Array<
     { m: Envelope; size: number; resolve: () => void; reject: (e: unknown) => void }
@@ -1263,6 +1274,13 @@ class Instance {
         } catch (e) {
           for (const c of batch) c.reject(e);
         }
+        this.#castsSettled += batch.length;
+        const waiters = this.#castWaiters;
+        let w = 0;
+        while (w < waiters.length && waiters[w]!.upTo <= this.#castsSettled) {
+          waiters[w++]!.resolve();
+        }
+        if (w > 0) waiters.splice(0, w);
       }
     } finally {
       this.#castFlush = undefined;

@@ -132,6 +132,38 @@ for (const b of backends) {
       );
     }
 
+    it("a call waits only for the casts made before it, not for a stream of later ones", async () => {
+      const { backend, tenant } = await fresh(b);
+      // Casts past the first `batchSize` of a flush go through the queue: 64 keeps it short.
+      const ref = await start(Counter, [], { tenant, batchSize: 64 });
+      // More producers than one cast transaction takes (1,000), each casting again as soon as
+      // its cast resolves: the instance's cast queue is never empty while they run.
+      const CAP = 15_000;
+      let sent = 0;
+      let stop = false;
+      // Resolved by the producers, not polled: on the memory backend they never yield to timers.
+      const started = Promise.withResolvers<void>();
+      const producer = async () => {
+        while (!stop && sent < CAP) {
+          if (++sent === 3_000) started.resolve();
+          await ref.cast("bump", 1);
+        }
+      };
+      const producers = Array.from({ length: 1_500 }, producer);
+      await deadline(started.promise, 10_000, "the producers did not start");
+      const before = sent;
+      const seen = await ref.call("value", undefined, { timeout: 30_000 }) as number;
+      stop = true;
+      await Promise.all(producers);
+      // The call lands after the casts made before it (at least `before` applied), and it did not
+      // wait for the producers to run dry (before the fix it answered only at CAP).
+      assert.ok(seen >= before, `the call saw ${seen} of the ${before} casts made before it`);
+      assert.ok(seen < CAP, `the call waited for all ${seen - before} later casts`);
+      assert.equal(await ref.call("value", undefined, { timeout: 30_000 }), sent);
+      await ref.stop();
+      await backend.close();
+    });
+
     it("clears an answered reply slot in the next call's commit, the last one soon after", async () => {
       const { backend, tenant } = await fresh(b);
       const consumer = await start(Counter, [], { tenant });
