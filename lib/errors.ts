@@ -5,6 +5,8 @@
  * @module
  */
 
+import { errorMessage } from "./describe.ts";
+
 /**
  * Options accepted by every dgen error constructor.
  *
@@ -365,9 +367,7 @@ export class RetriesExhaustedError extends TransactionError {
   constructor(retries: number, last: unknown) {
     super(
       "retries_exhausted",
-      `Transaction failed after ${retries + 1} attempts: ${
-        last instanceof Error ? last.message : String(last)
-      }`,
+      `Transaction failed after ${retries + 1} attempts: ${errorMessage(last)}`,
       {
         cause: last,
         retryable: false,

@@ -28,6 +28,7 @@ import {
 } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
 import type { Transaction, Watch } from "../storage/types.ts";
+import { errorMessage } from "../describe.ts";
 import type { Tenant } from "../tenant.ts";
 import { scopeTransaction } from "../storage/subspace.ts";
 import { encodedSize } from "../codec/value.ts";
@@ -142,7 +143,7 @@ export class HandlerFailure extends Error {
     readonly error: unknown,
     readonly attempts?: number,
   ) {
-    super(error instanceof Error ? error.message : String(error), { cause: error });
+    super(errorMessage(error), { cause: error });
   }
 }
 
@@ -662,7 +663,7 @@ function fitErrorText(
  * string with an unpaired surrogate cannot be stored, and the failure would then fail too.
  */
 function errorText(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).toWellFormed();
+  return errorMessage(error).toWellFormed();
 }
 
 /**

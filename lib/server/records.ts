@@ -11,6 +11,7 @@ import * as v from "valibot";
 import { printable } from "../bytes.ts";
 import { CodecError } from "../errors.ts";
 import { decode, encode } from "../codec/value.ts";
+import { errorCode, errorMessage } from "../describe.ts";
 
 /** A queued message. */
 export interface Envelope {
@@ -295,9 +296,7 @@ export function idTime(id: string): number {
 
 /** Converts an error into its stored form. */
 export function toStoredError(e: unknown, attempts?: number): StoredError {
-  const code = typeof (e as { code?: unknown })?.code === "string"
-    ? (e as { code: string }).code
-    : "handler";
-  const message = e instanceof Error ? e.message : String(e);
+  const code = errorCode(e) ?? "handler";
+  const message = errorMessage(e);
   return attempts === undefined ? { code, message } : { code, message, attempts };
 }

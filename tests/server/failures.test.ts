@@ -194,6 +194,9 @@ for (const b of backends) {
       handleCall: {
         get: (_: undefined, _f, s: Frail) => reply(s.n, s),
         unstorable: (_: undefined, _f, s: Frail) => reply("ok", { ...s, f: () => 1 } as Frail),
+        unprintable: (): never => {
+          throw Object.create(null); // no toString: String() of it throws
+        },
       },
       handleCast: {
         // Keeps what else the state holds: an unstorable state stays so.
@@ -204,6 +207,18 @@ for (const b of backends) {
         },
         surrogate: (): never => {
           throw new Error("refused: \ud800"); // half a UTF-16 pair: no UTF-8 form
+        },
+        unprintable: (): never => {
+          throw Object.create(null);
+        },
+        badMessage: (): never => {
+          const e = new Error();
+          Object.defineProperty(e, "message", {
+            get() {
+              throw new TypeError("no message today");
+            },
+          });
+          throw e;
         },
       },
     });
@@ -262,6 +277,31 @@ for (const b of backends) {
       const letters = await ref.deadLetters.list();
       assert.equal(letters.length, 1);
       assert.equal(letters[0]!.error.message, "refused: \ufffd");
+      await ref.stop();
+      await backend.close();
+    });
+
+    it("dead-letters messages whose thrown values cannot be printed", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Fragile, [], { tenant, deadLetterThreshold: 2 });
+      await quietly(async () => {
+        await ref.cast("unprintable");
+        await ref.cast("badMessage");
+        await ref.cast("inc");
+        await waitFor(async () => await ref.call("get") === 1, 10_000, "the server wedged");
+        await assert.rejects(
+          ref.call("unprintable", undefined, { timeout: 10_000 }),
+          (e) => e instanceof DeadLetterError && e.attempts === 2,
+        );
+      });
+      const letters = await ref.deadLetters.list();
+      assert.deepEqual(letters.map((l) => [l.kind, l.name]), [
+        ["cast", "unprintable"],
+        ["cast", "badMessage"],
+        ["call", "unprintable"],
+      ]);
+      assert.match(letters[0]!.error.message, /cannot be printed/);
+      assert.match(letters[1]!.error.message, /cannot be printed/);
       await ref.stop();
       await backend.close();
     });
