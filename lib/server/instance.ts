@@ -152,6 +152,8 @@ class CallDeadline {
   settle: (error: unknown) => void = IGNORE;
   /** The deadline passed before the transaction settled. */
   expired = false;
+  /** What to do with a failure that comes after the deadline (the caller has gone). */
+  late: (error: unknown) => void = IGNORE;
   /** Neighbours in the instance's list of calls in flight (a list, not a Set: no hashing). */
   prev: CallDeadline | undefined = undefined;
   next: CallDeadline | undefined = undefined;
@@ -830,7 +832,8 @@ class Instance {
       }
       const fail = (e: unknown) => {
         if (deadline === undefined) return reject(e);
-        if (deadline.expired) return; // nothing committed; the caller has gone
+        // Nothing committed, and the caller has gone; a handler's failure still counts.
+        if (deadline.expired) return deadline.late(e);
         this.#deadlines.delete(deadline);
         reject(e);
       };
@@ -1440,10 +1443,25 @@ class Instance {
     const before = this.#sendsBefore();
     if (before !== undefined) await before; // not an await of nothing: a hop per call
     if (this.#consume) {
+      let deadline: CallDeadline | undefined;
+      if (deadlineAt !== null) {
+        deadline = new CallDeadline(deadlineAt, name, timeout);
+        // A handler that fails after the caller timed out is still queued with its failed
+        // attempt, as on the queue (retried, then dead-lettered).
+        deadline.late = (e) => {
+          if (e instanceof HandlerFailure || isPoison(e)) {
+            this.#track(
+              this.#queueFailedCall(m, e, deadlineAt).catch((e) => {
+                console.error(`dgen: a failed call to '${this.id}' could not be queued:`, e);
+              }),
+            );
+          }
+        };
+      }
       try {
         const r = await this.#callTransact(
           (tx, effects) => this.#inlineCall(tx, m, deadlineAt, effects),
-          deadlineAt === null ? undefined : new CallDeadline(deadlineAt, name, timeout),
+          deadline,
         );
         const outcome = r.value;
         if (outcome.kind === "replied") return outcome.value;
@@ -1457,13 +1475,7 @@ class Instance {
         checkFirst = r.attempts > 1;
       } catch (e) {
         if (!(e instanceof HandlerFailure) && !isPoison(e)) throw e;
-        // Same outcome as on the queue: the message is queued with one failed attempt (also
-        // when what it returned cannot be stored: isPoison).
-        const error = e instanceof HandlerFailure ? e.error : e;
-        const r = await this.#transact((tx, effects) =>
-          this.#enqueueFailedCall(tx, m, error, deadlineAt, effects)
-        );
-        watch = r.value;
+        watch = await this.#queueFailedCall(m, e, deadlineAt);
         // The slot may already hold the answer (dead-lettered at once): the watch, made in the
         // transaction that wrote it, would not fire for that write.
         checkFirst = true;
@@ -1479,6 +1491,18 @@ class Instance {
       checkFirst = r.attempts > 1; // as above: the reply may predate the retry's watch
     }
     return await this.#awaitReply(m.callId!, watch, timeout, started, name, checkFirst);
+  }
+
+  /**
+   * Queues an inline call whose handler failed (or whose results cannot be stored: isPoison)
+   * with one failed attempt: the same outcome as on the queue.
+   */
+  async #queueFailedCall(m: Envelope, e: unknown, deadlineAt: number | null): Promise<Watch> {
+    const error = e instanceof HandlerFailure ? e.error : e;
+    const r = await this.#transact((tx, effects) =>
+      this.#enqueueFailedCall(tx, m, error, deadlineAt, effects)
+    );
+    return r.value;
   }
 
   async #enqueueFailedCall(

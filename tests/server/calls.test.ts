@@ -109,6 +109,37 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("queues an inline call whose handler fails after its timeout, as on the queue", async () => {
+      const { backend, tenant } = await fresh(b);
+      const gate = Promise.withResolvers<void>();
+      let runs = 0;
+      const dead: string[] = [];
+      const Failing = defineServer({
+        name: "failing",
+        init: () => 0,
+        handleCall: {
+          boom: async (): Promise<never> => {
+            runs++;
+            await gate.promise;
+            throw new Error("boom");
+          },
+        },
+        handleDeadLetter: (m) => void dead.push(m.name),
+      });
+      const ref = await start(Failing, [], { tenant, deadLetterThreshold: 2 });
+      await assert.rejects(ref.call("boom", undefined, { timeout: 50 }), CallTimeoutError);
+      gate.resolve(); // the handler fails now, after its caller has gone
+      // Its failure counts: it is queued, retried once and dead-lettered (before: dropped).
+      await waitFor(() => dead.length === 1, 10_000, "the late failure was dropped");
+      assert.equal(runs, 2);
+      const letters = await ref.deadLetters.list();
+      assert.deepEqual(letters.map((l) => [l.name, l.attempts, l.error.message]), [
+        ["boom", 2, "boom"],
+      ]);
+      await ref.stop();
+      await backend.close();
+    });
+
     for (const consume of [true, false]) {
       it(
         `keeps a ${
