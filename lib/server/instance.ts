@@ -152,13 +152,17 @@ class CallDeadline {
   settle: (error: unknown) => void = IGNORE;
   /** The deadline passed before the transaction settled. */
   expired = false;
-  /** What to do with a failure that comes after the deadline (the caller has gone). */
-  late: (error: unknown) => void = IGNORE;
   /** Neighbours in the instance's list of calls in flight (a list, not a Set: no hashing). */
   prev: CallDeadline | undefined = undefined;
   next: CallDeadline | undefined = undefined;
 
-  constructor(readonly deadlineAt: number, readonly name: string, readonly timeout: number) {}
+  constructor(
+    readonly deadlineAt: number,
+    readonly name: string,
+    readonly timeout: number,
+    /** The call, queued with its failed attempt if its handler fails after the deadline. */
+    readonly message: Envelope,
+  ) {}
 }
 
 /** Calls in flight with a deadline, oldest first. */
@@ -833,7 +837,7 @@ class Instance {
       const fail = (e: unknown) => {
         if (deadline === undefined) return reject(e);
         // Nothing committed, and the caller has gone; a handler's failure still counts.
-        if (deadline.expired) return deadline.late(e);
+        if (deadline.expired) return this.#lateFailure(deadline, e);
         this.#deadlines.delete(deadline);
         reject(e);
       };
@@ -1443,25 +1447,10 @@ class Instance {
     const before = this.#sendsBefore();
     if (before !== undefined) await before; // not an await of nothing: a hop per call
     if (this.#consume) {
-      let deadline: CallDeadline | undefined;
-      if (deadlineAt !== null) {
-        deadline = new CallDeadline(deadlineAt, name, timeout);
-        // A handler that fails after the caller timed out is still queued with its failed
-        // attempt, as on the queue (retried, then dead-lettered).
-        deadline.late = (e) => {
-          if (e instanceof HandlerFailure || isPoison(e)) {
-            this.#track(
-              this.#queueFailedCall(m, e, deadlineAt).catch((e) => {
-                console.error(`dgen: a failed call to '${this.id}' could not be queued:`, e);
-              }),
-            );
-          }
-        };
-      }
       try {
         const r = await this.#callTransact(
           (tx, effects) => this.#inlineCall(tx, m, deadlineAt, effects),
-          deadline,
+          deadlineAt === null ? undefined : new CallDeadline(deadlineAt, name, timeout, m),
         );
         const outcome = r.value;
         if (outcome.kind === "replied") return outcome.value;
@@ -1491,6 +1480,19 @@ class Instance {
       checkFirst = r.attempts > 1; // as above: the reply may predate the retry's watch
     }
     return await this.#awaitReply(m.callId!, watch, timeout, started, name, checkFirst);
+  }
+
+  /**
+   * An inline call's handler failed after its caller timed out: it is still queued with its
+   * failed attempt, as on the queue (retried, then dead-lettered).
+   */
+  #lateFailure(deadline: CallDeadline, e: unknown): void {
+    if (!(e instanceof HandlerFailure) && !isPoison(e)) return;
+    this.#track(
+      this.#queueFailedCall(deadline.message, e, deadline.deadlineAt).catch((e) => {
+        console.error(`dgen: a failed call to '${this.id}' could not be queued:`, e);
+      }),
+    );
   }
 
   /**
