@@ -655,6 +655,13 @@ class Instance {
           initial,
           effects,
         );
+      } else if (meta.name !== rt.def.name) {
+        // Another definition's handlers would run on this state (and its on ours).
+        throw new ValidationError([{
+          path: "definition.name",
+          message:
+            `Expected '${meta.name}': server '${rt.id}' of tenant '${rt.tenant.name}' was started from the definition '${meta.name}', not '${rt.def.name}' (use another id, or kill() the server first to replace it)`,
+        }]);
       } else if (this.#reset || meta.version !== rt.def.version) {
         // Reset, or migrate (loadState refuses a state written by newer code).
         const loaded = await loadState(tx, rt);

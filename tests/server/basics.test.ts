@@ -133,6 +133,29 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("refuses to start another definition on an existing server id", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ledger = await start(Ledger, [], { tenant, id: "x" });
+      await ledger.call("record", "a");
+      for (const reset of [false, true]) {
+        await assert.rejects(
+          start(Counter, [], { tenant, id: "x", reset }),
+          (e) =>
+            e instanceof ValidationError && e.issues[0]!.path === "definition.name" &&
+            /started from the definition 'ledger', not 'counter'/.test(e.message),
+        );
+      }
+      // Nothing changed: the ledger's state is whole and it still serves.
+      assert.equal(await ledger.call("record", "b"), 2);
+      assert.equal(await ledger.priorityCall("total"), 2);
+      // Killed, the id can serve another definition.
+      await ledger.kill();
+      const counter = await start(Counter, [], { tenant, id: "x" });
+      assert.equal(await counter.call("add", 5), 5);
+      await counter.stop();
+      await backend.close();
+    });
+
     it("rejects invalid input at the call site and enqueues nothing", async () => {
       const { backend, tenant } = await fresh(b);
       const t = await start(Typed, [], { tenant, consume: false });
