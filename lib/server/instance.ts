@@ -165,6 +165,15 @@ class CallDeadline {
   ) {}
 }
 
+/** A cast (`many` null) or a castMany (its messages) waiting in an instance's send queue. */
+interface Send {
+  m: Envelope;
+  many: readonly Envelope[] | null;
+  size: number;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
 /** Calls in flight with a deadline, oldest first. */
 class CallDeadlines {
   head: CallDeadline | undefined = undefined;
@@ -1232,45 +1241,43 @@ class Instance {
     const size = this.#checkMessage("cast", name, arg);
     const m = this.#envelope("cast", name, arg, timeOrderedId());
     await new Promise<void>((resolve, reject) => {
-      this.#castQueue.push({ m, size, resolve, reject });
-      this.#castsQueued++;
-      this.#castFlush ??= this.#track(this.#flushCasts());
+      this.#queueSend({ m, many: null, size, resolve, reject });
     });
   }
 
-  /** castMany transactions in flight (settled either way). */
-  readonly #manyInFlight = new Set<Promise<void>>();
-
-  /**
-   * Waits for the casts this instance made before (awaited or not) to be enqueued or applied,
-   * so that a call or castMany lands after them: the order of messages between two Erlang
-   * processes. Only those: casts made later (a stream of them from other producers keeps the
-   * flush going) are not waited for. Nothing to wait for, nothing awaited.
-   */
-  #sendsBefore(): Promise<unknown> | undefined {
-    const upTo = this.#castsQueued;
-    const casts = this.#castsSettled < upTo
-      ? new Promise<void>((resolve) => this.#castWaiters.push({ upTo, resolve }))
-      : undefined;
-    if (this.#manyInFlight.size === 0) return casts;
-    return Promise.all([casts, ...this.#manyInFlight]);
+  /** Queues a cast or castMany behind this instance's earlier ones (see #flushCasts). */
+  #queueSend(send: Send): void {
+    this.#castQueue.push(send);
+    this.#castsQueued++;
+    this.#castFlush ??= this.#track(this.#flushCasts());
   }
 
-  /** Casts queued so far, and how many of them have settled (they settle in queue order). */
+  /**
+   * Waits for the casts and castManys this instance made before (awaited or not) to be
+   * enqueued or applied, so that a call lands after them: the order of messages between two
+   * Erlang processes. Only those: casts made later (a stream of them from other producers
+   * keeps the flush going) are not waited for. Nothing to wait for, nothing awaited.
+   */
+  #sendsBefore(): Promise<void> | undefined {
+    const upTo = this.#castsQueued;
+    if (this.#castsSettled >= upTo) return undefined;
+    return new Promise<void>((resolve) => this.#castWaiters.push({ upTo, resolve }));
+  }
+
+  /** Sends queued so far, and how many of them have settled (they settle in queue order). */
   #castsQueued = 0;
   #castsSettled = 0;
-  /** Calls and castManys waiting for the casts queued before them, in `upTo` order. */
+  /** Calls waiting for the sends queued before them, in `upTo` order. */
   readonly #castWaiters: Array<{ upTo: number; resolve: () => void }> = [];
 
-  readonly #castQueue: Array<
-    { m: Envelope; size: number; resolve: () => void; reject: (e: unknown) => void }
-  > = [];
+  readonly #castQueue: Send[] = [];
   #castFlush: Promise<void> | undefined;
 
   /**
-   * Enqueues waiting casts: casts made while an enqueue is in flight go together in the next
-   * transaction (in call order), so concurrent producers share commits. Each cast still
-   * resolves only once its own message is durably enqueued.
+   * Enqueues waiting casts and castManys, in the order they were made: casts made while an
+   * enqueue is in flight go together in the next transaction, so concurrent producers share
+   * commits; a castMany goes in a transaction of its own (atomic, as before). Each resolves
+   * only once its own messages are durably enqueued (or applied).
    */
   async #flushCasts(): Promise<void> {
     try {
@@ -1279,20 +1286,36 @@ class Instance {
       // them would go alone and the rest together. A few microtask turns, no timer: a lone
       // cast is not delayed.
       for (let i = 0; i < CAST_JOIN_TURNS; i++) await null;
-      while (this.#castQueue.length > 0) {
-        let bytes = 0;
-        let n = 0;
-        while (n < this.#castQueue.length && n < CAST_BATCH && bytes < CAST_BATCH_BYTES) {
-          bytes += this.#castQueue[n++]!.size;
-        }
-        const batch = this.#castQueue.splice(0, n);
-        const messages = batch.map((c) => c.m);
-        try {
-          if (this.#consume) await this.#castInline(messages);
-          else await this.#transact((tx, effects) => enqueue(tx, this.#rt, messages, effects));
-          for (const c of batch) c.resolve();
-        } catch (e) {
-          for (const c of batch) c.reject(e);
+      const queue = this.#castQueue;
+      while (queue.length > 0) {
+        const many = queue[0]!.many;
+        let batch: Send[];
+        if (many !== null) {
+          batch = queue.splice(0, 1);
+          try {
+            await this.#transact((tx, effects) => enqueue(tx, this.#rt, many, effects));
+            batch[0]!.resolve();
+          } catch (e) {
+            batch[0]!.reject(e);
+          }
+        } else {
+          let bytes = 0;
+          let n = 0;
+          while (
+            n < queue.length && queue[n]!.many === null && n < CAST_BATCH &&
+            bytes < CAST_BATCH_BYTES
+          ) {
+            bytes += queue[n++]!.size;
+          }
+          batch = queue.splice(0, n);
+          const messages = batch.map((c) => c.m);
+          try {
+            if (this.#consume) await this.#castInline(messages);
+            else await this.#transact((tx, effects) => enqueue(tx, this.#rt, messages, effects));
+            for (const c of batch) c.resolve();
+          } catch (e) {
+            for (const c of batch) c.reject(e);
+          }
         }
         this.#castsSettled += batch.length;
         const waiters = this.#castWaiters;
@@ -1425,16 +1448,10 @@ class Instance {
       }
       return this.#envelope("cast", pair[0], pair[1], request);
     });
-    const before = this.#sendsBefore();
-    if (before !== undefined) await before; // not an await of nothing: a hop per call
-    const sent = this.#transact((tx, effects) => enqueue(tx, this.#rt, envelopes, effects));
-    const settled = sent.then(() => {}, () => {});
-    this.#manyInFlight.add(settled);
-    try {
-      await sent;
-    } finally {
-      this.#manyInFlight.delete(settled);
-    }
+    // Behind the instance's earlier casts, and ahead of its later ones.
+    await new Promise<void>((resolve, reject) => {
+      this.#queueSend({ m: envelopes[0]!, many: envelopes, size: 0, resolve, reject });
+    });
   }
 
   async call(name: string, arg?: unknown, options?: CallOptions): Promise<unknown> {

@@ -24,6 +24,7 @@ export const Ledger = defineServer({
     record: (id: string, _from, s: { seen: string[]; total: number }) =>
       reply(s.total + 1, { seen: [...s.seen, id], total: s.total + 1 }),
     total: (_: undefined, _from, s: { seen: string[]; total: number }) => reply(s.total, s),
+    seen: (_: undefined, _from, s: { seen: string[]; total: number }) => reply(s.seen, s),
   },
   handleCast: {
     record: (id: string, s: { seen: string[]; total: number }) =>

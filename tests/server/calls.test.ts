@@ -161,6 +161,31 @@ for (const b of backends) {
           await backend.close();
         },
       );
+
+      it(
+        `keeps a ${
+          consume ? "consuming" : "sending"
+        } instance's order between casts and castMany, none awaited`,
+        async () => {
+          const { backend, tenant } = await fresh(b);
+          const consumer = consume ? undefined : await start(Ledger, [], { tenant });
+          const ref = await start(Ledger, [], { tenant, consume });
+          const sent = [
+            ref.cast("record", "c1"),
+            ref.castMany([["record", "m2"], ["record", "m3"]]),
+            ref.cast("record", "c4"),
+            ref.castMany([["record", "m5"]]),
+            ref.castMany([["record", "m6"]]),
+            ref.cast("record", "c7"),
+          ];
+          await Promise.all(sent);
+          await waitFor(async () => await ref.call("total") === 7, 10_000, "not all applied");
+          assert.deepEqual(await ref.call("seen"), ["c1", "m2", "m3", "c4", "m5", "m6", "c7"]);
+          await ref.stop();
+          await consumer?.stop();
+          await backend.close();
+        },
+      );
     }
 
     it("a call waits only for the casts made before it, not for a stream of later ones", async () => {
