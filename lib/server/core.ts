@@ -1047,6 +1047,17 @@ export async function lockedFailure(
   return result;
 }
 
+/**
+ * Releases the lock of a `handleLocked` that gave up because its instance stops: the message
+ * goes back to its place at the head of the queue with its attempts unchanged.
+ */
+export async function lockedRelease(tx: Transaction, rt: Runtime, work: LockedWork): Promise<void> {
+  const held = await checkHeld(tx, rt, work.lock.token);
+  tx.clear(rt.keys.lock);
+  tx.set(held.queueKey, encodeRecord(held.message));
+  tx.add(rt.keys.queueLength, 1);
+}
+
 /** Checks a handler result returned by `handleLocked`. */
 export function checkLockedResult(
   rt: Runtime,

@@ -39,6 +39,7 @@ import {
   loadState,
   loadStoredState,
   lockedFailure,
+  lockedRelease,
   type LockedWork,
   lockedWork,
   lockFrom,
@@ -1110,16 +1111,24 @@ class Instance {
     const rt = this.#rt;
     const token = work.lock.token;
     this.#runningLocks.add(token);
+    // ctx.signal: aborted when the lease is lost (the write-back would be refused) or when the
+    // instance stops (handleLocked may finish early; what it still returns is written back).
     const lost = new AbortController();
+    let leaseLost = false;
+    let stopping = false;
     const onStop = () => {
-      if (!this.#crashed) lost.abort(this.#abort.signal.reason);
+      if (this.#crashed) return;
+      stopping = true;
+      lost.abort(this.#abort.signal.reason);
     };
     this.#abort.signal.addEventListener("abort", onStop, { once: true });
     const renew = setInterval(() => {
       if (!this[TEST_HOOKS].renewLeases || this.#crashed) return;
       this.#track(
         rt.tenant.backend.transact((tx) => renewLock(tx, rt, token)).then((ok) => {
-          if (!ok) lost.abort(new LockLostError(`Lease of lock ${token} of '${this.id}' was lost`));
+          if (ok) return;
+          leaseLost = true;
+          lost.abort(new LockLostError(`Lease of lock ${token} of '${this.id}' was lost`));
         }).catch(() => {}),
       );
     }, Math.max(10, Math.floor(work.lock.lease / 3)));
@@ -1145,7 +1154,7 @@ class Instance {
       this.#abort.signal.removeEventListener("abort", onStop);
     }
     try {
-      if (error === undefined && !lost.signal.aborted) {
+      if (error === undefined && !leaseLost) {
         crashPoint("before-release");
         try {
           const r = await this.#transact((tx, effects) =>
@@ -1157,6 +1166,12 @@ class Instance {
           if (e instanceof LockLostError) throw e;
           error = e;
         }
+      }
+      if (stopping && !leaseLost) {
+        // It gave up because its instance stops: not the message's failure. Back to the
+        // head of the queue, its attempts unchanged, for the next consumer.
+        await this.#transact((tx) => lockedRelease(tx, rt, work));
+        return;
       }
       await this.#transact((tx, effects) =>
         lockedFailure(tx, rt, work, error ?? lost.signal.reason, effects)

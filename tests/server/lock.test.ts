@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { defineServer, lock, start } from "../../mod.ts";
+import { defineServer, lock, noreply, reply, start } from "../../mod.ts";
 import { testHooks } from "../../lib/server/instance.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
 import { decodeLock } from "../../lib/server/records.ts";
@@ -156,6 +156,54 @@ for (const b of backends) {
       await waitFor(() => j.signals[0]!.aborted, 5000, "signal not aborted");
       j.gates[0]!.resolve();
       await stopping;
+      await backend.close();
+    });
+
+    it("commits what handleLocked returns after its instance began to stop", async () => {
+      const { backend, tenant } = await fresh(b);
+      const j = jobServer();
+      const ref = await start(j.def, [], { tenant, deadLetterThreshold: 1 });
+      ref.call("work", "t5").catch(() => {});
+      await waitFor(() => j.signals.length === 1, 5000, "handleLocked not started");
+      const stopping = ref.stop();
+      await waitFor(() => j.signals[0]!.aborted, 5000, "signal not aborted");
+      j.gates[0]!.resolve(); // it finishes its work all the same
+      await stopping;
+      const next = await start(j.def, [], { tenant, deadLetterThreshold: 1 });
+      const s = await next.priorityCall("get");
+      assert.deepEqual([s.status, s.results], ["idle", ["t5"]]);
+      assert.deepEqual(await next.deadLetters.list(), []);
+      assert.equal(await next.call("work", "quick"), "quick", "the lock was released");
+      await next.stop();
+      await backend.close();
+    });
+
+    it("requeues without an attempt a message whose handleLocked gave up on a stop", async () => {
+      const { backend, tenant } = await fresh(b);
+      let runs = 0;
+      const Job = defineServer({
+        name: "job",
+        init: () => ({ done: 0 }),
+        handleCast: { work: (_: undefined, s: { done: number }) => lock(s) },
+        handleCall: { get: (_: undefined, _f, s: { done: number }) => reply(s.done, s) },
+        handleLocked: async (_e, s: { done: number }, ctx) => {
+          if (++runs === 1) {
+            // Gives up when its instance stops, as ctx.signal asks.
+            await new Promise((_, reject) => ctx.signal.addEventListener("abort", reject));
+          }
+          return noreply({ done: s.done + 1 });
+        },
+      });
+      const ref = await start(Job, [], { tenant, deadLetterThreshold: 1 });
+      await ref.cast("work");
+      await waitFor(() => runs === 1, 5000, "handleLocked not started");
+      await ref.stop();
+      // Not dead-lettered at a threshold of 1: the stop was not the message's failure.
+      const next = await start(Job, [], { tenant, deadLetterThreshold: 1 });
+      await waitFor(async () => await next.call("get") === 1, 10_000, "not run again");
+      assert.equal(runs, 2);
+      assert.deepEqual(await next.deadLetters.list(), []);
+      await next.stop();
       await backend.close();
     });
 
