@@ -385,7 +385,10 @@ export interface DeadLetterMessage {
 }
 
 /**
- * Schemas validating messages, replies and state; each optional.
+ * Schemas validating messages, replies and state; each optional. They validate only: the value
+ * checked is the value used, and a schema's defaults and transforms (`v.optional(x, 1)`,
+ * `v.transform`, `v.trim`) are not applied, since a handler's parameter type is also the call
+ * site's type.
  *
  * @example
  * ```ts
