@@ -217,6 +217,27 @@ export class ServerStoppedError extends DGenError {
 }
 
 /**
+ * The server does not exist: it was never started in this tenant, or it was killed. Sending to
+ * it (a call or cast through an instance of a killed server) rejects with this.
+ *
+ * @example
+ * ```ts
+ * import { ServerGoneError } from "./errors.ts";
+ * console.log(new ServerGoneError("counter").code); // "server_gone"
+ * ```
+ */
+export class ServerGoneError extends DGenError {
+  /**
+   * Creates the error.
+   *
+   * @param id The server id.
+   */
+  constructor(id: string) {
+    super("server_gone", `Server '${id}' does not exist (it was killed, or never started)`);
+  }
+}
+
+/**
  * A lock holder lost its lease (another consumer took over); its write-back was refused.
  *
  * @example

@@ -24,6 +24,7 @@ import {
   DGenError,
   LimitExceededError,
   LockLostError,
+  ServerGoneError,
   ValidationError,
 } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
@@ -115,18 +116,6 @@ export interface Loaded {
   cacheHit: boolean;
   /** Whether a migration produced it (so it must be written). */
   migrated: boolean;
-}
-
-/** The server does not exist (never started, or killed). */
-export class ServerGoneError extends DGenError {
-  /**
-   * Creates the error.
-   *
-   * @param id The server id.
-   */
-  constructor(id: string) {
-    super("server_gone", `Server '${id}' does not exist (it was killed, or never started)`);
-  }
 }
 
 /** A handler failed (threw, returned something invalid, or its outcome could not be stored). */

@@ -16,6 +16,7 @@ import {
   DGenError,
   LockLostError,
   RetriesExhaustedError,
+  ServerGoneError,
   ServerStoppedError,
   ValidationError,
 } from "../errors.ts";
@@ -55,7 +56,6 @@ import {
   renewLock,
   runHandler,
   type Runtime,
-  ServerGoneError,
   takeOverInline,
   TxEffects,
   writeBack,

@@ -4,6 +4,7 @@ import {
   defineServer,
   noreply,
   reply,
+  ServerGoneError,
   ServerStoppedError,
   start,
   ValidationError,
@@ -267,6 +268,7 @@ for (const b of backends) {
       const { backend, tenant } = await fresh(b);
       const a = await start(Counter, [], { tenant });
       const other = await start(Counter, [], { tenant });
+      const sender = await start(Counter, [], { tenant, consume: false });
       await a.call("add", 4);
       await a.stop();
       assert.equal(await a.stopped, "stopped");
@@ -280,6 +282,9 @@ for (const b of backends) {
       // Only the tenant's membership counter (bumped by the kill) remains.
       const leftovers = rows.filter((r) => !equalBytes(r.key, MEMBERSHIP));
       assert.deepEqual(leftovers, [], "nothing of the server is left");
+      // A sending instance of the killed server is told it is gone, with a public error.
+      await assert.rejects(sender.call("value"), (e) => e instanceof ServerGoneError);
+      await sender.stop();
       const c = await start(Counter, [9], { tenant });
       assert.equal(await c.call("value"), 9, "a killed server starts afresh");
       await c.stop();
