@@ -355,6 +355,33 @@ export function pack(tuple: Tuple): Uint8Array {
 }
 
 /**
+ * The end (exclusive) of the keys of packed tuple `node` and of every tuple that extends it:
+ * `node` followed by 0xff. Not `strinc(node)`: a string element's encoding is a prefix of the
+ * encoding of the same string with a NUL appended ("a" is `02 61 00`, "a\0" is `02 61 00 ff
+ * 00`), so `[node, strinc(node))` also holds that sibling's keys, and clearing or reading it
+ * as the node's subtree destroys or misreads them. No element's encoding starts with 0xff.
+ *
+ * ```ts
+ * import { pack, subtreeEnd } from "./tuple.ts";
+ * const a = pack(["a"]);
+ * console.log(subtreeEnd(a)); // 02 61 00 ff: pack(["a", 1]) is below it, pack(["a\0"]) is not
+ * ```
+ */
+export function subtreeEnd(node: Uint8Array): Uint8Array {
+  const end = new Uint8Array(node.length + 1);
+  end.set(node);
+  end[node.length] = 0xff;
+  return end;
+}
+
+/** Whether `key` is the packed tuple `node` or extends it (see {@link subtreeEnd}). */
+export function inSubtree(key: Uint8Array, node: Uint8Array): boolean {
+  if (key.length < node.length) return false;
+  for (let i = node.length - 1; i >= 0; i--) if (key[i] !== node[i]) return false;
+  return key.length === node.length || key[node.length] !== 0xff;
+}
+
+/**
  * `prefix` followed by `pack(tuple)`, in one new array: the key of a tuple under a subspace or
  * a node, without the intermediate copies of concatenating.
  *

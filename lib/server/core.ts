@@ -17,7 +17,6 @@ import {
   keyAfter,
   readInt64LE,
   readInt64LENumber,
-  strinc,
 } from "../bytes.ts";
 import {
   CodecError,
@@ -33,7 +32,7 @@ import { errorMessage } from "../describe.ts";
 import type { Tenant } from "../tenant.ts";
 import { scopeTransaction } from "../storage/subspace.ts";
 import { encodedSize } from "../codec/value.ts";
-import { pack } from "../tuple.ts";
+import { pack, subtreeEnd } from "../tuple.ts";
 import { safeParseUser, toIssues } from "../validate.ts";
 import {
   type Action,
@@ -610,7 +609,7 @@ export async function readReplyValue(
 /** Removes a reply slot and its value. */
 export function clearReplySlot(tx: Transaction, rt: Runtime, callId: string): void {
   const key = rt.keys.reply(callId);
-  tx.clearRange(key, strinc(key));
+  tx.clearRange(key, subtreeEnd(key));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 import * as v from "valibot";
 import { compareBytes, readInt64LENumber, strinc } from "../bytes.ts";
+import { subtreeEnd } from "../tuple.ts";
 import {
   CallTimeoutError,
   CodecError,
@@ -748,7 +749,7 @@ class Instance {
       const abandoned = slot.status === "pending"
         ? (slot.deadline !== null && slot.deadline < now - 60_000) || !live.has(slot.caller)
         : slot.at < now - ANSWERED_SLOT_TTL;
-      if (abandoned) tx.clearRange(row.key, strinc(row.key));
+      if (abandoned) tx.clearRange(row.key, subtreeEnd(row.key));
     }
   }
 
@@ -792,7 +793,7 @@ class Instance {
       // The last fencing token outlives the server: a holder of a lock taken before the kill
       // must still lose against the holder of any lock taken after it (tokens only grow).
       const fence = await tx.get(rt.keys.fence);
-      tx.clearRange(rt.keys.root, strinc(rt.keys.root));
+      tx.clearRange(rt.keys.root, subtreeEnd(rt.keys.root));
       if (fence !== undefined) tx.set(rt.keys.fence, fence);
       tx.clear(rt.keys.index);
       tx.add(rt.keys.membership, 1);

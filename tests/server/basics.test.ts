@@ -291,6 +291,19 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("kills only its own server when another id extends its id with a NUL", async () => {
+      const { backend, tenant } = await fresh(b);
+      const x = await start(Counter, [], { tenant, id: "x" });
+      const xy = await start(Counter, [], { tenant, id: "x\0y" });
+      await x.call("add", 1);
+      await xy.call("add", 2);
+      await x.kill();
+      assert.equal(await xy.call("value"), 2, "the other server's state is whole");
+      assert.equal(await xy.priorityCall("value"), 2);
+      await xy.stop();
+      await backend.close();
+    });
+
     it("stops other instances of a killed server, and fails their callers", async () => {
       const { backend, tenant } = await fresh(b);
       const a = await start(Counter, [], { tenant });
