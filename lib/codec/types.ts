@@ -48,4 +48,10 @@ export interface StateCodec {
    * in-place mutation throws instead of silently escaping the diff. Returns `state`.
    */
   freeze<T>(state: T): T;
+  /**
+   * Whether `state` holds something a handler can change in place (a `Map`, `Set`, `Date` or
+   * `Uint8Array`, or an array left unfrozen): returning the same state object then does not
+   * mean it is unchanged.
+   */
+  isMutable(state: unknown): boolean;
 }

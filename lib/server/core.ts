@@ -261,7 +261,8 @@ export function writeState(
   effects.readVersion = loaded.version;
   if (loaded.stored.found) effects.observed = loaded.stored;
   if (!loaded.cacheHit) effects.loadedFromStorage = true;
-  if (Object.is(next, loaded.state) && !loaded.migrated) return;
+  // The same state object is unchanged, unless it holds what a handler can change in place.
+  if (Object.is(next, loaded.state) && !loaded.migrated && !rt.codec.isMutable(next)) return;
   checkState(rt, next);
   let stats;
   try {

@@ -836,7 +836,7 @@ class Instance {
     let stamped: HasCommittedStamp | undefined;
     const committed = this.#rt.tenant.backend.transact(async (tx) => {
       if (this.#crashed) throw new ServerStoppedError("Instance crashed (test hook)");
-      attempts++;
+      if (++attempts > 1) this.#forgetChangedCache();
       effects = new TxEffects();
       const r = await body(tx, effects);
       stamp = stamped = undefined;
@@ -853,6 +853,7 @@ class Instance {
         this.#deadlineTicker ??= this.#startDeadlineTicker();
       }
       const fail = (e: unknown) => {
+        this.#forgetChangedCache();
         if (deadline === undefined) return reject(e);
         // Nothing committed, and the caller has gone; a handler's failure still counts.
         if (deadline.expired) return this.#lateFailure(deadline, e);
@@ -872,6 +873,17 @@ class Instance {
         else more.then(done, fail);
       }, fail);
     });
+  }
+
+  /**
+   * After an attempt that did not commit: its handler may have changed the cached state in
+   * place (a Map it set), so a state that can be changed so is read again from storage.
+   */
+  #forgetChangedCache(): void {
+    const cache = this.#rt.cache;
+    if (cache !== undefined && this.#rt.codec.isMutable(cache.stored.state)) {
+      this.#rt.cache = undefined;
+    }
   }
 
   /** Inline calls in flight with a deadline, checked by one ticker (see #startDeadlineTicker). */

@@ -13,6 +13,7 @@ import { MEMBERSHIP, ServerKeys } from "../../lib/server/keys.ts";
 import { equalBytes } from "../../lib/bytes.ts";
 import { backends, fresh } from "./_backends.ts";
 import { Counter, Ledger, Typed } from "./_defs.ts";
+import { waitFor } from "../_helpers.ts";
 
 for (const b of backends) {
   describe(`server basics on ${b.name}`, { skip: b.skip }, () => {
@@ -301,6 +302,47 @@ for (const b of backends) {
       assert.equal(await xy.call("value"), 2, "the other server's state is whole");
       assert.equal(await xy.priorityCall("value"), 2);
       await xy.stop();
+      await backend.close();
+    });
+
+    it("stores a Map or Set changed in place, and forgets the change of a failed attempt", async () => {
+      const { backend, tenant } = await fresh(b);
+      let failNext = false;
+      interface Tags {
+        tags: Set<string>;
+        counts: Map<string, number>;
+      }
+      const Tagger = defineServer({
+        name: "tagger",
+        init: (): Tags => ({ tags: new Set(), counts: new Map() }),
+        handleCast: {
+          // Changes the state's Set and Map in place and returns the same state object.
+          tag: (t: string, s: Tags) => {
+            s.tags.add(t);
+            s.counts.set(t, (s.counts.get(t) ?? 0) + 1);
+            if (failNext) {
+              failNext = false;
+              throw new Error("after the change, once");
+            }
+            return noreply(s);
+          },
+        },
+        handleCall: {
+          get: (_: undefined, _from, s: Tags) => reply([[...s.tags], [...s.counts]], s),
+        },
+      });
+      const ref = await start(Tagger, [], { tenant });
+      await ref.cast("tag", "a");
+      failNext = true;
+      await ref.cast("tag", "b"); // its first attempt throws after the change
+      await waitFor(async () => (await ref.call("get"))[0].length === 2, 5_000, "not retried");
+      const expected = [["a", "b"], [["a", 1], ["b", 1]]];
+      assert.deepEqual(await ref.call("get"), expected, "the failed attempt's change is gone");
+      // What is stored, read by another instance without a cache.
+      const reader = await start(Tagger, [], { tenant, consume: false, cache: false });
+      assert.deepEqual(await reader.priorityCall("get"), expected);
+      await reader.stop();
+      await ref.stop();
       await backend.close();
     });
 
