@@ -719,6 +719,7 @@ export async function recordFailure(
           message:
             `Message '${message.name}' was dead-lettered after ${attempts} attempts: ${lastError}`,
           attempts,
+          cause: { code: base.code, message: lastError },
         },
       });
     }

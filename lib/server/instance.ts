@@ -570,7 +570,11 @@ async function waitWatch(
 }
 
 function errorFromStored(e: StoredError): Error {
-  if (e.code === "dead_letter") return new DeadLetterError(e.message, e.attempts ?? 0);
+  if (e.code === "dead_letter") {
+    // The last failure as its cause, with its code (a CodecError's "codec", a handler's own).
+    const cause = e.cause === undefined ? undefined : new DGenError(e.cause.code, e.cause.message);
+    return new DeadLetterError(e.message, e.attempts ?? 0, { cause });
+  }
   if (e.code === "server_stopped") return new ServerStoppedError(e.message);
   return new DGenError(e.code, e.message);
 }

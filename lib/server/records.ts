@@ -102,12 +102,15 @@ export interface StoredError {
   message: string;
   /** For dead letters: attempts made. */
   attempts?: number;
+  /** For a dead-lettered call's reply: the last failure's code and message. */
+  cause?: { code: string; message: string };
 }
 
 const storedErrorSchema = v.object({
   code: v.string(),
   message: v.string(),
   attempts: v.optional(v.number()),
+  cause: v.optional(v.object({ code: v.string(), message: v.string() })),
 });
 
 /** A reply slot: pending until the consumer writes the outcome. */

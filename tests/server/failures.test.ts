@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import {
   DeadLetterError,
   defineServer,
+  DGenError,
   noreply,
   reply,
   ServerStoppedError,
@@ -246,7 +247,11 @@ for (const b of backends) {
       await quietly(() =>
         assert.rejects(
           ref.call("unstorable", undefined, { timeout: 10_000 }),
-          (e) => e instanceof DeadLetterError && e.attempts === 2,
+          (e) =>
+            e instanceof DeadLetterError && e.attempts === 2 &&
+            // The last failure rides along as the cause, with its code and path.
+            e.cause instanceof DGenError && e.cause.code === "codec" &&
+            /function cannot be stored/.test(e.cause.message),
         )
       );
       assert.equal(await ref.call("get"), 1, "the state is unchanged");
