@@ -259,6 +259,7 @@ export class FeedHub {
   readonly #feeds = new Map<string, TenantFeed>();
   /** Watch loops of stopped feeds that have not ended yet. */
   readonly #ending = new Set<Promise<void>>();
+  #closed = false;
 
   constructor(tuning: FeedTuning) {
     this.#tuning = tuning;
@@ -266,6 +267,11 @@ export class FeedHub {
 
   /** Adds `client` to the tenant's feed (starting it); returns the function that removes it. */
   subscribe(tenant: Tenant, client: FeedClient): () => void {
+    if (this.#closed) {
+      // A request that arrived while the dashboard closes: no feed is started for it.
+      client.end();
+      return () => {};
+    }
     let feed = this.#feeds.get(tenant.name);
     if (feed === undefined) {
       feed = new TenantFeed(tenant, this.#tuning, this.counters, (failed) => {
@@ -292,8 +298,12 @@ export class FeedHub {
     done.finally(() => this.#ending.delete(done));
   }
 
-  /** Ends every stream and waits until every watch loop has ended. */
+  /**
+   * Ends every stream and waits until every watch loop has ended. Streams opened afterwards
+   * end at once.
+   */
   async close(): Promise<void> {
+    this.#closed = true;
     for (const feed of [...this.#feeds.values()]) feed.endAll();
     for (const feed of [...this.#feeds.values()]) this.#retire(feed);
     this.#feeds.clear();

@@ -60,7 +60,10 @@ export interface DashboardOptions {
 export interface Dashboard {
   /** Where to open it; carries `?token=…` when a token is set. */
   readonly url: string;
-  /** Ends every event stream, stops every feed and stops listening. Idempotent. */
+  /**
+   * Ends every event stream, stops every feed and stops listening. Returns within about a
+   * second even while a client has stopped reading, and the port is free then. Idempotent.
+   */
   close(): Promise<void>;
 }
 

@@ -26,8 +26,11 @@ export interface HttpServer {
   /** The port it listens on (the one picked when 0 was asked). */
   readonly port: number;
   /**
-   * Stops listening and closes idle connections. Responses still streaming must have been
-   * ended by the handler's owner first, or this waits for them (Deno) or cuts them (Bun).
+   * Stops listening and closes every connection; settles within about a second, and the port
+   * is free when it has. Responses still streaming should have been ended by the handler's
+   * owner first: Deno then gets up to {@link CLOSE_GRACE_MS} to write what they had queued
+   * (a client that stopped reading would otherwise hold it open for ever) and answers new
+   * requests meanwhile with 503 `closing`; Bun cuts them at once. Idempotent.
    */
   close(): Promise<void>;
 }
@@ -35,13 +38,15 @@ export interface HttpServer {
 interface DenoServer {
   readonly addr: { hostname: string; port: number };
   readonly finished: Promise<void>;
-  shutdown(): Promise<void>;
 }
 
 interface DenoLike {
   serve(
-    options: { hostname: string; port: number; onListen(): void },
-    handler: (request: Request) => Response | Promise<Response>,
+    options: { hostname: string; port: number; signal: AbortSignal; onListen(): void },
+    handler: (
+      request: Request,
+      info: { completed: Promise<void> },
+    ) => Response | Promise<Response>,
   ): DenoServer;
 }
 
@@ -67,6 +72,14 @@ interface BunLike {
  */
 const BUN_IDLE_TIMEOUT = 60;
 
+/**
+ * How long Deno's close waits for the responses in flight to be written out before it cuts
+ * their connections, ms. Deno's own graceful `shutdown()` waits without bound for a client
+ * that stopped reading (and cannot be cut once begun), so close uses the serve `signal`
+ * instead: an abort stops the server without waiting.
+ */
+export const CLOSE_GRACE_MS = 1_000;
+
 /** Serves `options.fetch` on `hostname:port` with the runtime's own HTTP server. */
 export function serveHttp(options: ServeHttpOptions): Promise<HttpServer> {
   const g = globalThis as { Deno?: DenoLike; Bun?: BunLike };
@@ -86,17 +99,45 @@ export function serveHttp(options: ServeHttpOptions): Promise<HttpServer> {
       });
     }
     if (g.Deno !== undefined) {
+      const stop = new AbortController();
+      /** Responses being sent, each settling when it has been written out or has failed. */
+      const sending = new Set<Promise<void>>();
+      let closing: Promise<void> | undefined;
+      let finished = false;
       const server = g.Deno.serve(
-        { hostname: options.hostname, port: options.port, onListen: () => {} },
-        options.fetch,
+        { hostname: options.hostname, port: options.port, signal: stop.signal, onListen: () => {} },
+        (request, info) => {
+          if (closing !== undefined) {
+            return new Response(
+              JSON.stringify({ error: "closing", message: "This server is closing" }) + "\n",
+              {
+                status: 503,
+                headers: { "content-type": "application/json; charset=utf-8", connection: "close" },
+              },
+            );
+          }
+          const sent = info.completed.catch(() => {});
+          sending.add(sent);
+          sent.then(() => sending.delete(sent));
+          return options.fetch(request);
+        },
       );
+      server.finished.then(() => finished = true, () => finished = true);
       return Promise.resolve({
         hostname: options.hostname,
         port: server.addr.port,
-        close: async () => {
-          await server.shutdown();
-          await server.finished;
-        },
+        close: () =>
+          closing ??= (async () => {
+            let timer: ReturnType<typeof setTimeout> | undefined;
+            const grace = new Promise<void>((resolve) =>
+              timer = setTimeout(resolve, CLOSE_GRACE_MS)
+            );
+            await Promise.race([Promise.all([...sending]), grace]);
+            clearTimeout(timer);
+            // Aborting a server that has already ended throws (in the signal's listener).
+            if (!finished) stop.abort();
+            await server.finished;
+          })(),
       });
     }
   } catch (e) {

@@ -15,12 +15,13 @@ import {
   type Tenant,
   ValidationError,
 } from "../../mod.ts";
-import type { SnapshotPayload } from "../../lib/dashboard/feed.ts";
+import { DEFAULT_TUNING, FeedHub, type SnapshotPayload } from "../../lib/dashboard/feed.ts";
 import {
   type Dashboard,
   dashboardCounters,
   serveDashboardWith,
 } from "../../lib/dashboard/serve.ts";
+import { CLOSE_GRACE_MS } from "../../lib/runtime/http.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
 import { decodePresence, encodeRecord } from "../../lib/server/records.ts";
 import { strinc } from "../../lib/bytes.ts";
@@ -78,6 +79,80 @@ function rawStatus(url: string, host: string): Promise<number> {
     });
     socket.on("error", reject);
   });
+}
+
+const Blob = defineServer({
+  name: "blob",
+  init: () => ({ n: 0, pad: "x".repeat(2_000_000) }),
+  handleCast: {
+    touch: (_: undefined, s: { n: number; pad: string }) => noreply({ ...s, n: s.n + 1 }),
+  },
+});
+
+/** A raw socket that asks for the tenant's event stream and never reads it. */
+function stalledClient(dash: Dashboard) {
+  const { port } = new URL(dash.url);
+  const socket = connect(Number(port), "127.0.0.1", () => {
+    socket.write(`GET /api/tenants/acme%2Fprod/events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  });
+  socket.on("error", () => {});
+  socket.pause();
+  return socket;
+}
+
+/**
+ * A client stops reading while 2 MB views are sent to it (its stream still open, or already
+ * dropped for it); then the dashboard must close within a bounded time and free its port.
+ */
+async function closeWithStalledClient(dropped: boolean): Promise<void> {
+  const t = await setup();
+  const blob = await start(Blob, [], { tenant: t.tenant });
+  t.later(() => blob.stop());
+  const dash = await serveDashboardWith({ tenants: [t.tenant] }, {
+    coalesceMs: 20,
+    maxBuffered: dropped ? 4_000_000 : 64_000_000,
+  });
+  const counters = dashboardCounters(dash);
+  // A reading client of the same feed: when it has a view, so has the stalled client's queue.
+  const reader = await SseClient.open(eventsUrl(dash, "acme/prod"));
+  t.later(() => reader.close());
+  await waitFor(() => snapshotOf(reader), 5000, "no snapshot");
+  const socket = stalledClient(dash);
+  try {
+    await waitFor(() => counters.streams === 2, 5000, "the stalled stream did not open");
+    // 16 MB or more queued: more than the kernel's socket buffers take.
+    for (let n = 1; n <= 8 || (dropped && counters.streams > 1); n++) {
+      assert.ok(n <= 40, "a client that reads nothing is still buffered for");
+      await blob.cast("touch");
+      await waitFor(
+        () => serverEvents(reader, blob.id).some((v) => (v.state as { n: number }).n === n),
+        5000,
+        `the reader did not see change ${n}`,
+      );
+    }
+    assert.equal(counters.streams, dropped ? 1 : 2, "the stalled client's stream");
+    const started = performance.now();
+    await deadline(
+      dash.close(),
+      CLOSE_GRACE_MS + 3000,
+      "close() hung on a client that stopped reading",
+    );
+    const took = performance.now() - started;
+    assert.deepEqual({ ...counters }, { streams: 0, feeds: 0, watches: 0, timers: 0 });
+    // The port is free again at once.
+    const port = Number(new URL(dash.url).port);
+    const again = await serveDashboard({ tenants: [t.tenant], port });
+    assert.equal(new URL(again.url).port, String(port));
+    const page = await fetch(again.url);
+    assert.equal(page.status, 200);
+    await page.body?.cancel();
+    await again.close();
+    assert.ok(took < CLOSE_GRACE_MS + 3000, `close() took ${Math.round(took)} ms`);
+  } finally {
+    // On a close() that hangs, this is what lets it return (and the test run end).
+    socket.destroy();
+  }
+  await t.done();
 }
 
 describe("dashboard HTTP and event stream", () => {
@@ -371,13 +446,6 @@ describe("dashboard HTTP and event stream", () => {
   });
 
   it("drops a client that stops reading instead of buffering for it without bound", async () => {
-    const Blob = defineServer({
-      name: "blob",
-      init: () => ({ n: 0, pad: "x".repeat(2_000_000) }),
-      handleCast: {
-        touch: (_: undefined, s: { n: number; pad: string }) => noreply({ ...s, n: s.n + 1 }),
-      },
-    });
     const t = await setup();
     const blob = await start(Blob, [], { tenant: t.tenant });
     t.later(() => blob.stop());
@@ -420,6 +488,26 @@ describe("dashboard HTTP and event stream", () => {
     const counters = dashboardCounters(dash);
     assert.deepEqual({ ...counters }, { streams: 0, feeds: 0, watches: 0, timers: 0 });
     await client.close();
+    await t.done();
+  });
+
+  it("closes within a bounded time while a client has stopped reading its stream", async () => {
+    await closeWithStalledClient(false);
+  });
+
+  it("closes within a bounded time after dropping a client that stopped reading", async () => {
+    await closeWithStalledClient(true);
+  });
+
+  it("starts no feed for a stream opened once closing has begun", async () => {
+    const t = await setup();
+    const hub = new FeedHub(DEFAULT_TUNING);
+    await hub.close();
+    let ended = 0;
+    const leave = hub.subscribe(t.tenant, { send() {}, end: () => ended++ });
+    assert.equal(ended, 1, "the late client is ended at once");
+    assert.deepEqual({ ...hub.counters }, { streams: 0, feeds: 0, watches: 0, timers: 0 });
+    leave();
     await t.done();
   });
 
