@@ -85,15 +85,20 @@ const optionsSchema = v.strictObject({
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|\[::1\]|localhost)$/i;
 
-/** Host header values a loopback dashboard answers to. */
-function loopbackHosts(hostname: string, port: number): Set<string> {
+/**
+ * Host header values a loopback dashboard answers to: its loopback names with its port, and
+ * on port 80 also without it (browsers and curl leave the default port out of `Host`).
+ */
+export function loopbackHosts(hostname: string, port: number): Set<string> {
   const names = [
     "127.0.0.1",
     "localhost",
     "[::1]",
     hostname.includes(":") ? `[${hostname}]` : hostname,
-  ];
-  return new Set(names.map((n) => `${n.toLowerCase()}:${port}`));
+  ].map((n) => n.toLowerCase());
+  const hosts = names.map((n) => `${n}:${port}`);
+  if (port === 80) hosts.push(...names);
+  return new Set(hosts);
 }
 
 const INTERNALS: unique symbol = Symbol("dgen.dashboardInternals");

@@ -19,6 +19,7 @@ import { DEFAULT_TUNING, FeedHub, type SnapshotPayload } from "../../lib/dashboa
 import {
   type Dashboard,
   dashboardCounters,
+  loopbackHosts,
   serveDashboardWith,
 } from "../../lib/dashboard/serve.ts";
 import { CLOSE_GRACE_MS } from "../../lib/runtime/http.ts";
@@ -64,7 +65,8 @@ function serverEvents(client: SseClient, id: string): ServerView[] {
 function rawStatus(url: string, host: string): Promise<number> {
   const { hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
-    const socket = connect(Number(port), hostname, () => {
+    // URL leaves the default port out: "http://127.0.0.1:80/" has port "".
+    const socket = connect(Number(port || 80), hostname, () => {
       socket.write(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
     });
     let text = "";
@@ -679,6 +681,54 @@ describe("dashboard HTTP and event stream", () => {
     assert.equal(await rawStatus(dash.url, `127.0.0.1:${port}`), 200);
     assert.equal(await rawStatus(dash.url, `localhost:${port}`), 200);
     assert.equal(await rawStatus(dash.url, `evil.example:${port}`), 403);
+    assert.equal(await rawStatus(dash.url, "127.0.0.1"), 403, "a bare host is port 80's");
+    await t.done();
+  });
+
+  it("accepts the bare host names on port 80, where clients leave the port out of Host", () => {
+    const on80 = loopbackHosts("127.0.0.1", 80);
+    for (const host of ["127.0.0.1", "localhost", "[::1]", "127.0.0.1:80", "localhost:80"]) {
+      assert.ok(on80.has(host), `${host} on port 80`);
+    }
+    assert.ok(!on80.has("evil.example") && !on80.has("evil.example:80"));
+    const on8080 = loopbackHosts("127.0.0.1", 8080);
+    for (const host of ["127.0.0.1", "localhost", "[::1]", "localhost:80"]) {
+      assert.ok(!on8080.has(host), `${host} on port 8080`);
+    }
+    assert.ok(on8080.has("localhost:8080"));
+    assert.deepEqual(
+      [...loopbackHosts("127.0.0.2", 80)].sort(),
+      [
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "127.0.0.2",
+        "127.0.0.2:80",
+        "[::1]",
+        "[::1]:80",
+        "localhost",
+        "localhost:80",
+      ],
+    );
+  });
+
+  it("answers browsers and curl on port 80 (when port 80 can be bound)", async () => {
+    const t = await setup();
+    let dash: Dashboard;
+    try {
+      dash = await serveDashboard({ tenants: [t.tenant], port: 80 });
+    } catch (e) {
+      console.log(`port 80 test skipped: cannot listen on 127.0.0.1:80: ${(e as Error).message}`);
+      await t.done();
+      return;
+    }
+    t.later(() => dash.close());
+    for (const host of ["127.0.0.1", "localhost", "[::1]", "localhost:80"]) {
+      assert.equal(await rawStatus(dash.url, host), 200, host);
+    }
+    assert.equal(await rawStatus(dash.url, "evil.example"), 403);
+    const page = await fetch(dash.url);
+    assert.equal(page.status, 200, "fetch, which sends Host: 127.0.0.1");
+    await page.body?.cancel();
     await t.done();
   });
 
