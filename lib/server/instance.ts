@@ -775,6 +775,9 @@ class Instance {
       new ServerStoppedError(`Instance ${this.instance} of '${this.id}' stopped: ${reason}`),
     );
     await this.#loop;
+    // Calls and priority messages made through this instance finish first: none of its
+    // handlers runs, and nothing of it commits, after stop() resolves.
+    await this.#quiesced();
     await Promise.allSettled([...this.#tasks]);
     if (!erase) {
       try {
@@ -838,6 +841,7 @@ class Instance {
     // promise; only the last one is awaited).
     let stamp: Promise<Uint8Array> | undefined;
     let stamped: HasCommittedStamp | undefined;
+    this.#inFlight++;
     const committed = this.#rt.tenant.backend.transact(async (tx) => {
       if (this.#crashed) throw new ServerStoppedError("Instance crashed (test hook)");
       if (++attempts > 1) this.#forgetChangedCache();
@@ -857,6 +861,7 @@ class Instance {
         this.#deadlineTicker ??= this.#startDeadlineTicker();
       }
       const fail = (e: unknown) => {
+        this.#settled();
         this.#forgetChangedCache();
         if (deadline === undefined) return reject(e);
         // Nothing committed, and the caller has gone; a handler's failure still counts.
@@ -867,6 +872,7 @@ class Instance {
       committed.then((value) => {
         const version = stamped?.[committedStamp]() ?? stamp;
         const done = () => {
+          this.#settled();
           if (deadline?.expired) return this.#carryOut(value as InlineOutcome);
           if (deadline !== undefined) this.#deadlines.delete(deadline);
           resolve({ value, effects: effects!, attempts });
@@ -877,6 +883,24 @@ class Instance {
         else more.then(done, fail);
       }, fail);
     });
+  }
+
+  /** Transactions of this instance in flight (see #transact), and who waits for none. */
+  #inFlight = 0;
+  #drained: (() => void) | undefined;
+
+  #settled(): void {
+    if (--this.#inFlight === 0 && this.#drained !== undefined) {
+      const drained = this.#drained;
+      this.#drained = undefined;
+      drained();
+    }
+  }
+
+  /** Resolves once no transaction of this instance is in flight (undefined if none is). */
+  #quiesced(): Promise<void> | undefined {
+    if (this.#inFlight === 0) return undefined;
+    return new Promise<void>((resolve) => this.#drained = resolve);
   }
 
   /**
@@ -1127,6 +1151,16 @@ class Instance {
   async #runLocked(work: LockedWork): Promise<void> {
     const rt = this.#rt;
     const token = work.lock.token;
+    if (this.#abort.signal.aborted && !this.#crashed) {
+      // Locked by a transaction that committed as this instance began to stop: the next
+      // consumer runs handleLocked, the message back at the head, its attempts unchanged.
+      try {
+        await this.#transact((tx) => lockedRelease(tx, rt, work));
+      } catch (e) {
+        console.error(`dgen: the lock of '${this.id}' could not be released:`, e);
+      }
+      return;
+    }
     this.#runningLocks.add(token);
     // ctx.signal: aborted when the lease is lost (the write-back would be refused) or when the
     // instance stops (handleLocked may finish early; what it still returns is written back).

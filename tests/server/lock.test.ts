@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { defineServer, lock, noreply, reply, start } from "../../mod.ts";
+import { defineServer, lock, noreply, reply, ServerStoppedError, start } from "../../mod.ts";
 import { testHooks } from "../../lib/server/instance.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
 import { decodeLock } from "../../lib/server/records.ts";
@@ -203,6 +203,54 @@ for (const b of backends) {
       await waitFor(async () => await next.call("get") === 1, 10_000, "not run again");
       assert.equal(runs, 2);
       assert.deepEqual(await next.deadLetters.list(), []);
+      await next.stop();
+      await backend.close();
+    });
+
+    it("stop() waits for calls in flight; a lock one takes then goes back to the queue", async () => {
+      const { backend, tenant } = await fresh(b);
+      const entered = Promise.withResolvers<void>();
+      const gate = Promise.withResolvers<void>();
+      const log: string[] = [];
+      const Slow = defineServer({
+        name: "slow",
+        init: () => 0,
+        handleCall: {
+          // Inline calls: their handlers run in the calling instance's transaction.
+          inc: async (_: undefined, _from, n: number) => {
+            entered.resolve();
+            await gate.promise;
+            log.push("inc returns");
+            return reply(n + 1, n + 1);
+          },
+          work: async (_: undefined, _from, n: number) => {
+            await gate.promise;
+            return lock(n);
+          },
+          value: (_: undefined, _from, n: number) => reply(n, n),
+        },
+        handleLocked: (_e, n: number) => {
+          log.push("handleLocked");
+          return reply("done", n + 100);
+        },
+      });
+      const ref = await start(Slow, [], { tenant });
+      const inc = ref.call("inc");
+      const prio = ref.priorityCall("inc");
+      const work = ref.call("work").catch((e) => e);
+      await entered.promise;
+      const stopping = ref.stop().then(() => log.push("stopped"));
+      gate.resolve();
+      await stopping;
+      // Nothing ran after stop() resolved (a handler may run twice: the two conflict).
+      assert.equal(log.at(-1), "stopped");
+      assert.ok(log.filter((x) => x === "inc returns").length >= 2, log.join());
+      assert.equal(await inc + await prio, 3, "both were answered");
+      assert.ok(await work instanceof ServerStoppedError);
+      // The lock 'work' took went back to the queue: the next instance runs handleLocked.
+      const next = await start(Slow, [], { tenant });
+      await waitFor(async () => await next.call("value") === 102, 10_000, "not run again");
+      assert.deepEqual(log.slice(log.indexOf("stopped") + 1), ["handleLocked"]);
       await next.stop();
       await backend.close();
     });
