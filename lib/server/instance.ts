@@ -861,7 +861,6 @@ class Instance {
         this.#deadlineTicker ??= this.#startDeadlineTicker();
       }
       const fail = (e: unknown) => {
-        this.#settled();
         this.#forgetChangedCache();
         if (deadline === undefined) return reject(e);
         // Nothing committed, and the caller has gone; a handler's failure still counts.
@@ -870,9 +869,11 @@ class Instance {
         reject(e);
       };
       committed.then((value) => {
+        // Settled at its commit, before its actions run: an action may stop this instance,
+        // and stop() waits for the transactions in flight.
+        this.#settled();
         const version = stamped?.[committedStamp]() ?? stamp;
         const done = () => {
-          this.#settled();
           if (deadline?.expired) return this.#carryOut(value as InlineOutcome);
           if (deadline !== undefined) this.#deadlines.delete(deadline);
           resolve({ value, effects: effects!, attempts });
@@ -881,7 +882,10 @@ class Instance {
         const more = this.#updateCache(effects!, version);
         if (more === undefined) done();
         else more.then(done, fail);
-      }, fail);
+      }, (e) => {
+        this.#settled();
+        fail(e);
+      });
     });
   }
 
