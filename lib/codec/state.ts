@@ -29,19 +29,11 @@
 
 import * as v from "valibot";
 import { copyFrozenArrays, slowArrayFreeze } from "../runtime/process.ts";
-import {
-  bytesToBinaryString,
-  concatBytes,
-  equalBytes,
-  fixedBytes,
-  hasPrefix,
-  printable,
-  strinc,
-} from "../bytes.ts";
+import { bytesToBinaryString, concatBytes, equalBytes, fixedBytes, printable } from "../bytes.ts";
 import { CodecError } from "../errors.ts";
 import type { ReadTransaction, Transaction } from "../storage/types.ts";
 import { hasSetOwned, setOwned } from "../storage/common.ts";
-import { pack, packAfter, unpack } from "../tuple.ts";
+import { inSubtree, pack, packAfter, subtreeEnd, unpack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import { freshKeys, planKeys } from "./collection.ts";
 import { child, renderPath, ROOT_PATH, type ValuePath } from "./path.ts";
@@ -356,7 +348,7 @@ class Codec implements StateCodec {
 
   async read(tx: ReadTransaction, prefix: Uint8Array): Promise<StoredState> {
     checkPrefix(prefix);
-    const rows = await tx.getRange(prefix, strinc(prefix));
+    const rows = await tx.getRange(prefix, subtreeEnd(prefix));
     if (rows.length === 0) return { found: false };
     const first = rows[0]!;
     const formatKey = concatBytes(prefix, FORMAT_SUFFIX);
@@ -406,7 +398,7 @@ class Codec implements StateCodec {
     try {
       if (!prev.found) {
         // Whatever is there (nothing, by the contract) goes: the state is written whole.
-        w.clearRange(prefix, strinc(prefix));
+        w.clearRange(prefix, subtreeEnd(prefix));
         w.set(concatBytes(prefix, FORMAT_SUFFIX), FORMAT_MARK.slice());
         w.fresh(root, next, ROOT_PATH, new Set());
       } else {
@@ -423,7 +415,7 @@ class Codec implements StateCodec {
 
   clear(tx: Transaction, prefix: Uint8Array): void {
     checkPrefix(prefix);
-    tx.clearRange(prefix, strinc(prefix));
+    tx.clearRange(prefix, subtreeEnd(prefix));
   }
 
   freeze<T>(state: T): T {
@@ -562,11 +554,15 @@ function itemKey(node: Uint8Array, id: string): Uint8Array {
   return packAfter(node, [ITEMS, id]);
 }
 
-/** The range of every key strictly under `node` (its descendants, not itself). */
+/**
+ * The range of every key strictly under `node` (its descendants, not itself). It ends at
+ * `subtreeEnd(node)`, not `strinc(node)`: the keys of a sibling whose name extends this node's
+ * with a NUL (`"a"` is `02 61 00`, `"a\0"` is `02 61 00 ff 00`) lie in between.
+ */
 function below(node: Uint8Array): [Uint8Array, Uint8Array] {
   const begin = new Uint8Array(node.length + 1);
   begin.set(node);
-  return [begin, strinc(node)];
+  return [begin, subtreeEnd(node)];
 }
 
 /** One `write`: stages every operation and cache update, and applies them only at the end. */
@@ -588,9 +584,9 @@ class Writer {
     this.ranges.push([begin, end]);
   }
 
-  /** Clears a node and everything under it. */
+  /** Clears a node and everything under it (not a sibling extending it: see {@link below}). */
   remove(node: Uint8Array): void {
-    this.ranges.push([node, strinc(node)]);
+    this.ranges.push([node, subtreeEnd(node)]);
   }
 
   /**
@@ -1156,10 +1152,13 @@ class Reader {
     }
   }
 
-  /** Whether the current row lies under `node`. */
+  /**
+   * Whether the current row lies under `node`: extends it, and not as the key of a sibling
+   * whose last name extends the node's with a NUL (see {@link below}).
+   */
   under(node: Uint8Array): boolean {
     const row = this.rows[this.i];
-    return row !== undefined && row.key.length > node.length && hasPrefix(row.key, node);
+    return row !== undefined && row.key.length > node.length && inSubtree(row.key, node);
   }
 
   /** Decodes the node at the current row (and its descendants). */

@@ -1,10 +1,10 @@
 /** Helpers shared by the codec tests. */
 
 import { openMemoryBackend, openTenant, type Tenant, type Transaction } from "../../mod.ts";
-import { strinc, toHex } from "../../lib/bytes.ts";
+import { toHex } from "../../lib/bytes.ts";
 import { createStateCodec } from "../../lib/codec/state.ts";
 import type { StateCodec, StoredState, WriteStats } from "../../lib/codec/types.ts";
-import { pack } from "../../lib/tuple.ts";
+import { pack, subtreeEnd } from "../../lib/tuple.ts";
 
 /**
  * The first difference between two values, or `undefined` if they are identical in every way
@@ -157,7 +157,7 @@ export async function openBench(
       return tenant.transact((tx) => c.read(tx, prefix));
     },
     async rows() {
-      const rows = await tenant.transact((tx) => tx.getRange(prefix, strinc(prefix)));
+      const rows = await tenant.transact((tx) => tx.getRange(prefix, subtreeEnd(prefix)));
       return rows.map((r) => [toHex(r.key), toHex(r.value)]);
     },
     close: () => backend.close(),

@@ -587,3 +587,86 @@ describe("state codec: freeze", () => {
     assert.equal(codec.freeze(cyclic), cyclic);
   });
 });
+
+describe("state codec: names and ids that extend another with a NUL", () => {
+  // "a" packs as 02 61 00 and "a\0" as 02 61 00 ff 00: the first is a prefix of the second, so
+  // a node's subtree is [node, node ‖ ff), not [node, strinc(node)).
+
+  /** Writes each state in turn (as diffs), checking after each what a fresh codec reads. */
+  async function walk(states: unknown[], maxValueSize = 100_000) {
+    const b = await openBench(maxValueSize);
+    for (const [i, s] of states.entries()) {
+      await b.put(b.codec.freeze(s));
+      const read = await b.get();
+      assert.ok(read.found, `state ${i} is stored`);
+      assert.equal(difference(s, read.state), undefined, `state ${i}`);
+      // The diff leaves exactly the rows of a fresh write: nothing lost, nothing left over.
+      assert.equal((await b.rows()).length, await freshRowCount(s, maxValueSize), `state ${i}`);
+    }
+    // A codec without caches diffs from what it read, back to the first state.
+    const codec = createStateCodec({ maxValueSize });
+    const stored = await b.tenant.transact((tx) => codec.read(tx, b.prefix));
+    await b.tenant.transact((tx) => codec.write(tx, b.prefix, stored, states[0]));
+    assert.equal(difference(states[0], (await b.get() as any).state), undefined, "back to 0");
+    assert.equal((await b.rows()).length, await freshRowCount(states[0], maxValueSize));
+    await b.close();
+  }
+
+  it("keeps record properties 'a', 'a\\0' and 'a\\0x' apart, nested, removed and re-added", async () => {
+    await walk([
+      { a: 1, "a\0": 2 },
+      { "a\0": 2 }, // removing "a" kept "a\0"
+      { a: { k: 1 }, "a\0": 2, "a\0x": { k: 3 } },
+      { a: { k: 1, "k\0": { z: 1 } }, "a\0x": { k: 3 } }, // removing "a\0" kept "a\0x"
+      { "a\0x": { k: 3 } }, // removing record "a" kept "a\0x"
+      { a: { k: 1 }, "a\0x": 5, "a\0": { k: { "": 1, "\0": 2 } } },
+      { a: 7, "a\0x": 5, "a\0": { k: { "\0": 2 } } }, // a record became a value
+      { n: { a: { b: 1 }, "a\0": { b: 2 }, "a\0\0": [1] } },
+      { n: { "a\0": { b: 2 }, "a\0\0": [1] } },
+      { n: { a: { b: 1 }, "a\0\0": [1] } },
+      { "": 1, "\0": 2, "\0\0": 3 },
+      { "\0": 2 },
+    ]);
+  });
+
+  it("keeps a chunked value at 'a' from clearing 'a\\0' when it shrinks", async () => {
+    const long = "x".repeat(500);
+    await walk([
+      { a: long, "a\0": { k: 1 } },
+      { a: 1, "a\0": { k: 1 } }, // the chunks of "a" go, "a\0" stays
+      { a: long, "a\0": long },
+      { a: "short", "a\0": long },
+    ], 64);
+  });
+
+  it("keeps collection items with ids '', '\\0', 'a' and 'a\\0' apart", async () => {
+    const items = (...ids: string[]) => ids.map((id, i) => ({ id, x: i, sub: { y: id } }));
+    await walk([
+      { items: items("", "\0", "a", "a\0") },
+      { items: items("\0", "a", "a\0") }, // removing "" kept "\0"
+      { items: items("\0", "a\0") }, // removing "a" kept "a\0"
+      { items: items("", "\0", "a", "a\0", "a\0\0") }, // re-added
+      { items: items("a\0\0", "a", "", "a\0", "\0") }, // moved
+      { items: [{ id: "", v: [1] }, { id: "\0", v: { w: 1 } }, { id: "a" }, { id: "a\0" }] },
+      { items: [{ id: "\0", v: { w: 1 } }, { id: "a\0" }] },
+      { items: items("", "\0") },
+    ]);
+  });
+
+  it("keeps the states under prefixes 's' and 's\\0' apart", async () => {
+    const backend = openMemoryBackend();
+    const tenant = await openTenant(backend, "codec");
+    const codec = createStateCodec({ maxValueSize: 100_000 });
+    const p1 = pack(["server", "s"]);
+    const p2 = pack(["server", "s\0"]);
+    const read = (p: Uint8Array) => tenant.transact((tx) => codec.read(tx, p));
+    await tenant.transact((tx) => codec.write(tx, p2, { found: false }, { n: 2 }));
+    await tenant.transact((tx) => codec.write(tx, p1, { found: false }, { n: 1 }));
+    assert.deepEqual(await read(p1), { found: true, state: { n: 1 } });
+    assert.deepEqual(await read(p2), { found: true, state: { n: 2 } });
+    await tenant.transact((tx) => codec.clear(tx, p1));
+    assert.deepEqual(await read(p1), { found: false });
+    assert.deepEqual(await read(p2), { found: true, state: { n: 2 } });
+    await backend.close();
+  });
+});
