@@ -750,8 +750,11 @@ class Instance {
       } catch {
         continue;
       }
+      // A slot with a deadline is its caller's until a minute past it, however long the caller
+      // has not been seen (a paused process may come back and read its reply); one without is
+      // abandoned when its caller is no longer present.
       const abandoned = slot.status === "pending"
-        ? (slot.deadline !== null && slot.deadline < now - 60_000) || !live.has(slot.caller)
+        ? slot.deadline !== null ? slot.deadline < now - 60_000 : !live.has(slot.caller)
         : slot.at < now - ANSWERED_SLOT_TTL;
       if (abandoned) tx.clearRange(row.key, subtreeEnd(row.key));
     }
@@ -1773,10 +1776,15 @@ class Instance {
         case "error":
           throw errorFromStored(read.error);
         case "missing":
-          throw new ServerStoppedError(
-            read.gone
-              ? `Server '${this.id}' was killed before replying to '${name}'`
-              : `The reply slot of call '${name}' to '${this.id}' disappeared`,
+          if (read.gone) {
+            throw new ServerStoppedError(
+              `Server '${this.id}' was killed before replying to '${name}'`,
+            );
+          }
+          // Collected while this caller was not seen (paused past its presence): the call may
+          // have been applied; its outcome is unknown, as after a timeout.
+          throw new CallTimeoutError(
+            `The reply slot of call '${name}' to '${this.id}' was collected while this caller was away (the call may have been applied)`,
           );
         case "abandoned":
           if (r === "aborted") {

@@ -81,14 +81,16 @@ for (const b of backends) {
       // Slots of calls made two minutes ago (only slots over 60 s old are looked at).
       const old = () => timeOrderedId(now - 120_000);
       const gone = {
-        noPresence: old(), // its caller left no presence record: a crashed caller
-        stalePresence: old(), // its caller's presence was not refreshed for a minute
+        noPresence: old(), // no deadline, and its caller left no presence: a crashed caller
+        stalePresence: old(), // no deadline, its caller's presence not refreshed for a minute
         deadlinePassed: old(), // live caller, but its deadline passed over 60 s ago
+        crashedPastDeadline: old(), // crashed caller, its deadline passed over 60 s ago
       };
       const kept = {
         noDeadline: old(), // live caller waiting without a timeout
         futureDeadline: old(), // live caller still within its deadline
         recentDeadline: old(), // live caller whose deadline passed less than 60 s ago
+        pausedCaller: old(), // caller not seen for a minute (paused?), within its deadline
       };
       const crashed = "crashed-caller-" + timeOrderedId();
       const stale = "stale-caller-" + timeOrderedId();
@@ -106,9 +108,11 @@ for (const b of backends) {
             lastSeen: now - 60_000,
           }),
         );
-        tx.set(keys.reply(gone.noPresence), slot(crashed, now + 60_000));
+        tx.set(keys.reply(gone.noPresence), slot(crashed, null));
         tx.set(keys.reply(gone.stalePresence), slot(stale, null));
         tx.set(keys.reply(gone.deadlinePassed), slot(sender.instance, now - 61_000));
+        tx.set(keys.reply(gone.crashedPastDeadline), slot(crashed, now - 61_000));
+        tx.set(keys.reply(kept.pausedCaller), slot(stale, now + 60_000));
         tx.set(keys.reply(kept.noDeadline), slot(sender.instance, null));
         tx.set(keys.reply(kept.futureDeadline), slot(sender.instance, now + 60_000));
         tx.set(keys.reply(kept.recentDeadline), slot(sender.instance, now - 10_000));
