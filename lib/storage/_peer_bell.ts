@@ -7,16 +7,32 @@
  * close together). It is only a bell: receivers re-read what they watch, and the notify file
  * and the safety poll still catch anything a lost datagram would miss.
  *
+ * Registrations are kept alive by heartbeats: each process touches its file about every
+ * second (recreating it if another process pruned it), and a file is pruned when it has not
+ * been touched for STALE_MS, or for DEAD_STALE_MS when its pid is not alive here. A pid alone
+ * cannot tell: a process in another PID namespace (containers sharing a volume) looks dead,
+ * and a pid of that namespace may name a live process of this one.
+ *
  * @module
  */
 
 type Dgram = typeof import("node:dgram");
 type Fs = typeof import("node:fs");
 type Socket = import("node:dgram").Socket;
+/** The interval timers of `node:timers` (their handles can be unref'd on both runtimes). */
+export type IntervalTimers = Pick<typeof import("node:timers"), "setInterval" | "clearInterval">;
 
 const RING = new Uint8Array([1]);
-/** How stale the list of registered processes may be, ms. */
+/** How stale the list of registered processes may be when the directory changed, ms. */
 const REFRESH_MS = 5;
+/** The list is read again at least this often even when the directory did not change, ms. */
+const RESCAN_MS = 1000;
+/** How often a process touches its registration file, ms. */
+export const HEARTBEAT_MS = 1000;
+/** A registration not touched for this long is pruned, whatever its pid, ms. */
+export const STALE_MS = 5000;
+/** A registration whose pid is not alive here is pruned once not touched for this long, ms. */
+export const DEAD_STALE_MS = 2000;
 
 /** Loopback UDP bell of one process for one database file. */
 export class PeerBell {
@@ -31,6 +47,10 @@ export class PeerBell {
   /** Other registered processes without a UDP bell (port 0). */
   #deaf = 0;
   #dirStamp = -1;
+  /** When the list was last read (performance.now()). */
+  #scannedAt = -Infinity;
+  #heartbeat: ReturnType<IntervalTimers["setInterval"]> | undefined;
+  #timers: IntervalTimers | undefined;
   #closed = false;
 
   private constructor(fs: Fs, dir: string, pid: number, alive: (pid: number) => boolean) {
@@ -43,10 +63,12 @@ export class PeerBell {
   /**
    * Binds the socket and registers this process (as port 0 where UDP is not available: the
    * others then signal it through the notify file). `onRing` runs for each datagram received.
+   * The registration's heartbeat runs on `timers`, unref'd.
    */
   static async open(
     dgram: Dgram,
     fs: Fs,
+    timers: IntervalTimers,
     dir: string,
     pid: number,
     alive: (pid: number) => boolean,
@@ -83,7 +105,28 @@ export class PeerBell {
       // (see fileNeeded).
       bell.#file = undefined;
     }
+    if (bell.#file !== undefined) {
+      bell.#timers = timers;
+      bell.#heartbeat = timers.setInterval(() => bell.#beat(), HEARTBEAT_MS);
+      // The heartbeat alone must not keep the process alive.
+      bell.#heartbeat.unref();
+    }
     return bell;
+  }
+
+  /** Touches the registration file; recreates it if another process pruned it. */
+  #beat(): void {
+    const file = this.#file;
+    if (file === undefined || this.#closed) return;
+    const now = new Date();
+    try {
+      this.#fs.utimesSync(file, now, now);
+    } catch {
+      try {
+        this.#fs.mkdirSync(this.#dir, { recursive: true });
+        this.#fs.writeFileSync(file, "");
+      } catch { /* the next beat tries again */ }
+    }
   }
 
   /** Whether any other process has the database open. */
@@ -119,8 +162,9 @@ export class PeerBell {
 
   /**
    * Re-reads the registered ports when the directory changed (looked at most every
-   * REFRESH_MS: a process that opens the database is noticed within that); drops dead
-   * processes' files.
+   * REFRESH_MS: a process that opens the database is noticed within that), and at least every
+   * RESCAN_MS (a process that died leaves the directory as it was); prunes stale
+   * registrations.
    */
   #refresh(): void {
     const now = performance.now();
@@ -134,8 +178,10 @@ export class PeerBell {
       this.#deaf = 0;
       return;
     }
-    if (stamp === this.#dirStamp) return;
+    if (stamp === this.#dirStamp && now - this.#scannedAt < RESCAN_MS) return;
     this.#dirStamp = stamp;
+    this.#scannedAt = now;
+    const wall = Date.now();
     const peers: number[] = [];
     let deaf = 0;
     let names: string[];
@@ -150,7 +196,7 @@ export class PeerBell {
       const port = Number(m[1]);
       const pid = Number(m[2]);
       if (port === this.#port && pid === this.#pid) continue;
-      if (pid !== this.#pid && !this.#alive(pid)) {
+      if (this.#stale(name, pid, wall)) {
         try {
           this.#fs.unlinkSync(`${this.#dir}/${name}`);
         } catch { /* another process pruned it */ }
@@ -163,10 +209,27 @@ export class PeerBell {
     this.#deaf = deaf;
   }
 
-  /** Unregisters and closes the socket. */
+  /**
+   * Whether another process's registration `name` is stale: not touched by its heartbeat for
+   * STALE_MS, or for DEAD_STALE_MS with a pid that is not alive here. A file that cannot be
+   * read is left alone (it was just pruned, or is being recreated).
+   */
+  #stale(name: string, pid: number, wall: number): boolean {
+    let age: number;
+    try {
+      age = wall - this.#fs.statSync(`${this.#dir}/${name}`).mtimeMs;
+    } catch {
+      return false;
+    }
+    if (age > STALE_MS) return true;
+    return age > DEAD_STALE_MS && pid !== this.#pid && !this.#alive(pid);
+  }
+
+  /** Unregisters, stops the heartbeat and closes the socket. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#heartbeat !== undefined) this.#timers?.clearInterval(this.#heartbeat);
     if (this.#file !== undefined) {
       try {
         this.#fs.unlinkSync(this.#file);

@@ -29,7 +29,8 @@
  *   directly; other processes' commits arrive through `<path>-notify`, a small file every
  *   committing process writes a random signal into after each commit, watched with `fs.watch`
  *   (inotify on Linux); on a wake-up the process re-reads the versions of all its watched keys
- *   in one snapshot. A poll every second is the safety net. Caveat (like FoundationDB's ABA
+ *   in one snapshot, unless `PRAGMA data_version` says no other process committed since its
+ *   last look. A poll every second is the safety net. Caveat (like FoundationDB's ABA
  *   caveat): a key created and deleted again by other processes between two looks reads as
  *   unchanged (missing both times), and that watch may not fire.
  *
@@ -97,7 +98,8 @@ export interface SqliteBackendOptions {
   /**
    * Path of the database file. Its parent directory is created if missing. Next to it, SQLite
    * keeps `<path>-wal` and `<path>-shm`, and dgen keeps `<path>-notify` (the cross-process
-   * wake-up signal).
+   * wake-up signal) and `<path>-peers/` (the processes that have it open), both next to the
+   * file the path leads to once symbolic links are followed, as SQLite's own files are.
    */
   path: string;
   /**
@@ -212,10 +214,11 @@ const MAX_READERS = 4;
 const RESERVE = 256;
 /**
  * After a commit of another connection, this process writes the exact counter with each commit
- * (no reservation) for at least this long, ms: other processes' watch checks look for a changed
- * counter (see #recheck), and a process that has just opened the database may not be seen
- * through its peer registration yet (see PeerBell's REFRESH_MS; every process announces itself
- * with a commit when it opens the database).
+ * (no reservation) for at least this long, ms: processes taking turns would otherwise skip up
+ * to RESERVE counters at every hand-over, and a process that has just opened the database may
+ * not be seen through its peer registration yet (see PeerBell's REFRESH_MS; every process
+ * announces itself with a commit when it opens the database). Watch checks do not rely on it
+ * (see #recheck).
  */
 const EXACT_MS = 1000;
 
@@ -241,6 +244,7 @@ class Conn {
   readonly rangeAsc: StatementSync;
   readonly rangeDesc: StatementSync;
   readonly counter: StatementSync;
+  readonly dataVersion: StatementSync;
   readonly begin: StatementSync;
   readonly commit: StatementSync;
   readonly rollback: StatementSync;
@@ -255,6 +259,7 @@ class Conn {
       "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k DESC LIMIT ?",
     );
     this.counter = this.prepare("SELECT value FROM meta WHERE name = 'counter'");
+    this.dataVersion = this.prepare("PRAGMA data_version");
     this.begin = this.prepare(beginSql);
     this.commit = this.prepare("COMMIT");
     this.rollback = this.prepare("ROLLBACK");
@@ -274,6 +279,11 @@ class Conn {
 
   readCounter(): number {
     return (this.counter.get() as unknown as Row)[0] as number;
+  }
+
+  /** `PRAGMA data_version`: changes whenever another connection has committed. */
+  readDataVersion(): number {
+    return (this.dataVersion.get() as unknown as Row)[0] as number;
   }
 }
 
@@ -357,7 +367,6 @@ class RowCache {
 /** The writer connection: the reads plus the writes and savepoints. */
 class WriterConn extends Conn {
   readonly rows = new RowCache();
-  readonly dataVersion: StatementSync;
   readonly put: StatementSync;
   readonly del: StatementSync;
   readonly delRange: StatementSync;
@@ -368,7 +377,6 @@ class WriterConn extends Conn {
 
   constructor(db: DatabaseSync) {
     super(db, "BEGIN IMMEDIATE");
-    this.dataVersion = this.prepare("PRAGMA data_version");
     this.put = this.prepare(
       "INSERT INTO kv (k, v, ver) VALUES (?, ?, ?) " +
         "ON CONFLICT (k) DO UPDATE SET v = excluded.v, ver = excluded.ver",
@@ -398,7 +406,7 @@ class WriterConn extends Conn {
    * counter any commit used (see {@link RESERVE}).
    */
   lockedCounter(): number {
-    const version = (this.dataVersion.get() as unknown as Row)[0] as number;
+    const version = this.readDataVersion();
     const rows = this.rows;
     this.foreign = false;
     if (version !== rows.dataVersion) {
@@ -931,10 +939,12 @@ class SqliteBackendImpl implements SqliteBackend {
   /** Watched keys of this process, by binary key. */
   readonly #registry = new Map<string, Registered>();
   /**
-   * The commit counter up to which every commit's effect on registered watches has been
-   * accounted for (by a re-check or because the commit was this process's own).
+   * The probe's `PRAGMA data_version` at its last look that accounted for every commit (-1:
+   * none yet). It changes when any other connection commits, whatever the commit counter did.
    */
-  #knownCounter: number;
+  #probeVersion = -1;
+  /** The writer met another connection's commit (see lockedCounter) since the last look. */
+  #foreignSinceLook = false;
   #watcher: FSWatcher | undefined;
   #pollTimer: ReturnType<typeof setInterval> | undefined;
   #recheckQueued = false;
@@ -971,7 +981,6 @@ class SqliteBackendImpl implements SqliteBackend {
     this.#notifyPath = notifyPath;
     this.#notifyFd = fs.openSync(notifyPath, "r+");
     fs.readSync(this.#notifyFd, this.#waiterSeen, 0, 4, WAITER_OFFSET);
-    this.#knownCounter = this.#probe.readCounter();
   }
 
   transact<T>(fn: (tx: Transaction) => T | Promise<T>, options?: TransactOptions): Promise<T> {
@@ -1114,7 +1123,7 @@ class SqliteBackendImpl implements SqliteBackend {
       throw storageError(e);
     }
     w.used = w.reserved = counter;
-    this.#knownCounter = counter;
+    this.#foreignSinceLook ||= w.foreign;
     this.#signalCommit();
     this.#contended = false;
     this.#updateWatcher();
@@ -1168,6 +1177,8 @@ class SqliteBackendImpl implements SqliteBackend {
       return;
     }
     const w = this.#writer;
+    // Watch checks must not take another process's commit for this one's (see #recheck).
+    if (w.foreign) this.#foreignSinceLook = true;
     const reserving = this.#mayReserve(w.foreign);
     // Reserving, the next counter may still lie within the stored reservation; otherwise the
     // counter is the stored one plus one, so that every commit changes it (a reservation left
@@ -1253,8 +1264,6 @@ class SqliteBackendImpl implements SqliteBackend {
           w.setCounter.run(top);
           w.commit.run();
           w.reserved = top;
-          // The stored counter moved: other processes' watch checks look (see #recheck).
-          if (stored === this.#knownCounter) this.#knownCounter = top;
         } else {
           w.commit.run();
         }
@@ -1586,7 +1595,13 @@ class SqliteBackendImpl implements SqliteBackend {
     for (const h of fire) h.fire();
   }
 
-  /** Re-reads every watched key's version in one snapshot; fires those that changed. */
+  /**
+   * Re-reads every watched key's version in one snapshot; fires those that changed. Skipped
+   * when nothing was committed since the last look, or only this process's own commits (whose
+   * watches were notified directly). Both are told by `PRAGMA data_version`, never by the
+   * stored commit counter: a process that believes it is alone (see RESERVE) does not move
+   * that, and whatever a process believes about the others must not lose a watch.
+   */
   #recheck(): void {
     if (this.closed || this.#registry.size === 0) return;
     const probe = this.#probe;
@@ -1594,15 +1609,18 @@ class SqliteBackendImpl implements SqliteBackend {
     try {
       probe.begin.run();
       try {
-        const counter = probe.readCounter();
-        // Nothing committed since the last look (or only this process's own commits, whose
-        // watches were notified directly).
-        if (counter === this.#knownCounter) return;
-        for (const entry of this.#registry.values()) {
-          const ver = probe.versionOf(entry.key);
-          for (const h of entry.handles) if (h.baseline !== ver) fire.push(h);
+        // Read inside the transaction: the version of the snapshot the keys are read from.
+        const version = probe.readDataVersion();
+        if (version === this.#probeVersion) return;
+        if (this.#foreignSinceLook || !this.#onlyOwnCommits()) {
+          for (const entry of this.#registry.values()) {
+            const ver = probe.versionOf(entry.key);
+            for (const h of entry.handles) if (h.baseline !== ver) fire.push(h);
+          }
         }
-        this.#knownCounter = counter;
+        // Every commit up to this snapshot is accounted for (kept as it was if a read threw).
+        this.#foreignSinceLook = false;
+        this.#probeVersion = version;
       } finally {
         probe.rollback.run();
       }
@@ -1610,6 +1628,23 @@ class SqliteBackendImpl implements SqliteBackend {
       return; // transiently busy: the next wake-up or the safety poll looks again
     }
     for (const h of fire) h.fire();
+  }
+
+  /**
+   * Whether no other connection committed since the writer's last write transaction began:
+   * the writer's `data_version` is still the one it found then. With #foreignSinceLook false
+   * (no other connection's commit met by a write transaction since the last look), every
+   * commit since the last look was then this process's own. Asked after the probe's snapshot
+   * was taken, so a commit it does not cover makes this false.
+   */
+  #onlyOwnCommits(): boolean {
+    const w = this.#writer;
+    if (w.rows.dataVersion === -1) return false;
+    try {
+      return w.readDataVersion() === w.rows.dataVersion;
+    } catch {
+      return false;
+    }
   }
 
   #onNotify = (): void => {
@@ -1753,7 +1788,7 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
   const opts = parse(optionsSchema, options, "options");
   const limits = { ...FOUNDATIONDB_LIMITS, ...opts.limits };
   // Loaded here, not at import: importing mod.ts must not need node:sqlite.
-  const [{ DatabaseSync }, fs, nodePath, { setImmediate }, dgram, nodeProcess] = await Promise
+  const [{ DatabaseSync }, fs, nodePath, timers, dgram, nodeProcess] = await Promise
     .all([
       import("node:sqlite"),
       import("node:fs"),
@@ -1764,7 +1799,7 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
       import("node:process"),
     ]);
   const path = opts.path;
-  const file = nodePath.resolve(path);
+  let file = nodePath.resolve(path);
   try {
     fs.mkdirSync(nodePath.dirname(file), { recursive: true });
   } catch (e) {
@@ -1785,6 +1820,12 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
   }
   try {
     await setUp(writer, path, opts.synchronous ?? "full");
+    // SQLite follows symbolic links to the database file and keeps its -wal and -shm next to
+    // the file it leads to; the notify file and peer registrations go there too, so that
+    // processes reaching the file by different paths find each other. It exists by now.
+    try {
+      file = fs.realpathSync(file);
+    } catch { /* keep the resolved path */ }
     const notifyPath = `${file}-notify`;
     // Created with its full layout (signal and marker), appending zeros if another process
     // has just created it shorter.
@@ -1802,7 +1843,7 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
       opts.maxGroupSize ?? 64,
       open,
       fs,
-      setImmediate,
+      timers.setImmediate,
       writer,
       notifyPath,
     );
@@ -1818,6 +1859,7 @@ export async function openSqliteBackend(options: SqliteBackendOptions): Promise<
       await PeerBell.open(
         dgram.default,
         fs,
+        timers,
         `${file}-peers`,
         nodeProcess.default.pid,
         alive,
