@@ -94,11 +94,16 @@ export function loopbackHosts(hostname: string, port: number): Set<string> {
     "127.0.0.1",
     "localhost",
     "[::1]",
-    hostname.includes(":") ? `[${hostname}]` : hostname,
+    urlHost(hostname),
   ].map((n) => n.toLowerCase());
   const hosts = names.map((n) => `${n}:${port}`);
   if (port === 80) hosts.push(...names);
   return new Set(hosts);
+}
+
+/** `hostname` as it appears in a URL or `Host`: an IPv6 address in brackets, once. */
+function urlHost(hostname: string): string {
+  return hostname.includes(":") && !hostname.startsWith("[") ? `[${hostname}]` : hostname;
 }
 
 const INTERNALS: unique symbol = Symbol("dgen.dashboardInternals");
@@ -152,13 +157,14 @@ export async function serveDashboardWith(
     maxBuffered: tuning.maxBuffered ?? 8 * 1024 * 1024,
   };
   const http = await serveHttp({
-    hostname: opts.hostname,
+    // The listener takes a bare IPv6 address; "[::1]" is accepted as the URL form of "::1".
+    hostname: opts.hostname.replace(/^\[(.*)\]$/, "$1"),
     port: opts.port,
     fetch: createHandler(config),
   });
   // The port is known only now; until this line no request can have been accepted.
   if (LOOPBACK.test(opts.hostname)) config.allowedHosts = loopbackHosts(opts.hostname, http.port);
-  const host = opts.hostname.includes(":") ? `[${opts.hostname}]` : opts.hostname;
+  const host = urlHost(opts.hostname);
   const query = opts.token === undefined ? "" : `?token=${encodeURIComponent(opts.token)}`;
   let closing: Promise<void> | undefined;
   const dashboard = {

@@ -711,6 +711,14 @@ describe("dashboard HTTP and event stream", () => {
     );
   });
 
+  it("brackets an IPv6 loopback hostname once, given with or without brackets", () => {
+    for (const hostname of ["::1", "[::1]"]) {
+      const hosts = loopbackHosts(hostname, 8080);
+      assert.ok(hosts.has("[::1]:8080"), hostname);
+      assert.ok(![...hosts].some((h) => h.startsWith("[[")), [...hosts].join());
+    }
+  });
+
   it("answers browsers and curl on port 80 (when port 80 can be bound)", async () => {
     const t = await setup();
     let dash: Dashboard;
