@@ -48,8 +48,10 @@ import {
   isPlain,
   isPlainArray,
   isSmallInt,
+  isStackOverflow,
   isWellFormed,
   smallInt,
+  unreadable,
 } from "./value.ts";
 
 /** The version of the layout above; stored under `prefix ‖ (0)`. */
@@ -193,11 +195,6 @@ function checkPrefix(prefix: Uint8Array): void {
   let allFF = true;
   for (let i = 0; i < prefix.length && allFF; i++) allFF = prefix[i] === 0xff;
   if (allFF) throw new TypeError("The state prefix must hold a byte other than 0xff");
-}
-
-/** Whether an error is the engine's stack overflow. */
-function isStackOverflow(e: unknown): boolean {
-  return e instanceof RangeError && /call stack/i.test(e.message);
 }
 
 class Codec implements StateCodec {
@@ -408,7 +405,9 @@ class Codec implements StateCodec {
       if (isStackOverflow(e)) {
         throw new CodecError("State is nested too deeply to store", "state", { cause: e });
       }
-      throw e;
+      // Nothing is staged on the transaction before apply(): whatever the walk met (a getter
+      // that throws, a revoked Proxy) is the state's fault, never the storage's.
+      throw unreadable(e, next, ROOT_PATH);
     }
     return w.apply();
   }

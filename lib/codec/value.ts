@@ -26,6 +26,7 @@
 
 import { Encoder } from "cbor-x/encode";
 import { Decoder, Tag } from "cbor-x/decode";
+import { errorMessage } from "../describe.ts";
 import { CodecError } from "../errors.ts";
 import { child, describeKey, rawChild, renderPath, type ValuePath } from "./path.ts";
 
@@ -259,6 +260,132 @@ function prepare(v: unknown, path: ValuePath, walk: Walk): unknown {
   unsupported(v, path);
 }
 
+/** Whether an error is the engine's stack overflow. */
+export function isStackOverflow(e: unknown): boolean {
+  return e instanceof RangeError && /call stack/i.test(e.message);
+}
+
+/**
+ * What to throw for error `e`, met while walking `value` (whose path is `path`): `e` itself if
+ * it is a `CodecError` or a stack overflow, else a `CodecError` saying that reading the value
+ * threw (a getter that throws, a revoked `Proxy`, a `Proxy` trap that throws), naming the path
+ * where it throws, with `e` as its cause. Such a value can never be stored, so the error must
+ * not pass for a storage failure (which the runtime would retry for ever).
+ *
+ * The walks that read user values do not track where they are in a way that survives a throw,
+ * so the path is found afterwards, by reading `value` again, carefully, at no cost to the walks.
+ * A value that throws only once is named by `path`.
+ */
+export function unreadable(e: unknown, value: unknown, path: ValuePath): unknown {
+  if (e instanceof CodecError || isStackOverflow(e)) return e;
+  let at = path;
+  try {
+    at = locateThrow(value, path, new Set(), 0) ?? path;
+  } catch {
+    // Anything unforeseen: name the root of the walk.
+  }
+  return new CodecError(
+    `Reading this value threw (a getter or a Proxy?): ${errorMessage(e)}`,
+    renderPath(at),
+    { cause: e },
+  );
+}
+
+/** How deep {@link locateThrow} looks (it recurses, and must not overflow the stack). */
+const LOCATE_DEPTH = 2_000;
+
+/**
+ * The path of the first part of `v` whose reading throws, reading what `prepare` and the state
+ * codec read (prototype, keys, properties, entries); `undefined` if nothing throws.
+ */
+function locateThrow(
+  v: unknown,
+  path: ValuePath,
+  seen: Set<object>,
+  depth: number,
+): ValuePath | undefined {
+  if (typeof v !== "object" || v === null || depth > LOCATE_DEPTH) return undefined;
+  let proto: unknown;
+  let isArray: boolean;
+  try {
+    proto = Object.getPrototypeOf(v);
+    isArray = Array.isArray(v);
+  } catch {
+    return path;
+  }
+  if (seen.has(v)) return undefined;
+  seen.add(v);
+  const inner = (x: unknown, p: ValuePath) => locateThrow(x, p, seen, depth + 1);
+  if (isArray) {
+    const arr = v as unknown[];
+    let length: number;
+    try {
+      length = arr.length;
+    } catch {
+      return path;
+    }
+    for (let i = 0; i < length; i++) {
+      let x: unknown;
+      try {
+        x = arr[i];
+      } catch {
+        return child(path, i);
+      }
+      const r = inner(x, child(path, i));
+      if (r !== undefined) return r;
+    }
+    return undefined;
+  }
+  if (proto === Object.prototype || proto === null) {
+    const obj = v as Record<string, unknown>;
+    let keys: string[];
+    try {
+      keys = Object.keys(obj);
+      Object.getOwnPropertySymbols(obj);
+    } catch {
+      return path;
+    }
+    for (const k of keys) {
+      let x: unknown;
+      try {
+        x = obj[k];
+      } catch {
+        return child(path, k);
+      }
+      const r = inner(x, child(path, k));
+      if (r !== undefined) return r;
+    }
+    return undefined;
+  }
+  if (v instanceof Map || v instanceof Set) {
+    let entries: Array<[unknown, unknown]>;
+    try {
+      entries = v instanceof Map ? [...v] : [...v].map((x) => [x, undefined]);
+    } catch {
+      return path;
+    }
+    for (let i = 0; i < entries.length; i++) {
+      const [k, x] = entries[i]!;
+      if (v instanceof Set) {
+        const r = inner(k, rawChild(path, `.values()[${i}]`));
+        if (r !== undefined) return r;
+        continue;
+      }
+      const r = inner(k, rawChild(path, `.keys()[${i}]`)) ??
+        inner(x, rawChild(path, `.get(${describeKey(k)})`));
+      if (r !== undefined) return r;
+    }
+    return undefined;
+  }
+  try {
+    if (v instanceof Date) v.getTime();
+    else if (v instanceof Uint8Array) void [v.buffer, v.byteOffset, v.byteLength];
+  } catch {
+    return path;
+  }
+  return undefined;
+}
+
 /** The result of {@link encodeValue}. */
 export interface EncodedValue {
   /** The encoding (a fresh array owned by the caller). */
@@ -291,7 +418,12 @@ export function encodeValue(
     return { bytes: new Uint8Array([0xf6]), mutable: false };
   }
   const walk: Walk = { ancestors: ancestors ?? new Set(), mutable: false, unfrozen };
-  const prepared = prepare(value, path, walk);
+  let prepared: unknown;
+  try {
+    prepared = prepare(value, path, walk);
+  } catch (e) {
+    throw unreadable(e, value, path);
+  }
   // cbor-x returns a view of its reusable buffer (a Buffer): copy it into a plain array.
   return { bytes: new Uint8Array(encoder.encode(prepared)), mutable: walk.mutable };
 }
@@ -414,7 +546,7 @@ export function decodeValue(bytes: Uint8Array, where: string): DecodedValue {
     const value = restore(decoder.decode(bytes), walk);
     return { value, mutable: walk.mutable };
   } catch (e) {
-    if (e instanceof RangeError && /call stack/i.test(e.message)) {
+    if (isStackOverflow(e)) {
       throw new CodecError("Stored value is nested too deeply to decode", where, { cause: e });
     }
     throw new CodecError(

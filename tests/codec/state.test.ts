@@ -408,7 +408,55 @@ describe("state codec: refusals", () => {
   cyclicRecord.a.b.back = cyclicRecord.a;
   const cyclicValue: any[] = [1, 2];
   cyclicValue.push({ up: cyclicValue });
+  /** `x` with an enumerable property `x` whose getter throws. */
+  const throwing = (x: object = {}) =>
+    Object.defineProperty(x, "x", {
+      get() {
+        throw new Error("boom");
+      },
+      enumerable: true,
+    });
+  const revoked = () => {
+    const r = Proxy.revocable({}, {});
+    r.revoke();
+    return r.proxy;
+  };
+  const threw = /Reading this value threw.*boom|Reading this value threw.*revoked|no keys/;
   const cases: Array<[string, (s: any) => unknown, RegExp, string]> = [
+    ["a getter that throws", (s) => ({ ...s, g: throwing({ ok: 1 }) }), threw, "state.g.x"],
+    [
+      "a getter that throws in a new item",
+      (s) => ({ ...s, items: [...s.items, throwing({ id: "d" })] }),
+      threw,
+      "state.items[3].x",
+    ],
+    [
+      "a getter that throws in a Map",
+      (s) => ({ ...s, m: new Map([["k", throwing()]]) }),
+      threw,
+      'state.m.get("k").x',
+    ],
+    ["a revoked Proxy", (s) => ({ ...s, p: revoked() }), threw, "state.p"],
+    [
+      "a revoked Proxy in an array value",
+      (s) => ({ ...s, v: [1, revoked()] }),
+      threw,
+      "state.v[1]",
+    ],
+    ["a revoked Proxy as the state", () => revoked(), threw, "state"],
+    [
+      "a Proxy whose ownKeys trap throws",
+      (s) => ({
+        ...s,
+        q: new Proxy({}, {
+          ownKeys() {
+            throw new Error("no keys");
+          },
+        }),
+      }),
+      threw,
+      "state.q",
+    ],
     [
       "a function",
       (s) => ({ ...s, items: [...s.items.slice(0, 3), { id: "z", handler }] }),
@@ -475,6 +523,22 @@ describe("state codec: refusals", () => {
       await b.close();
     });
   }
+
+  it("keeps what a value threw while being read as the CodecError's cause", async () => {
+    const b = await openBench();
+    const error = new TypeError("boom");
+    const state = Object.defineProperty({}, "g", {
+      get() {
+        throw error;
+      },
+      enumerable: true,
+    });
+    await assert.rejects(
+      b.put(state),
+      (e) => e instanceof CodecError && e.path === "state.g" && e.cause === error,
+    );
+    await b.close();
+  });
 });
 
 describe("state codec: stored data it cannot read", () => {

@@ -54,6 +54,11 @@ describe("value encoding", () => {
   });
 
   it("refuses what it cannot store, naming the path", () => {
+    const revoked = () => {
+      const r = Proxy.revocable({}, {});
+      r.revoke();
+      return r.proxy;
+    };
     class Point {
       x = 1;
     }
@@ -72,6 +77,27 @@ describe("value encoding", () => {
       [new Set([1, new WeakMap()]), /WeakMap/, "state.values()[1]"],
       [new Int16Array(2), /Int16Array/, "state"],
       [Object.assign(Object.create(null), { e: new Error("x") }), /Error/, "state.e"],
+      // Values that throw while being read: a getter, a revoked Proxy, a throwing trap.
+      [
+        {
+          a: [1, Object.defineProperty({}, "g", { get: () => JSON.parse("{"), enumerable: true })],
+        },
+        /Reading this value threw/,
+        "state.a[1].g",
+      ],
+      [new Map([[1, revoked()]]), /Reading this value threw/, "state.get(1)"],
+      [
+        new Set([
+          new Proxy([1, 2], {
+            get(t, k) {
+              if (k === "1") throw new TypeError("trap");
+              return Reflect.get(t, k);
+            },
+          }),
+        ]),
+        /Reading this value threw/,
+        "state.values()[0][1]",
+      ],
     ];
     for (const [value, message, path] of cases) {
       assert.throws(

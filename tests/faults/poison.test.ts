@@ -21,6 +21,7 @@ import {
 } from "../../mod.ts";
 import { Child, missingRuntimes, type Runtime, testScript } from "../_processes.ts";
 import { deadline, waitFor } from "../_helpers.ts";
+import { backends, fresh } from "../server/_backends.ts";
 import { testSeed } from "./_seed.ts";
 
 const skip = missingRuntimes();
@@ -139,3 +140,59 @@ describe("a poison message on SQLite, across processes", { skip }, () => {
     await backend.close();
   });
 });
+
+/**
+ * A handler returning a state that throws while being read (a getter that throws, a revoked
+ * Proxy): the codec's error must count as the message's own failure, not as a storage outage
+ * the consumer retries for ever.
+ */
+interface UnreadableState {
+  n: number;
+  v?: unknown;
+}
+const Unreadable = defineServer({
+  name: "unreadable",
+  init: (): UnreadableState => ({ n: 0 }),
+  handleCast: {
+    poison: (how: "getter" | "proxy", s: UnreadableState) => {
+      let v: object;
+      if (how === "getter") {
+        v = Object.defineProperty({}, "g", {
+          get() {
+            throw new Error("boom getter");
+          },
+          enumerable: true,
+        });
+      } else {
+        const r = Proxy.revocable({}, {});
+        r.revoke();
+        v = r.proxy;
+      }
+      return noreply<UnreadableState>({ ...s, v });
+    },
+    inc: (_: undefined, s: UnreadableState) => noreply({ ...s, n: s.n + 1 }),
+  },
+  handleCall: { get: (_: undefined, _from, s: UnreadableState) => reply(s.n, s) },
+});
+
+for (const b of backends) {
+  describe(`a state that throws while being read, on ${b.name}`, { skip: b.skip }, () => {
+    it("is dead-lettered as the message's failure, and a message behind it applies", async () => {
+      const { backend, tenant } = await fresh(b);
+      const ref = await start(Unreadable, [], { tenant, deadLetterThreshold: 2 });
+      const sender = await start(Unreadable, [], { tenant, consume: false });
+      await sender.castMany([["poison", "getter"], ["poison", "proxy"], ["inc"]]);
+      assert.equal(await deadline(ref.call("get", undefined), 10_000, "the server is wedged"), 1);
+      const letters = await ref.deadLetters.list();
+      assert.deepEqual(letters.map((l) => [l.arg, l.attempts, l.error.code]), [
+        ["getter", 2, "codec"],
+        ["proxy", 2, "codec"],
+      ]);
+      assert.match(letters[0]!.error.message, /Reading this value threw.*boom getter.*state\.v\.g/);
+      assert.match(letters[1]!.error.message, /Reading this value threw.*state\.v\)/);
+      await sender.stop();
+      await ref.stop();
+      await backend.close();
+    });
+  });
+}
