@@ -27,7 +27,8 @@ import {
 import { pack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import * as v from "valibot";
-import { retryLoop } from "./retry.ts";
+import { isRetryable, retryLoop } from "./retry.ts";
+import { type TimerHandle, unrefTimer } from "../runtime/process.ts";
 import {
   type Backend,
   type BackendLimits,
@@ -228,6 +229,13 @@ class MemoryTransaction implements Transaction {
   readonly stamp = new LazyStamp();
   done = false;
   #snapshot: ReadTransaction | undefined;
+  /**
+   * While the body's promise is pending: what fails it (the reject of the attempt's promise),
+   * and the links of the backend's list of pending bodies, which its watchdog walks.
+   */
+  fail: ((e: unknown) => void) | undefined = undefined;
+  prev: MemoryTransaction | undefined = undefined;
+  next: MemoryTransaction | undefined = undefined;
 
   constructor(
     readonly store: Store,
@@ -260,14 +268,16 @@ class MemoryTransaction implements Transaction {
     if (this.store.closed) throw new BackendUnavailableError("The memory backend is closed");
     if (clock === "write" || (clock === "read" && (++this.#reads & 7) !== 0)) return;
     const elapsed = performance.now() - this.started;
-    if (elapsed > this.limits.maxTransactionDuration) {
-      throw new LimitExceededError(
-        "transaction_timeout",
-        `Transaction ran ${
-          Math.round(elapsed)
-        } ms, over the ${this.limits.maxTransactionDuration} ms limit`,
-      );
-    }
+    if (elapsed > this.limits.maxTransactionDuration) throw this.timeoutError(elapsed);
+  }
+
+  timeoutError(elapsed: number): LimitExceededError {
+    return new LimitExceededError(
+      "transaction_timeout",
+      `Transaction ran ${
+        Math.round(elapsed)
+      } ms, over the ${this.limits.maxTransactionDuration} ms limit`,
+    );
   }
 
   checkKey(key: Uint8Array): string {
@@ -619,6 +629,11 @@ function conflictMessage(k: string): string {
   return `Transaction conflicted on key ${printable(binaryStringToBytes(k).subarray(0, 60))}`;
 }
 
+function isThenable<T>(x: T | Promise<T>): x is Promise<T> {
+  return x !== null && (typeof x === "object" || typeof x === "function") &&
+    typeof (x as { then?: unknown }).then === "function";
+}
+
 /** A copy the transaction owns (the shared empty array for an empty one). */
 function ownCopy(b: Uint8Array): Uint8Array {
   return b.length === 0 ? EMPTY_BYTES : b.slice();
@@ -645,17 +660,129 @@ class MemoryBackend implements Backend {
     if (this.#store.closed) {
       return Promise.reject(new BackendUnavailableError("The memory backend is closed"));
     }
-    return retryLoop(async () => {
-      const tx = new MemoryTransaction(this.#store, this.limits, opts.readOnly ?? false);
-      try {
-        const result = await fn(tx);
+    if (opts.signal?.aborted) return Promise.reject(opts.signal.reason);
+    // The first attempt runs outside the retry loop (one async function and one await fewer
+    // per transaction): a retryable failure hands over to the loop (see #retry).
+    return this.#attempt(fn, opts.readOnly ?? false, opts);
+  }
+
+  /**
+   * One attempt: runs the body and commits. A body that returns a promise is watched until it
+   * settles (see {@link #watchBodies}); one that returns a value commits at once. With `retry`
+   * (the first attempt's options), a retryable failure goes on in the retry loop.
+   */
+  #attempt<T>(
+    fn: (tx: Transaction) => T | Promise<T>,
+    readOnly: boolean,
+    retry: TransactOptions | undefined,
+  ): Promise<T> {
+    const tx = new MemoryTransaction(this.#store, this.limits, readOnly);
+    let r: T | Promise<T>;
+    try {
+      r = fn(tx);
+      if (!isThenable(r)) {
         tx.commit();
-        return result;
-      } catch (e) {
-        tx.abort();
-        throw e;
+        return Promise.resolve(r);
       }
-    }, opts);
+    } catch (e) {
+      tx.abort();
+      return retry === undefined ? Promise.reject(e) : this.#retry(e, fn, readOnly, retry);
+    }
+    const body = r;
+    return new Promise<T>((resolve, reject) => {
+      tx.fail = retry === undefined ? reject : (e) => {
+        if (isRetryable(e)) resolve(this.#retry(e, fn, readOnly, retry));
+        else reject(e);
+      };
+      this.#watch(tx);
+      try {
+        body.then((value) => {
+          // Failed by the watchdog already: the transaction was aborted, nothing commits.
+          if (tx.fail === undefined) return;
+          try {
+            tx.commit();
+          } catch (e) {
+            this.#bodyFailed(tx, e);
+            return;
+          }
+          this.#unwatch(tx);
+          resolve(value);
+        }, (e) => this.#bodyFailed(tx, e));
+      } catch (e) {
+        // A thenable whose then throws.
+        this.#bodyFailed(tx, e);
+      }
+    });
+  }
+
+  /**
+   * Goes on after the first attempt failed with `e`: the retry loop replays that failure as its
+   * own first attempt, so the retry count, the back-off and the errors are the loop's.
+   */
+  #retry<T>(
+    e: unknown,
+    fn: (tx: Transaction) => T | Promise<T>,
+    readOnly: boolean,
+    opts: TransactOptions,
+  ): Promise<T> {
+    if (!isRetryable(e)) return Promise.reject(e);
+    return retryLoop(
+      (n) => n === 0 ? Promise.reject(e) : this.#attempt(fn, readOnly, undefined),
+      opts,
+    );
+  }
+
+  #bodyFailed(tx: MemoryTransaction, e: unknown): void {
+    const fail = tx.fail;
+    if (fail === undefined) return;
+    this.#unwatch(tx);
+    tx.abort();
+    fail(e);
+  }
+
+  /** The first of the bodies that returned a promise and have not settled (a list). */
+  #pending: MemoryTransaction | undefined;
+  #watchdog: TimerHandle | undefined;
+
+  #watch(tx: MemoryTransaction): void {
+    const head = this.#pending;
+    tx.next = head;
+    if (head !== undefined) head.prev = tx;
+    this.#pending = tx;
+    if (this.#watchdog === undefined) {
+      const tick = Math.max(5, Math.min(250, this.limits.maxTransactionDuration / 4));
+      this.#watchdog = setInterval(() => this.#watchBodies(), tick);
+      unrefTimer(this.#watchdog);
+    }
+  }
+
+  #unwatch(tx: MemoryTransaction): void {
+    const { prev, next } = tx;
+    if (prev === undefined) this.#pending = next;
+    else prev.next = next;
+    if (next !== undefined) next.prev = prev;
+    tx.prev = tx.next = tx.fail = undefined;
+  }
+
+  /**
+   * Fails every pending body past `maxTransactionDuration` with `transaction_timeout` and
+   * aborts its transaction (its later operations throw, it never commits). One timer for all
+   * bodies, ticking every quarter of the limit (at most 250 ms) while any is pending: none per
+   * transaction on the hot path.
+   */
+  #watchBodies(): void {
+    const now = performance.now();
+    const limit = this.limits.maxTransactionDuration;
+    for (let tx = this.#pending; tx !== undefined;) {
+      const next = tx.next;
+      const elapsed = now - tx.started;
+      if (elapsed > limit) this.#bodyFailed(tx, tx.timeoutError(elapsed));
+      tx = next;
+    }
+    if (this.#pending === undefined) {
+      clearInterval(this.#watchdog);
+      this.#watchdog = undefined;
+    }
   }
 
   openSubspace(path: readonly string[]): Promise<Uint8Array> {

@@ -5,13 +5,15 @@ import {
   defineServer,
   DGenError,
   noreply,
+  openMemoryBackend,
+  openTenant,
   reply,
   ServerStoppedError,
   start,
 } from "../../mod.ts";
 import { backends, fresh } from "./_backends.ts";
 import { Flaky, flaky } from "./_defs.ts";
-import { waitFor } from "../_helpers.ts";
+import { deadline, waitFor } from "../_helpers.ts";
 
 function quietly<T>(fn: () => Promise<T>): Promise<T> {
   const error = console.error;
@@ -354,3 +356,38 @@ for (const b of backends) {
     });
   });
 }
+
+describe("a handler that never settles, on the memory backend", () => {
+  it("is failed at the transaction time limit and dead-lettered; the cast behind it applies", async () => {
+    const backend = openMemoryBackend({ limits: { maxTransactionDuration: 300 } });
+    const tenant = await openTenant(backend, "hang");
+    const Hang = defineServer({
+      name: "hang",
+      init: () => [] as string[],
+      handleCast: {
+        // A handler awaiting a fetch that never answers.
+        hang: (_: undefined, _s: string[]) => new Promise<never>(() => {}),
+        add: (x: string, s: string[]) => noreply([...s, x]),
+      },
+      handleCall: { value: (_: undefined, _f, s: string[]) => reply(s, s) },
+    });
+    const sender = await start(Hang, [], { tenant, consume: false });
+    await sender.cast("hang");
+    await sender.cast("add", "after");
+    const consumer = await start(Hang, [], { tenant, deadLetterThreshold: 1 });
+    await quietly(() =>
+      waitFor(
+        async () => (await sender.priorityCall("value")).length > 0,
+        5000,
+        "the server wedged on the handler that never settles",
+      )
+    );
+    assert.deepEqual(await sender.call("value"), ["after"]);
+    const letters = await sender.deadLetters.list();
+    assert.deepEqual(letters.map((l) => [l.kind, l.name]), [["cast", "hang"]]);
+    assert.match(letters[0]!.error.message, /over the 300 ms limit/);
+    await deadline(consumer.stop(), 2000, "stop() never returned");
+    await sender.stop();
+    await backend.close();
+  });
+});

@@ -15,6 +15,7 @@ import {
   openTenant,
   readInt64LE,
   RetriesExhaustedError,
+  type Transaction,
   withFaults,
 } from "../../mod.ts";
 import { compareBytes, concatBytes, toHex } from "../../lib/bytes.ts";
@@ -37,6 +38,13 @@ export interface ConformanceTraits {
    * @default true
    */
   staleReadsConflict?: boolean;
+  /**
+   * A body still pending past `maxTransactionDuration` (a promise that never settles) is failed
+   * with `transaction_timeout` by the backend's watchdog (memory, SQLite). PostgreSQL and
+   * FoundationDB have none yet: such a body hangs their `transact`.
+   * @default false for backends named postgres… or foundationdb…, true for the others
+   */
+  failsSuspendedBodies?: boolean;
 }
 
 /** Opens a fresh, empty backend. */
@@ -543,6 +551,39 @@ export function registerConformance(
         assert.ok(reads <= 40, `the body made ${reads} reads: no read looked at the clock`);
         assert.equal(await b.transact((tx) => tx.get(k("poll"))), undefined);
       }, { limits: { maxTransactionDuration: 50 } }));
+
+    const suspendedSkip = (traits.failsSuspendedBodies ?? !/^(postgres|foundationdb)/.test(name))
+      ? undefined
+      : "no watchdog for a body that never settles on this backend";
+    it("fails a body that never settles at its time limit, once, and nothing it does commits", {
+      skip: suspendedSkip,
+    }, () =>
+      withBackend(open, async (b) => {
+        let held: Transaction | undefined;
+        let runs = 0;
+        const started = performance.now();
+        const hung = b.transact((tx) => {
+          runs++;
+          held = tx;
+          tx.set(k("hung"), k("1"));
+          // A handler awaiting a fetch that never answers.
+          return new Promise<never>(() => {});
+        });
+        await assert.rejects(
+          deadline(hung, 3000, "a body that never settles was never failed"),
+          (e) =>
+            e instanceof LimitExceededError && e.code === "transaction_timeout" &&
+            /over the 200 ms limit/.test(e.message),
+        );
+        assert.ok(performance.now() - started >= 200, "failed before its limit");
+        assert.equal(runs, 1, "a timeout is not retried");
+        // The transaction is over: what the body does afterwards throws and commits nothing.
+        assert.throws(() => held!.set(k("late"), k("1")));
+        await assert.rejects(Promise.resolve().then(() => held!.get(k("hung"))));
+        await b.transact((tx) => tx.set(k("after"), k("1")));
+        const rows = await b.transact((tx) => tx.getRange(k("a"), k("z")));
+        assert.deepEqual(rows.map((r) => dec(r.key)), ["after"]);
+      }, { limits: { maxTransactionDuration: 200 } }));
 
     it("refuses writes in a read-only transaction", () =>
       withBackend(open, async (b) => {
