@@ -13,20 +13,27 @@ export interface ValuePath {
   /** A property name, an array index, or a ready-made suffix such as `.get("k")`. */
   readonly step: string | number;
   /** Whether `step` is a ready-made suffix rather than a property name. */
-  readonly raw?: boolean;
+  readonly raw: boolean;
+  /** Steps from the root (0 at the root): how many containers hold the part it names. */
+  readonly depth: number;
+}
+
+/** A root path, rendered as `name` (`state`, `value`, …). */
+export function rootPath(name: string): ValuePath {
+  return { up: null, step: name, raw: true, depth: 0 };
 }
 
 /** The root of every path: the state itself. */
-export const ROOT_PATH: ValuePath = { up: null, step: "state", raw: true };
+export const ROOT_PATH: ValuePath = rootPath("state");
 
 /** The path of property `name` (or index) under `up`. */
 export function child(up: ValuePath, step: string | number): ValuePath {
-  return { up, step };
+  return { up, step, raw: false, depth: up.depth + 1 };
 }
 
 /** A path whose last step is rendered verbatim (e.g. `.get("k")` for a `Map` entry). */
 export function rawChild(up: ValuePath, suffix: string): ValuePath {
-  return { up, step: suffix, raw: true };
+  return { up, step: suffix, raw: true, depth: up.depth + 1 };
 }
 
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;

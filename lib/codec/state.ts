@@ -50,7 +50,9 @@ import {
   isSmallInt,
   isStackOverflow,
   isWellFormed,
+  MAX_NESTING,
   smallInt,
+  tooDeep,
   unreadable,
 } from "./value.ts";
 
@@ -690,6 +692,7 @@ class Writer {
     if (kind === "value") return this.value(node, x, path, ancestors, undefined, "none");
     const obj = x as object;
     if (ancestors.has(obj)) cycle(path);
+    if (path.depth >= MAX_NESTING) tooDeep(path);
     ancestors.add(obj);
     let mutable = false;
     if (kind === "record") {
@@ -849,8 +852,13 @@ class Writer {
       const bytes = this.codec.knownEncoding(x, at, this.tx);
       return { x, bytes, committed: bytes !== undefined && e?.pending === undefined };
     }
-    // Immutable values encode as they were stored.
-    return { x, bytes: encodeValue(x, ROOT_PATH).bytes, committed: true };
+    // Immutable values encode as they were stored (unless stored before the nesting limit, too
+    // deep to encode now: then what is stored is unknown, and rewritten).
+    try {
+      return { x, bytes: encodeValue(x, ROOT_PATH).bytes, committed: true };
+    } catch {
+      return { x, bytes: undefined, committed: false };
+    }
   }
 
   // ---- Diffs -----------------------------------------------------------------------------
@@ -938,6 +946,7 @@ class Writer {
   ): boolean {
     const codec = this.codec;
     if (prev !== next && ancestors.has(next)) cycle(path);
+    if (path.depth >= MAX_NESTING) tooDeep(path);
     ancestors.add(next);
     // If nothing under prev is mutable, an unchanged child needs no look.
     const prevMutable = codec.isMutable(prev);
@@ -987,6 +996,7 @@ class Writer {
     const n = next.length;
     const pn = prev.length;
     if (n === 0) return NOT_A_COLLECTION;
+    if (path.depth >= MAX_NESTING) tooDeep(path);
     // Common prefix and suffix: same ids at the same places. Note the items among them that
     // changed (or may have: mutable containers inside), the only ones to visit there.
     // Items that are the same object in both need a visit only if they hold mutable containers.

@@ -28,7 +28,7 @@ import { Encoder } from "cbor-x/encode";
 import { Decoder, Tag } from "cbor-x/decode";
 import { errorMessage } from "../describe.ts";
 import { CodecError } from "../errors.ts";
-import { child, describeKey, rawChild, renderPath, type ValuePath } from "./path.ts";
+import { child, describeKey, rawChild, renderPath, rootPath, type ValuePath } from "./path.ts";
 
 /** Tag of a `Date`: its time value in milliseconds. Private to dgen. */
 const TAG_DATE = 56577;
@@ -102,6 +102,25 @@ export function unsupported(x: unknown, path: ValuePath): never {
     `An instance of ${className(x as object)} cannot be stored (supported: primitives, ` +
       "plain objects, arrays, Map, Set, Date and Uint8Array)",
     where,
+  );
+}
+
+/**
+ * The most containers (plain objects, arrays, `Map`s, `Set`s, records and collections included)
+ * a state or value may nest, the outermost included: a container `MAX_NESTING` steps below the
+ * root is refused on write. Part of the format: the decoder recurses, and the deepest value it
+ * reads depends on the runtime's stack (Maps: 1,000 to 1,100 on Deno 2.9.6 in a fresh process,
+ * about 15,000 on Bun 1.4.4), so without a fixed limit one runtime wrote what the other, or
+ * itself after a restart, could not read. 500 leaves Deno a margin of two (docs/state-codec.md).
+ */
+export const MAX_NESTING = 500;
+
+/** Throws the `CodecError` for a container `MAX_NESTING` or more steps below the root. */
+export function tooDeep(path: ValuePath): never {
+  throw new CodecError(
+    `Nested deeper than the ${MAX_NESTING} containers (objects, arrays, Maps, Sets) a state or ` +
+      "value may have",
+    renderPath(path),
   );
 }
 
@@ -184,6 +203,8 @@ function prepare(v: unknown, path: ValuePath, walk: Walk): unknown {
   if (v === null) return null;
   if (walk.ancestors.has(v)) cycle(path);
   const proto = Object.getPrototypeOf(v);
+  // Dates and bytes hold no other value: only containers count towards the nesting limit.
+  if (path.depth >= MAX_NESTING && !(v instanceof Date || v instanceof Uint8Array)) tooDeep(path);
   if (proto === Array.prototype && Array.isArray(v)) {
     // An array freeze leaves unfrozen (a long collection, see the state codec's
     // freezeArrayLimit) can change in place; every other array is frozen with the state.
@@ -292,7 +313,7 @@ export function unreadable(e: unknown, value: unknown, path: ValuePath): unknown
 }
 
 /** How deep {@link locateThrow} looks (it recurses, and must not overflow the stack). */
-const LOCATE_DEPTH = 2_000;
+const LOCATE_DEPTH = MAX_NESTING;
 
 /**
  * The path of the first part of `v` whose reading throws, reading what `prepare` and the state
@@ -562,7 +583,7 @@ export function decodeValue(bytes: Uint8Array, where: string): DecodedValue {
  * string; errors name paths from `root`.
  */
 export function encode(value: unknown, root = "value"): Uint8Array {
-  return encodeValue(value, { up: null, step: root, raw: true }).bytes;
+  return encodeValue(value, rootPath(root)).bytes;
 }
 
 /**

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { CodecError, openMemoryBackend, openTenant, ValidationError } from "../../mod.ts";
 import { concatBytes, strinc } from "../../lib/bytes.ts";
 import { createStateCodec, KEY_BUDGET_BYTES } from "../../lib/codec/state.ts";
+import { MAX_NESTING } from "../../lib/codec/value.ts";
 import { pack } from "../../lib/tuple.ts";
 import { counting, difference, openBench, zeroCounts } from "./_support.ts";
 
@@ -192,7 +193,7 @@ describe("state codec: reads and writes", () => {
     const b = await openBench();
     const long = "n".repeat(2000);
     let deep: any = { leaf: 1 };
-    for (let i = 0; i < 600; i++) deep = { ["level-" + "x".repeat(10)]: deep };
+    for (let i = 0; i < 300; i++) deep = { ["level-" + "x".repeat(10)]: deep };
     const states = [
       { rec: { [long]: 1, short: 2 } },
       { coll: [{ id: long }, { id: "b" }] },
@@ -733,4 +734,82 @@ describe("state codec: names and ids that extend another with a NUL", () => {
     assert.deepEqual(await read(p2), { found: true, state: { n: 2 } });
     await backend.close();
   });
+});
+
+describe("state codec: nesting limit", () => {
+  const wrap: Record<string, (v: unknown) => unknown> = {
+    record: (v) => ({ k: v }),
+    items: (v) => [v],
+    item: (v) => ({ id: "a", k: v }),
+    array: (v) => [v],
+    map: (v) => new Map([["k", v]]),
+    set: (v) => new Set([v]),
+  };
+  const step: Record<string, string> = {
+    record: ".k",
+    items: "[0]",
+    item: ".k",
+    array: "[0]",
+    map: '.get("k")',
+    set: ".values()[0]",
+  };
+  /**
+   * A state of `total` nested containers (the state itself, a record, then containers of
+   * `kind`) around the number 1, and the path of the innermost container.
+   */
+  function nested(kind: string, total: number): { state: unknown; innermost: string } {
+    const kinds = ["record"];
+    if (kind === "collection") {
+      if ((total - 1) % 2 === 1) kinds.push("record");
+      while (kinds.length < total) kinds.push("items", "item");
+    } else if (kind === "mixed") {
+      while (kinds.length < total) kinds.push(kinds.length % 2 === 1 ? "array" : "record");
+    } else {
+      while (kinds.length < total) kinds.push(kind);
+    }
+    let state: unknown = 1;
+    for (let i = kinds.length - 1; i >= 0; i--) state = wrap[kinds[i]!]!(state);
+    const innermost = "state" + kinds.slice(0, -1).map((k) => step[k]).join("");
+    return { state, innermost };
+  }
+
+  for (const kind of ["record", "collection", "array", "mixed", "map", "set"]) {
+    const what = kind === "mixed" ? "arrays and objects in a value" : `${kind}s`;
+    it(`stores ${MAX_NESTING} nested containers (${what}) and reads them back`, async () => {
+      const { state } = nested(kind, MAX_NESTING);
+      const b = await openBench();
+      await b.put(b.codec.freeze({ k: 0 }));
+      await b.put(state); // a diff over a record
+      await assertStored(b, state);
+      const fresh = await openBench();
+      await fresh.put(state);
+      await assertStored(fresh, state);
+      await fresh.put(fresh.codec.freeze({ k: 0 }));
+      await assertStored(fresh, { k: 0 });
+      await fresh.close();
+      await b.close();
+    });
+
+    it(`refuses ${MAX_NESTING + 1} (${what}), naming the innermost, and writes nothing`, async () => {
+      const { state, innermost } = nested(kind, MAX_NESTING + 1);
+      const refused = (e: unknown) =>
+        e instanceof CodecError && /Nested deeper than the 500 containers/.test(e.message) &&
+        e.path === innermost;
+      const fresh = await openBench();
+      await assert.rejects(fresh.put(state), refused);
+      assert.deepEqual(await fresh.rows(), []);
+      await fresh.close();
+      const b = await openBench();
+      await b.put(b.codec.freeze({ k: { k: 0 } }));
+      const before = await b.rows();
+      const counts = zeroCounts();
+      await assert.rejects(
+        b.tenant.transact((tx) => b.codec.write(counting(tx, counts), b.prefix, b.prev, state)),
+        refused,
+      );
+      assert.deepEqual(counts, zeroCounts());
+      assert.deepEqual(await b.rows(), before);
+      await b.close();
+    });
+  }
 });

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { CodecError } from "../../mod.ts";
 import { fromHex } from "../../lib/bytes.ts";
 import { ROOT_PATH } from "../../lib/codec/path.ts";
-import { decodeValue, encodeValue } from "../../lib/codec/value.ts";
+import { decodeValue, encode, encodeValue, MAX_NESTING } from "../../lib/codec/value.ts";
 import { runtime } from "../_helpers.ts";
 import { difference } from "./_support.ts";
 import { describe as describeValue, SAMPLES } from "./fixtures/samples.ts";
@@ -104,6 +104,23 @@ describe("value encoding", () => {
         () => encodeValue(value, ROOT_PATH),
         (e) => e instanceof CodecError && message.test(e.message) && e.path === path,
         `expected a CodecError at ${path}`,
+      );
+    }
+  });
+
+  it(`encodes ${MAX_NESTING} nested containers and refuses one more, naming it`, () => {
+    for (const wrap of [(v: unknown) => [v], (v: unknown) => new Map([[1, v]])]) {
+      let v: unknown = new Date(0); // a Date holds nothing: it does not count
+      for (let i = 0; i < MAX_NESTING; i++) v = wrap(v);
+      assert.equal(
+        difference(v, decodeValue(encodeValue(v, ROOT_PATH).bytes, "k").value),
+        undefined,
+      );
+      assert.throws(
+        () => encode(wrap(v), "message"),
+        (e) =>
+          e instanceof CodecError && /Nested deeper/.test(e.message) &&
+          e.path.startsWith("message") && e.path.split(/\[0\]|\.get\(1\)/).length === 501,
       );
     }
   });
