@@ -36,7 +36,7 @@ import { hasSetOwned, setOwned } from "../storage/common.ts";
 import { inSubtree, pack, packAfter, subtreeEnd, unpack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import { freshKeys, planKeys } from "./collection.ts";
-import { child, renderPath, ROOT_PATH, type ValuePath } from "./path.ts";
+import { child, ROOT_PATH, type ValuePath } from "./path.ts";
 import type { StateCodec, StoredState, WriteStats } from "./types.ts";
 import {
   checkNoSymbolKeys,
@@ -285,14 +285,14 @@ class Codec implements StateCodec {
     for (const item of arr) {
       if (!isPlain(item) || typeof item.id !== "string") return { kind: "value", seg: 0 };
     }
-    const seen = new Map<string, number>();
+    // Ids must be unique too (SPEC §7): an array with a duplicate id is a value.
+    const seen = new Set<string>();
     let seg = 0;
     for (let i = 0; i < arr.length; i++) {
       const id = (arr[i] as { id: string }).id;
       checkString(id, child(child(path, i), "id"), "An id");
-      const first = seen.get(id);
-      if (first !== undefined) throw duplicateId(id, path, i, first);
-      seen.set(id, i);
+      if (seen.has(id)) return { kind: "value", seg: 0 };
+      seen.add(id);
       const len = 2 + packedLength(id);
       if (len > seg) seg = len;
     }
@@ -536,15 +536,6 @@ function sameKeys(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
-}
-
-function duplicateId(id: string, path: ValuePath, at: number, first: number): CodecError {
-  return new CodecError(
-    `Duplicate id ${JSON.stringify(id)} in a collection (also at ${
-      renderPath(child(path, first))
-    })`,
-    renderPath(child(path, at)),
-  );
 }
 
 function orderKey(node: Uint8Array, index: string): Uint8Array {
@@ -1027,8 +1018,8 @@ class Writer {
       if (!isWellFormed(id)) checkString(id, child(child(path, j), "id"), "An id");
       const len = 2 + packedLength(id);
       if (len > seg) seg = len;
-      const first = seen.get(id);
-      if (first !== undefined) throw duplicateId(id, path, j, first);
+      // A duplicate id makes it a value (SPEC §7), rewritten by the caller.
+      if (seen.has(id)) return NOT_A_COLLECTION;
       seen.set(id, j);
       middleIds.push(id);
     }
@@ -1045,7 +1036,7 @@ class Writer {
       sources[i] = src ?? -1;
       if (src === undefined) fresh.push(middleIds[i]!);
     }
-    if (fresh.length > 0) this.checkNotOutside(prev, p, pn - s, n - pn, fresh, seen, path);
+    if (fresh.length > 0 && this.keptOutside(prev, p, pn - s, fresh)) return NOT_A_COLLECTION;
     codec.shapes.set(next, shape);
     if (prevArray !== next && ancestors.has(next)) cycle(path);
 
@@ -1113,29 +1104,24 @@ class Writer {
   }
 
   /**
-   * Throws if one of `ids` (new in next's middle) is the id of an item kept outside the
-   * middle, i.e. a duplicate. `shift` is `next.length - prev.length`.
+   * Whether one of `ids` (new in next's middle) is the id of an item kept outside the middle,
+   * i.e. a duplicate: then next is not a collection.
    */
-  checkNotOutside(
+  keptOutside(
     prev: Array<{ id: string }>,
     middleStart: number,
     middleEnd: number,
-    shift: number,
     ids: string[],
-    seen: Map<string, number>,
-    path: ValuePath,
-  ): void {
+  ): boolean {
     const one = ids.length === 1 ? ids[0] : undefined;
     const set = one === undefined ? new Set(ids) : undefined;
     for (let i = 0; i < prev.length; i++) {
       if (i === middleStart) i = middleEnd;
       if (i >= prev.length) break;
       const id = prev[i]!.id;
-      if (one !== undefined ? id === one : set!.has(id)) {
-        // That item is kept, at the same distance from its end of the collection.
-        throw duplicateId(id, path, seen.get(id)!, i < middleStart ? i : i + shift);
-      }
+      if (one !== undefined ? id === one : set!.has(id)) return true;
     }
+    return false;
   }
 }
 
