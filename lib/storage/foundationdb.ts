@@ -31,6 +31,7 @@ import {
 import { parse } from "../validate.ts";
 import { checkTransactOptions, WatchHandle } from "./common.ts";
 import { retryLoop } from "./retry.ts";
+import { BodyWatchdog, timeoutError, type WatchedBody } from "./watchdog.ts";
 import {
   type Backend,
   type BackendLimits,
@@ -493,7 +494,7 @@ interface AttemptState {
   stamp: Promise<Uint8Array> | undefined;
 }
 
-class FdbTransactionAdapter implements Transaction {
+class FdbTransactionAdapter implements Transaction, WatchedBody<FdbTransactionAdapter> {
   readonly snapshot: ReadTransaction;
   readonly #state: AttemptState = {
     done: false,
@@ -501,6 +502,10 @@ class FdbTransactionAdapter implements Transaction {
     watches: [],
     stamp: undefined,
   };
+  /** While the body's promise is pending: what fails it, and the watchdog's links. */
+  fail: ((e: unknown) => void) | undefined = undefined;
+  watchPrev: FdbTransactionAdapter | undefined = undefined;
+  watchNext: FdbTransactionAdapter | undefined = undefined;
 
   constructor(
     readonly backend: FoundationdbBackend,
@@ -522,12 +527,20 @@ class FdbTransactionAdapter implements Transaction {
     if (this.backend.closed) throw closedError();
     const limit = this.backend.limits.maxTransactionDuration;
     const elapsed = performance.now() - this.#state.started;
-    if (elapsed > limit) {
-      throw new LimitExceededError(
-        "transaction_timeout",
-        `Transaction ran ${Math.round(elapsed)} ms, over the ${limit} ms limit`,
-      );
-    }
+    if (elapsed > limit) throw timeoutError(elapsed, limit);
+  }
+
+  /** Start of the duration limit's clock, for the watchdog. */
+  get started(): number {
+    return this.#state.started;
+  }
+
+  /**
+   * The watchdog timed the body out: its later operations throw; the attempt's failure then
+   * cancels the FoundationDB transaction, so nothing of it commits.
+   */
+  expire(): void {
+    this.#state.done = true;
   }
 
   #key(key: Uint8Array): Buffer {
@@ -770,6 +783,8 @@ class FoundationdbBackend implements Backend {
   /** Where subspaces are allocated: the root directory layer or the partition. */
   directories: FdbDirectoryLayer | FdbDirectory;
   readonly #tnOptions: FdbTransactionOptions;
+  /** Fails bodies that never settle (see {@link BodyWatchdog}). */
+  readonly #watchdog: BodyWatchdog<FdbTransactionAdapter>;
 
   constructor(
     readonly api: FdbApi,
@@ -777,6 +792,7 @@ class FoundationdbBackend implements Backend {
     public limits: BackendLimits,
   ) {
     this.directories = api.directory;
+    this.#watchdog = new BodyWatchdog(limits.maxTransactionDuration);
     this.#tnOptions = {
       timeout: limits.maxTransactionDuration,
       size_limit: limits.maxTransactionSize,
@@ -805,7 +821,7 @@ class FoundationdbBackend implements Backend {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.run((tx) => fn(tx), opts, this.#tnOptions);
+    return this.run((tx) => fn(tx), opts, this.#tnOptions, true);
   }
 
   /**
@@ -813,26 +829,30 @@ class FoundationdbBackend implements Backend {
    * FoundationDB still decides what is retryable and how long to back off: a failed attempt's
    * error goes through the transaction's `on_error`, which waits its recommended delay and
    * accepts retryable codes. A fresh transaction per attempt gives each its own 5-second clock,
-   * watches and versionstamp.
+   * watches and versionstamp. With `watch`, a body still pending past `maxTransactionDuration`
+   * is failed by the watchdog (the backend's own transactions, which give the directory layer
+   * FoundationDB's timeout, are not watched).
    */
   run<T>(
     fn: (tx: FdbTransactionAdapter) => T | Promise<T>,
     opts: TransactOptions,
     tnOptions: FdbTransactionOptions,
+    watch = false,
   ): Promise<T> {
-    return retryLoop(() => this.#attempt(fn, opts, tnOptions), opts);
+    return retryLoop(() => this.#attempt(fn, opts, tnOptions, watch), opts);
   }
 
   async #attempt<T>(
     fn: (tx: FdbTransactionAdapter) => T | Promise<T>,
     opts: TransactOptions,
     tnOptions: FdbTransactionOptions,
+    watch: boolean,
   ): Promise<T> {
     if (this.closed) throw closedError();
     const tn = this.db.rawCreateTransaction(tnOptions);
     const tx = new FdbTransactionAdapter(this, tn, opts.readOnly ?? false);
     try {
-      const result = await fn(tx);
+      const result = await (watch ? this.#watchdog.run(tx, fn(tx)) : fn(tx));
       tx.check();
       // An abort during the body keeps this attempt from committing.
       opts.signal?.throwIfAborted();

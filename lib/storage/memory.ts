@@ -28,7 +28,7 @@ import { pack } from "../tuple.ts";
 import { parse } from "../validate.ts";
 import * as v from "valibot";
 import { isRetryable, retryLoop } from "./retry.ts";
-import { type TimerHandle, unrefTimer } from "../runtime/process.ts";
+import { BodyWatchdog, isThenable, timeoutError, type WatchedBody } from "./watchdog.ts";
 import {
   type Backend,
   type BackendLimits,
@@ -215,7 +215,7 @@ class Store {
   }
 }
 
-class MemoryTransaction implements Transaction {
+class MemoryTransaction implements Transaction, WatchedBody<MemoryTransaction> {
   readonly readVersion: number;
   readonly started = performance.now();
   readonly writes = new Map<string, Mutation>();
@@ -234,8 +234,8 @@ class MemoryTransaction implements Transaction {
    * and the links of the backend's list of pending bodies, which its watchdog walks.
    */
   fail: ((e: unknown) => void) | undefined = undefined;
-  prev: MemoryTransaction | undefined = undefined;
-  next: MemoryTransaction | undefined = undefined;
+  watchPrev: MemoryTransaction | undefined = undefined;
+  watchNext: MemoryTransaction | undefined = undefined;
 
   constructor(
     readonly store: Store,
@@ -268,16 +268,13 @@ class MemoryTransaction implements Transaction {
     if (this.store.closed) throw new BackendUnavailableError("The memory backend is closed");
     if (clock === "write" || (clock === "read" && (++this.#reads & 7) !== 0)) return;
     const elapsed = performance.now() - this.started;
-    if (elapsed > this.limits.maxTransactionDuration) throw this.timeoutError(elapsed);
+    const limit = this.limits.maxTransactionDuration;
+    if (elapsed > limit) throw timeoutError(elapsed, limit);
   }
 
-  timeoutError(elapsed: number): LimitExceededError {
-    return new LimitExceededError(
-      "transaction_timeout",
-      `Transaction ran ${
-        Math.round(elapsed)
-      } ms, over the ${this.limits.maxTransactionDuration} ms limit`,
-    );
+  /** The watchdog timed the body out: nothing of it commits. */
+  expire(): void {
+    this.abort();
   }
 
   checkKey(key: Uint8Array): string {
@@ -629,11 +626,6 @@ function conflictMessage(k: string): string {
   return `Transaction conflicted on key ${printable(binaryStringToBytes(k).subarray(0, 60))}`;
 }
 
-function isThenable<T>(x: T | Promise<T>): x is Promise<T> {
-  return x !== null && (typeof x === "object" || typeof x === "function") &&
-    typeof (x as { then?: unknown }).then === "function";
-}
-
 /** A copy the transaction owns (the shared empty array for an empty one). */
 function ownCopy(b: Uint8Array): Uint8Array {
   return b.length === 0 ? EMPTY_BYTES : b.slice();
@@ -643,8 +635,12 @@ class MemoryBackend implements Backend {
   readonly kind = "memory";
   readonly unknownCommitOutcomes = false;
   readonly #store = new Store();
+  /** Fails bodies that never settle (see {@link BodyWatchdog}). */
+  readonly #watchdog: BodyWatchdog<MemoryTransaction>;
 
-  constructor(readonly limits: BackendLimits) {}
+  constructor(readonly limits: BackendLimits) {
+    this.#watchdog = new BodyWatchdog(limits.maxTransactionDuration);
+  }
 
   transact<T>(
     fn: (tx: Transaction) => T | Promise<T>,
@@ -668,7 +664,7 @@ class MemoryBackend implements Backend {
 
   /**
    * One attempt: runs the body and commits. A body that returns a promise is watched until it
-   * settles (see {@link #watchBodies}); one that returns a value commits at once. With `retry`
+   * settles (see {@link BodyWatchdog}); one that returns a value commits at once. With `retry`
    * (the first attempt's options), a retryable failure goes on in the retry loop.
    */
   #attempt<T>(
@@ -694,7 +690,7 @@ class MemoryBackend implements Backend {
         if (isRetryable(e)) resolve(this.#retry(e, fn, readOnly, retry));
         else reject(e);
       };
-      this.#watch(tx);
+      this.#watchdog.add(tx);
       try {
         body.then((value) => {
           // Failed by the watchdog already: the transaction was aborted, nothing commits.
@@ -705,7 +701,7 @@ class MemoryBackend implements Backend {
             this.#bodyFailed(tx, e);
             return;
           }
-          this.#unwatch(tx);
+          this.#watchdog.remove(tx);
           resolve(value);
         }, (e) => this.#bodyFailed(tx, e));
       } catch (e) {
@@ -735,54 +731,9 @@ class MemoryBackend implements Backend {
   #bodyFailed(tx: MemoryTransaction, e: unknown): void {
     const fail = tx.fail;
     if (fail === undefined) return;
-    this.#unwatch(tx);
+    this.#watchdog.remove(tx);
     tx.abort();
     fail(e);
-  }
-
-  /** The first of the bodies that returned a promise and have not settled (a list). */
-  #pending: MemoryTransaction | undefined;
-  #watchdog: TimerHandle | undefined;
-
-  #watch(tx: MemoryTransaction): void {
-    const head = this.#pending;
-    tx.next = head;
-    if (head !== undefined) head.prev = tx;
-    this.#pending = tx;
-    if (this.#watchdog === undefined) {
-      const tick = Math.max(5, Math.min(250, this.limits.maxTransactionDuration / 4));
-      this.#watchdog = setInterval(() => this.#watchBodies(), tick);
-      unrefTimer(this.#watchdog);
-    }
-  }
-
-  #unwatch(tx: MemoryTransaction): void {
-    const { prev, next } = tx;
-    if (prev === undefined) this.#pending = next;
-    else prev.next = next;
-    if (next !== undefined) next.prev = prev;
-    tx.prev = tx.next = tx.fail = undefined;
-  }
-
-  /**
-   * Fails every pending body past `maxTransactionDuration` with `transaction_timeout` and
-   * aborts its transaction (its later operations throw, it never commits). One timer for all
-   * bodies, ticking every quarter of the limit (at most 250 ms) while any is pending: none per
-   * transaction on the hot path.
-   */
-  #watchBodies(): void {
-    const now = performance.now();
-    const limit = this.limits.maxTransactionDuration;
-    for (let tx = this.#pending; tx !== undefined;) {
-      const next = tx.next;
-      const elapsed = now - tx.started;
-      if (elapsed > limit) this.#bodyFailed(tx, tx.timeoutError(elapsed));
-      tx = next;
-    }
-    if (this.#pending === undefined) {
-      clearInterval(this.#watchdog);
-      this.#watchdog = undefined;
-    }
   }
 
   openSubspace(path: readonly string[]): Promise<Uint8Array> {

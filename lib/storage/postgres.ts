@@ -77,6 +77,7 @@ import { parse } from "../validate.ts";
 import * as v from "valibot";
 import { checkTransactOptions, LazyStamp, WatchHandle } from "./common.ts";
 import { retryLoop } from "./retry.ts";
+import { BodyWatchdog, timeoutError, type WatchedBody } from "./watchdog.ts";
 import {
   type Backend,
   type BackendLimits,
@@ -700,7 +701,7 @@ interface KeyRows {
   deltas: Uint8Array[];
 }
 
-class PgTransaction implements Transaction {
+class PgTransaction implements Transaction, WatchedBody<PgTransaction> {
   readonly snapshot: ReadTransaction;
   /**
    * Start of the duration limit's clock: creation, then (as FoundationDB counts from the read
@@ -727,6 +728,10 @@ class PgTransaction implements Transaction {
   readonly foldKeys = new Map<string, Uint8Array>();
   #size = 0;
   #conflictSize = 0;
+  /** While the body's promise is pending: what fails it, and the watchdog's links. */
+  fail: ((e: unknown) => void) | undefined = undefined;
+  watchPrev: PgTransaction | undefined = undefined;
+  watchNext: PgTransaction | undefined = undefined;
 
   constructor(
     readonly backend: PostgresBackend,
@@ -742,6 +747,19 @@ class PgTransaction implements Transaction {
     return this.backend.limits;
   }
 
+  /** Start of the duration limit's clock, for the watchdog. */
+  get started(): number {
+    return this.#started;
+  }
+
+  /**
+   * The watchdog timed the body out: its later operations throw, and nothing it buffered is
+   * sent. The attempt's failure then rolls the server-side transaction back ({@link abort}).
+   */
+  expire(): void {
+    this.#done = true;
+  }
+
   get #sql(): Statements {
     return this.backend.sql;
   }
@@ -752,14 +770,8 @@ class PgTransaction implements Transaction {
     if (this.#done) throw new TransactionError("transaction_done", "Transaction already finished");
     if (this.backend.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
     const elapsed = performance.now() - this.#started;
-    if (elapsed > this.#limits.maxTransactionDuration) {
-      throw new LimitExceededError(
-        "transaction_timeout",
-        `Transaction ran ${
-          Math.round(elapsed)
-        } ms, over the ${this.#limits.maxTransactionDuration} ms limit`,
-      );
-    }
+    const limit = this.#limits.maxTransactionDuration;
+    if (elapsed > limit) throw timeoutError(elapsed, limit);
   }
 
   #checkKey(key: Uint8Array): string {
@@ -1290,6 +1302,8 @@ class PostgresBackend implements Backend {
   readonly #addCounts = new Map<string, number>();
   readonly #folding = new Set<string>();
   readonly #pauser = new Pauser();
+  /** Fails bodies that never settle (see {@link BodyWatchdog}). */
+  readonly #watchdog: BodyWatchdog<PgTransaction>;
   #reachable: Promise<void> | undefined;
 
   constructor(
@@ -1301,6 +1315,7 @@ class PostgresBackend implements Backend {
     reconnectTimeout: number,
   ) {
     this.#connect = connect;
+    this.#watchdog = new BodyWatchdog(limits.maxTransactionDuration);
     this.#reconnectTimeout = reconnectTimeout;
     this.pool = new SessionPool(connect, maxConnections);
     this.channel = `dgen_${schema}`;
@@ -1339,7 +1354,7 @@ class PostgresBackend implements Backend {
       if (this.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
       const tx = new PgTransaction(this, opts.readOnly ?? false);
       try {
-        const result = await fn(tx);
+        const result = await this.#watchdog.run(tx, fn(tx));
         await tx.commit();
         return result;
       } catch (e) {

@@ -70,6 +70,7 @@ import {
 } from "./common.ts";
 import { PeerBell } from "./_peer_bell.ts";
 import { retryLoop } from "./retry.ts";
+import { BodyWatchdog, timeoutError, type WatchedBody } from "./watchdog.ts";
 import {
   type Backend,
   type BackendLimits,
@@ -535,9 +536,13 @@ interface PendingWrite {
   reject(error: unknown): void;
 }
 
-class SqliteTransaction implements Transaction {
+class SqliteTransaction implements Transaction, WatchedBody<SqliteTransaction> {
   readonly started = performance.now();
   done = false;
+  /** While the body's promise is pending: what fails it, and the watchdog's links. */
+  fail: ((e: unknown) => void) | undefined = undefined;
+  watchPrev: SqliteTransaction | undefined = undefined;
+  watchNext: SqliteTransaction | undefined = undefined;
   wrote = false;
   size = 0;
   readonly watches: Array<[Uint8Array, WatchHandle]> = [];
@@ -581,16 +586,13 @@ class SqliteTransaction implements Transaction {
     if (this.done) throw new TransactionError("transaction_done", "Transaction already finished");
     if (this.backend.closed) throw new BackendUnavailableError("The SQLite backend is closed");
     const elapsed = performance.now() - this.started;
-    if (elapsed > this.backend.limits.maxTransactionDuration) throw this.timeoutError(elapsed);
+    const limit = this.backend.limits.maxTransactionDuration;
+    if (elapsed > limit) throw timeoutError(elapsed, limit);
   }
 
-  timeoutError(elapsed: number): LimitExceededError {
-    return new LimitExceededError(
-      "transaction_timeout",
-      `Transaction ran ${
-        Math.round(elapsed)
-      } ms, over the ${this.backend.limits.maxTransactionDuration} ms limit`,
-    );
+  /** The watchdog timed the body out: its later operations throw (the attempt rolls back). */
+  expire(): void {
+    this.done = true;
   }
 
   checkKey(key: Uint8Array): void {
@@ -898,11 +900,6 @@ class SqliteTransaction implements Transaction {
   }
 }
 
-function isThenable(x: unknown): x is PromiseLike<unknown> {
-  return x !== null && (typeof x === "object" || typeof x === "function") &&
-    typeof (x as { then?: unknown }).then === "function";
-}
-
 type FsModule = typeof import("node:fs");
 
 interface Registered {
@@ -972,6 +969,7 @@ class SqliteBackendImpl implements SqliteBackend {
     writer: DatabaseSync,
     notifyPath: string,
   ) {
+    this.#watchdog = new BodyWatchdog(limits.maxTransactionDuration);
     this.#file = file;
     this.#open = open;
     this.#fs = fs;
@@ -1403,48 +1401,15 @@ class SqliteBackendImpl implements SqliteBackend {
 
   // ---- Read-only transactions ----
 
-  /** Bodies that returned a promise and have not settled, watched by {@link #watchdog}. */
-  readonly #bodies = new Set<{ tx: SqliteTransaction; fail: (e: unknown) => void }>();
-  #watchdog: ReturnType<typeof setInterval> | undefined;
+  /** Fails bodies that never settle (see {@link BodyWatchdog}). */
+  readonly #watchdog: BodyWatchdog<SqliteTransaction>;
 
   /**
    * Runs a transaction body, failing it with `transaction_timeout` if it runs past
-   * `maxTransactionDuration` (its writes then roll back, and the lock is free again). One
-   * timer, ticking every quarter of the limit (at most 250 ms) while a body is pending, watches
-   * every body: no timer per transaction on the hot path.
+   * `maxTransactionDuration` (its writes then roll back, and the lock is free again).
    */
   #runBody<T>(fn: (tx: Transaction) => T | Promise<T>, tx: SqliteTransaction): T | Promise<T> {
-    const r = fn(tx);
-    if (!isThenable(r)) return r;
-    return new Promise<T>((resolve, reject) => {
-      const body = { tx, fail: reject };
-      this.#bodies.add(body);
-      this.#watchdog ??= setInterval(() => this.#watchBodies(), this.#watchTick());
-      Promise.resolve(r).then(
-        (v) => (this.#bodies.delete(body), resolve(v)),
-        (e) => (this.#bodies.delete(body), reject(e)),
-      );
-    });
-  }
-
-  #watchTick(): number {
-    return Math.max(5, Math.min(250, this.limits.maxTransactionDuration / 4));
-  }
-
-  #watchBodies(): void {
-    const now = performance.now();
-    for (const body of this.#bodies) {
-      const elapsed = now - body.tx.started;
-      if (elapsed > this.limits.maxTransactionDuration) {
-        this.#bodies.delete(body);
-        body.tx.done = true;
-        body.fail(body.tx.timeoutError(elapsed));
-      }
-    }
-    if (this.#bodies.size === 0) {
-      clearInterval(this.#watchdog);
-      this.#watchdog = undefined;
-    }
+    return this.#watchdog.run(tx, fn(tx));
   }
 
   async #read<T>(

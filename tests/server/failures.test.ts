@@ -1,19 +1,28 @@
 import { beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
+  type Backend,
+  type BackendLimits,
   DeadLetterError,
   defineServer,
   DGenError,
   noreply,
   openMemoryBackend,
+  openSqliteBackend,
   openTenant,
   reply,
   ServerStoppedError,
   start,
 } from "../../mod.ts";
-import { backends, fresh } from "./_backends.ts";
+import { backends, fresh, tempDbPath } from "./_backends.ts";
+import { openTestPostgres, postgresSkip } from "../storage/_postgres.ts";
+import { FDB_SKIP_REASON, openTestFoundationdb } from "../storage/_foundationdb.ts";
+import { createSimulation } from "../storage/_simulated_fdb.ts";
+import { openFoundationdbBackendWith } from "../../lib/storage/foundationdb.ts";
 import { Flaky, flaky } from "./_defs.ts";
 import { deadline, waitFor } from "../_helpers.ts";
+
+const HANG_LIMITS: Partial<BackendLimits> = { maxTransactionDuration: 300 };
 
 function quietly<T>(fn: () => Promise<T>): Promise<T> {
   const error = console.error;
@@ -357,37 +366,58 @@ for (const b of backends) {
   });
 }
 
-describe("a handler that never settles, on the memory backend", () => {
-  it("is failed at the transaction time limit and dead-lettered; the cast behind it applies", async () => {
-    const backend = openMemoryBackend({ limits: { maxTransactionDuration: 300 } });
-    const tenant = await openTenant(backend, "hang");
-    const Hang = defineServer({
-      name: "hang",
-      init: () => [] as string[],
-      handleCast: {
-        // A handler awaiting a fetch that never answers.
-        hang: (_: undefined, _s: string[]) => new Promise<never>(() => {}),
-        add: (x: string, s: string[]) => noreply([...s, x]),
-      },
-      handleCall: { value: (_: undefined, _f, s: string[]) => reply(s, s) },
+/** Backends opened with a short transaction time limit, for the handler that never settles. */
+const shortLimit: Array<{ name: string; open(): Promise<Backend>; skip?: string }> = [
+  { name: "memory", open: () => Promise.resolve(openMemoryBackend({ limits: HANG_LIMITS })) },
+  { name: "sqlite", open: () => openSqliteBackend({ path: tempDbPath(), limits: HANG_LIMITS }) },
+  { name: "postgres", open: () => openTestPostgres({ limits: HANG_LIMITS }), skip: postgresSkip },
+  {
+    name: "foundationdb",
+    open: () => openTestFoundationdb({ limits: HANG_LIMITS }),
+    skip: FDB_SKIP_REASON,
+  },
+  {
+    name: "foundationdb adapter on simulated bindings",
+    open: () => openFoundationdbBackendWith(createSimulation().driver, { limits: HANG_LIMITS }),
+  },
+];
+
+for (const b of shortLimit) {
+  describe(`a handler that never settles, on ${b.name}`, { skip: b.skip }, () => {
+    it("is failed at the transaction time limit and dead-lettered; the cast behind it applies", async () => {
+      const backend = await b.open();
+      const tenant = await openTenant(backend, "hang");
+      const Hang = defineServer({
+        name: "hang",
+        init: () => [] as string[],
+        handleCast: {
+          // A handler awaiting a fetch that never answers.
+          hang: (_: undefined, _s: string[]) => new Promise<never>(() => {}),
+          add: (x: string, s: string[]) => noreply([...s, x]),
+        },
+        handleCall: { value: (_: undefined, _f, s: string[]) => reply(s, s) },
+      });
+      const sender = await start(Hang, [], { tenant, consume: false });
+      await sender.cast("hang");
+      await sender.cast("add", "after");
+      const consumer = await start(Hang, [], { tenant, deadLetterThreshold: 1 });
+      try {
+        await quietly(() =>
+          waitFor(
+            async () => (await sender.priorityCall("value")).length > 0,
+            5000,
+            "the server wedged on the handler that never settles",
+          )
+        );
+        assert.deepEqual(await sender.call("value"), ["after"]);
+        const letters = await sender.deadLetters.list();
+        assert.deepEqual(letters.map((l) => [l.kind, l.name]), [["cast", "hang"]]);
+        assert.match(letters[0]!.error.message, /over the 300 ms limit/);
+        await deadline(consumer.stop(), 2000, "stop() never returned");
+      } finally {
+        await sender.stop();
+        await deadline(backend.close(), 5000, "close() never returned");
+      }
     });
-    const sender = await start(Hang, [], { tenant, consume: false });
-    await sender.cast("hang");
-    await sender.cast("add", "after");
-    const consumer = await start(Hang, [], { tenant, deadLetterThreshold: 1 });
-    await quietly(() =>
-      waitFor(
-        async () => (await sender.priorityCall("value")).length > 0,
-        5000,
-        "the server wedged on the handler that never settles",
-      )
-    );
-    assert.deepEqual(await sender.call("value"), ["after"]);
-    const letters = await sender.deadLetters.list();
-    assert.deepEqual(letters.map((l) => [l.kind, l.name]), [["cast", "hang"]]);
-    assert.match(letters[0]!.error.message, /over the 300 ms limit/);
-    await deadline(consumer.stop(), 2000, "stop() never returned");
-    await sender.stop();
-    await backend.close();
   });
-});
+}

@@ -38,13 +38,6 @@ export interface ConformanceTraits {
    * @default true
    */
   staleReadsConflict?: boolean;
-  /**
-   * A body still pending past `maxTransactionDuration` (a promise that never settles) is failed
-   * with `transaction_timeout` by the backend's watchdog (memory, SQLite). PostgreSQL and
-   * FoundationDB have none yet: such a body hangs their `transact`.
-   * @default false for backends named postgres… or foundationdb…, true for the others
-   */
-  failsSuspendedBodies?: boolean;
 }
 
 /** Opens a fresh, empty backend. */
@@ -552,12 +545,7 @@ export function registerConformance(
         assert.equal(await b.transact((tx) => tx.get(k("poll"))), undefined);
       }, { limits: { maxTransactionDuration: 50 } }));
 
-    const suspendedSkip = (traits.failsSuspendedBodies ?? !/^(postgres|foundationdb)/.test(name))
-      ? undefined
-      : "no watchdog for a body that never settles on this backend";
-    it("fails a body that never settles at its time limit, once, and nothing it does commits", {
-      skip: suspendedSkip,
-    }, () =>
+    it("fails a body that never settles at its time limit, once, and nothing it does commits", () =>
       withBackend(open, async (b) => {
         let held: Transaction | undefined;
         let runs = 0;

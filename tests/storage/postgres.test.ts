@@ -4,8 +4,10 @@ import {
   BackendUnavailableError,
   CommitUnknownResultError,
   int64LE,
+  LimitExceededError,
   openPostgresBackend,
   readInt64LE,
+  type Transaction,
   TransactionError,
   ValidationError,
 } from "../../mod.ts";
@@ -88,6 +90,61 @@ describe("postgres backend", { skip: postgresSkip }, () => {
       const key = crypto.getRandomValues(new Uint8Array(b.limits.maxKeySize));
       await b.transact((tx) => tx.set(key, new Uint8Array(b.limits.maxValueSize)));
       assert.equal((await b.transact((tx) => tx.get(key)))?.length, 100_000);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it("rolls back a body that never settles at its limit and frees its connection", async () => {
+    const schema = testSchemaName();
+    // One connection: a timed-out body that kept it would block every later transaction.
+    const b = await openTestPostgres({
+      schema,
+      maxConnections: 1,
+      limits: { maxTransactionDuration: 300 },
+    });
+    const inTransaction = `application_name = 'dgen' and state like 'idle in transaction%' ` +
+      `and query like '%"${schema}"%'`;
+    try {
+      let held: Transaction | undefined;
+      const opened = Promise.withResolvers<void>();
+      const hung = b.transact(async (tx) => {
+        held = tx;
+        tx.set(k("hung"), k("1"));
+        // Sends the write and holds a server-side transaction open.
+        await tx.get(k("hung"));
+        opened.resolve();
+        return await new Promise<never>(() => {});
+      });
+      hung.catch(() => {});
+      await opened.promise;
+      const open = await withAdmin((sql) =>
+        sql.unsafe(`select count(*)::int as n from pg_stat_activity where ${inTransaction}`)
+      );
+      assert.equal(open[0]!.n, 1, "the body holds a server-side transaction");
+      await assert.rejects(
+        deadline(hung, 3000, "a body that never settles was never failed"),
+        (e) => e instanceof LimitExceededError && e.code === "transaction_timeout",
+      );
+      // The connection came back to the pool (the next transaction gets it), rolled back.
+      assert.equal(
+        await deadline(b.transact((tx) => tx.get(k("hung"))), 2000, "the connection was kept"),
+        undefined,
+      );
+      await waitFor(
+        () =>
+          withAdmin(async (sql) =>
+            (await sql.unsafe(
+              `select count(*)::int as n from pg_stat_activity where ${inTransaction}`,
+            ))[0]!.n === 0
+          ),
+        2000,
+        "the server-side transaction was left open",
+      );
+      // What the late body does throws, and nothing of it commits.
+      assert.throws(() => held!.set(k("late"), k("1")));
+      await assert.rejects(Promise.resolve().then(() => held!.get(k("hung"))));
+      assert.deepEqual(await b.transact((tx) => tx.getRange(k("a"), k("z"))), []);
     } finally {
       await b.close();
     }
