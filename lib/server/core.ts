@@ -257,6 +257,7 @@ export function writeState(
   next: unknown,
   effects: TxEffects,
 ): void {
+  const before = loaded.state;
   effects.state = next;
   effects.readVersion = loaded.version;
   if (loaded.stored.found) effects.observed = loaded.stored;
@@ -279,6 +280,13 @@ export function writeState(
     tx.set(rt.keys.meta, encodeRecord(metaRecord(rt)));
     loaded.migrated = false;
   } else if (stats.keysWritten + stats.keysCleared === 0) {
+    // Nothing to store: what is stored equals `next`. A handler may still have changed the
+    // state it was given in place on the way (a Map it set, then replaced by a copy): that
+    // object no longer is what is stored, so neither the cache nor this commit keeps it.
+    if (!Object.is(before, next) && rt.codec.isMutable(before)) {
+      effects.observed = stored;
+      if (rt.cache?.stored.state === before) rt.cache = undefined;
+    }
     return;
   }
   tx.setVersionstampedValue(rt.keys.stateVersion, EMPTY_BYTES);

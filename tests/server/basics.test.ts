@@ -346,6 +346,39 @@ for (const b of backends) {
       await backend.close();
     });
 
+    it("keeps a batch's result when a Map changed in place was then replaced by a copy", async () => {
+      const { backend, tenant } = await fresh(b);
+      type Op = { set: string } | { drop: string };
+      const Keys = defineServer({
+        name: "keys",
+        init: () => ({ m: new Map([["k", 1]]) }),
+        handleCast: {
+          edit: (op: Op, s: { m: Map<string, number> }) => {
+            if ("set" in op) {
+              s.m.set(op.set, 1); // in place
+              return noreply({ m: s.m });
+            }
+            const m = new Map(s.m); // a copy without it
+            m.delete(op.drop);
+            return noreply({ m });
+          },
+        },
+        handleCall: {
+          keys: (_: undefined, _from, s: { m: Map<string, number> }) => reply([...s.m.keys()], s),
+        },
+      });
+      // One batch: 'x' set in place, then dropped by a copy (nothing to store), then 'y'.
+      const ref = await start(Keys, [], { tenant, batchSize: 2 });
+      await ref.castMany([["edit", { set: "x" }], ["edit", { drop: "x" }], ["edit", { set: "y" }]]);
+      await waitFor(async () => (await ref.call("keys")).length === 2, 5_000, "not applied");
+      assert.deepEqual(await ref.call("keys"), ["k", "y"]);
+      const reader = await start(Keys, [], { tenant, consume: false, cache: false });
+      assert.deepEqual(await reader.priorityCall("keys"), ["k", "y"]);
+      await reader.stop();
+      await ref.stop();
+      await backend.close();
+    });
+
     it("stops other instances of a killed server, and fails their callers", async () => {
       const { backend, tenant } = await fresh(b);
       const a = await start(Counter, [], { tenant });
