@@ -209,8 +209,8 @@ for (const b of backends) {
 
     it("stop() waits for calls in flight; a lock one takes then goes back to the queue", async () => {
       const { backend, tenant } = await fresh(b);
-      const entered = Promise.withResolvers<void>();
-      const gate = Promise.withResolvers<void>();
+      let entered = Promise.withResolvers<void>();
+      let gate = Promise.withResolvers<void>();
       const log: string[] = [];
       const Slow = defineServer({
         name: "slow",
@@ -224,6 +224,7 @@ for (const b of backends) {
             return reply(n + 1, n + 1);
           },
           work: async (_: undefined, _from, n: number) => {
+            entered.resolve();
             await gate.promise;
             return lock(n);
           },
@@ -234,23 +235,33 @@ for (const b of backends) {
           return reply("done", n + 100);
         },
       });
-      const ref = await start(Slow, [], { tenant });
-      const inc = ref.call("inc");
-      const prio = ref.priorityCall("inc");
-      const work = ref.call("work").catch((e) => e);
+      // An inline call and a priority call in flight when stop() is called: both are answered,
+      // and nothing runs after stop() resolves (a handler may run twice: the two conflict).
+      const first = await start(Slow, [], { tenant });
+      const inc = first.call("inc");
+      const prio = first.priorityCall("inc");
       await entered.promise;
-      const stopping = ref.stop().then(() => log.push("stopped"));
+      const stopping = first.stop().then(() => log.push("stopped"));
       gate.resolve();
       await stopping;
-      // Nothing ran after stop() resolved (a handler may run twice: the two conflict).
       assert.equal(log.at(-1), "stopped");
       assert.ok(log.filter((x) => x === "inc returns").length >= 2, log.join());
       assert.equal(await inc + await prio, 3, "both were answered");
+      // An inline call that takes the lock as its instance stops: its caller is told, and the
+      // lock goes back to the queue instead of running handleLocked on the stopped instance.
+      entered = Promise.withResolvers<void>();
+      gate = Promise.withResolvers<void>();
+      const second = await start(Slow, [], { tenant });
+      const work = second.call("work").catch((e) => e);
+      await entered.promise;
+      const stoppingToo = second.stop();
+      gate.resolve();
+      await stoppingToo;
       assert.ok(await work instanceof ServerStoppedError);
-      // The lock 'work' took went back to the queue: the next instance runs handleLocked.
+      assert.ok(!log.includes("handleLocked"), "handleLocked ran on a stopped instance");
       const next = await start(Slow, [], { tenant });
       await waitFor(async () => await next.call("value") === 102, 10_000, "not run again");
-      assert.deepEqual(log.slice(log.indexOf("stopped") + 1), ["handleLocked"]);
+      assert.deepEqual(log.filter((x) => x === "handleLocked"), ["handleLocked"]);
       await next.stop();
       await backend.close();
     });
