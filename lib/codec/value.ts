@@ -571,7 +571,7 @@ export function decodeValue(bytes: Uint8Array, where: string): DecodedValue {
       throw new CodecError("Stored value is nested too deeply to decode", where, { cause: e });
     }
     throw new CodecError(
-      `Stored bytes are not a valid value encoding (${e instanceof Error ? e.message : e})`,
+      `Stored bytes are not a valid value encoding (${errorMessage(e)})`,
       where,
       { cause: e },
     );

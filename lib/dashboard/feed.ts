@@ -11,6 +11,7 @@
 import { readServerView, type ServerView, watchTenant } from "../inspect.ts";
 import type { Tenant } from "../tenant.ts";
 import { sseComment, sseEvent } from "./sse.ts";
+import { errorMessage } from "../describe.ts";
 
 /** Knobs of the feeds (internal: tests shorten them). */
 export interface FeedTuning {
@@ -209,7 +210,7 @@ class TenantFeed {
         try {
           out.set(id, { view: await readServerView(this.#tenant, id) });
         } catch (e) {
-          out.set(id, { error: e instanceof Error ? e.message : String(e) });
+          out.set(id, { error: errorMessage(e) });
         }
       }
     };

@@ -43,6 +43,7 @@ import {
   type TransactOptions,
   type Watch,
 } from "./types.ts";
+import { errorMessage } from "../describe.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The part of npm:foundationdb this backend uses. Written as narrow interfaces so the bindings
@@ -165,7 +166,7 @@ const INSTALL_HINT = [
 function describeLoadFailure(e: unknown): { reason: string; install: boolean } {
   const name = e instanceof Error ? e.name : "";
   // The loader's messages run over several lines (Deno appends the addon's path).
-  const message = (e instanceof Error ? e.message : String(e)).split("\n")[0]!;
+  const message = errorMessage(e).split("\n")[0]!;
   if (name === "NotCapable" || name === "PermissionDenied") {
     return {
       reason: "Deno refused to load the native addon of npm:foundationdb for lack of " +
@@ -282,9 +283,7 @@ function apiVersionFailure(api: FdbApi, version: number, e: unknown): Error {
     );
   }
   return new BackendUnavailableError(
-    `Selecting FoundationDB API version ${version} failed: ${
-      e instanceof Error ? e.message : String(e)
-    }`,
+    `Selecting FoundationDB API version ${version} failed: ${errorMessage(e)}`,
     { cause: e },
   );
 }
@@ -943,9 +942,7 @@ export async function openFoundationdbBackendWith(
     db = api.open(opts.clusterFile);
   } catch (e) {
     throw new BackendUnavailableError(
-      `Cannot open the FoundationDB database of ${where}: ${
-        e instanceof Error ? e.message : String(e)
-      }`,
+      `Cannot open the FoundationDB database of ${where}: ${errorMessage(e)}`,
       { cause: e },
     );
   }
@@ -993,9 +990,7 @@ export async function openFoundationdbBackendWith(
       );
     }
     throw new BackendUnavailableError(
-      `Cannot use the FoundationDB cluster of ${where}: ${
-        e instanceof Error ? e.message : String(e)
-      }`,
+      `Cannot use the FoundationDB cluster of ${where}: ${errorMessage(e)}`,
       { cause: e },
     );
   }

@@ -89,6 +89,7 @@ import {
   type TransactOptions,
   type Watch,
 } from "./types.ts";
+import { errorMessage } from "../describe.ts";
 
 /**
  * The largest key the PostgreSQL backend accepts (FoundationDB allows 10,000 bytes): a B-tree
@@ -289,7 +290,7 @@ function mapError(e: unknown, commitSent: boolean, closed: boolean): unknown {
   }
   if (closed) return new BackendUnavailableError("The PostgreSQL backend is closed", { cause: e });
   if (isConnectionError(e)) {
-    const message = e instanceof Error ? e.message : String(e);
+    const message = errorMessage(e);
     const mapped = commitSent
       ? new CommitUnknownResultError(`Connection lost during commit: ${message}`, { cause: e })
       : new TransactionError("connection_lost", `Connection to PostgreSQL lost: ${message}`, {
@@ -300,7 +301,7 @@ function mapError(e: unknown, commitSent: boolean, closed: boolean): unknown {
     return mapped;
   }
   const code = isPostgresError(e) ? ` ${e.code}` : "";
-  const message = e instanceof Error ? e.message : String(e);
+  const message = errorMessage(e);
   return new TransactionError("postgres_error", `PostgreSQL error${code}: ${message}`, {
     cause: e,
   });
@@ -1714,7 +1715,7 @@ async function setup(connect: PgConnect, sql: Statements, schema: string): Promi
   } catch (e) {
     if (e instanceof BackendUnavailableError) throw e;
     throw new BackendUnavailableError(
-      `Cannot open PostgreSQL schema "${schema}": ${e instanceof Error ? e.message : e}`,
+      `Cannot open PostgreSQL schema "${schema}": ${errorMessage(e)}`,
       { cause: e },
     );
   } finally {

@@ -82,6 +82,7 @@ import {
   type TransactOptions,
   type Watch,
 } from "./types.ts";
+import { errorMessage } from "../describe.ts";
 
 /**
  * Options of {@link openSqliteBackend}.
@@ -434,7 +435,7 @@ function isBusy(e: unknown): boolean {
 function storageError(e: unknown): Error {
   if (e instanceof TransactionError || e instanceof BackendUnavailableError) return e;
   if (isBusy(e)) return new ConflictError("The SQLite database is busy", { cause: e });
-  const message = e instanceof Error ? e.message : String(e);
+  const message = errorMessage(e);
   return new TransactionError("storage_error", `SQLite failed: ${message}`, { cause: e });
 }
 
