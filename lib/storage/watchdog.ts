@@ -4,25 +4,22 @@
  * backend. A backend checks the limit at each operation and at commit, which a body that does
  * nothing more never reaches: without this, its `transact` would never settle.
  *
- * Pending bodies sit in an intrusive doubly-linked list (the links are fields of the
- * transaction), so watching one allocates nothing; one interval per backend, ticking
- * every quarter of the limit (at most 250 ms) and cleared when the list is empty, walks the
- * list. No timer per transaction on the hot path.
+ * Pending bodies sit in a {@link TickedList} (lib/ticked.ts: the links are fields of the
+ * transaction, so watching one allocates nothing), one per backend, ticking every quarter of
+ * the limit (at most 250 ms) while any body is pending. No timer per transaction.
  *
  * @module
  */
 
 import { LimitExceededError } from "../errors.ts";
+import { type Ticked, TickedList } from "../ticked.ts";
 
 /** A transaction whose body the watchdog can watch (the fields are the watchdog's). */
-export interface WatchedBody<B extends WatchedBody<B>> {
+export interface WatchedBody<B extends WatchedBody<B>> extends Ticked<B> {
   /** `performance.now()` when the limit's clock started. */
   readonly started: number;
   /** Fails the attempt (the reject of its promise) while the body is watched. */
   fail: ((e: unknown) => void) | undefined;
-  /** Links of the watchdog's list of pending bodies. */
-  watchPrev: B | undefined;
-  watchNext: B | undefined;
   /**
    * Ends the transaction when its body timed out, before the attempt fails: its later
    * operations throw and nothing of it commits.
@@ -46,36 +43,35 @@ export function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
 
 /** One backend's watchdog: see the module notes. */
 export class BodyWatchdog<B extends WatchedBody<B>> {
-  /** The most recently watched pending body, the head of the list. */
-  #head: B | undefined = undefined;
-  #timer: ReturnType<typeof setInterval> | undefined = undefined;
+  readonly #list: TickedList<B>;
 
-  constructor(readonly limit: number) {}
+  constructor(readonly limit: number) {
+    // Kept alive: a process awaiting nothing but a pending body stays up until the body is
+    // failed (at most the limit and a tick), rather than exiting with the promise pending.
+    this.#list = new TickedList<B>(
+      Math.max(5, Math.min(250, limit / 4)),
+      () => performance.now(),
+      (body, now) => {
+        const elapsed = now - body.started;
+        if (elapsed <= limit) return;
+        const fail = body.fail;
+        this.remove(body);
+        body.expire();
+        fail?.(timeoutError(elapsed, limit));
+      },
+      true,
+    );
+  }
 
   /** Watches `body` (its `fail` set) until {@link remove}d or failed. */
   add(body: B): void {
-    const head = this.#head;
-    body.watchNext = head;
-    if (head !== undefined) head.watchPrev = body;
-    this.#head = body;
-    if (this.#timer === undefined) {
-      // Not unref'd: a process awaiting nothing but a pending body stays up until the body
-      // is failed (at most the limit and a tick), rather than exiting with the promise pending.
-      this.#timer = setInterval(
-        () => this.#tick(),
-        Math.max(5, Math.min(250, this.limit / 4)),
-      );
-    }
+    this.#list.add(body);
   }
 
   /** Stops watching `body` (its body settled) and clears its `fail`. */
   remove(body: B): void {
-    const prev = body.watchPrev;
-    const next = body.watchNext;
-    if (prev === undefined) this.#head = next;
-    else prev.watchNext = next;
-    if (next !== undefined) next.watchPrev = prev;
-    body.watchPrev = body.watchNext = body.fail = undefined;
+    this.#list.remove(body);
+    body.fail = undefined;
   }
 
   /**
@@ -101,26 +97,5 @@ export class BodyWatchdog<B extends WatchedBody<B>> {
         if (settled()) reject(e);
       }
     });
-  }
-
-  /** Fails every pending body past the limit; stops ticking once none is pending. */
-  #tick(): void {
-    const now = performance.now();
-    const limit = this.limit;
-    for (let body = this.#head; body !== undefined;) {
-      const next = body.watchNext;
-      const elapsed = now - body.started;
-      if (elapsed > limit) {
-        const fail = body.fail;
-        this.remove(body);
-        body.expire();
-        fail?.(timeoutError(elapsed, limit));
-      }
-      body = next;
-    }
-    if (this.#head === undefined) {
-      clearInterval(this.#timer);
-      this.#timer = undefined;
-    }
   }
 }
