@@ -755,7 +755,7 @@ export interface LockedWork {
 
 /** What a consume transaction found or did. */
 export type ConsumeOutcome =
-  | { kind: "idle"; watch: Watch }
+  | { kind: "idle"; watch: Watch; foreign: boolean }
   | { kind: "locked"; watch: Watch; lock: LockRecord }
   | { kind: "expired"; lock: LockRecord }
   | { kind: "processed"; count: number; lock?: LockedWork; stopped?: string }
@@ -813,10 +813,19 @@ export async function consumeStep(
   if (seen !== undefined) seen.head = entries[0];
   if (entries.length === 0) {
     if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
+    // Whether another instance wrote the state since this one cached it: the queue was drained
+    // by someone else, which tells a consumer that another one is active (it then backs off).
+    const cache = rt.useCache ? rt.cache : undefined;
+    let foreign = false;
+    if (cache !== undefined) {
+      const version = await tx.get(rt.keys.stateVersion);
+      foreign = version === undefined || !equalBytes(version, cache.version);
+    }
     // The meta key too: a kill clears it, and an idle consumer must notice.
     return {
       kind: "idle",
       watch: anyWatch(tx.watch(rt.keys.queueLength), tx.watch(rt.keys.meta)),
+      foreign,
     };
   }
   crashPoint("dequeued");

@@ -1070,7 +1070,13 @@ class Instance {
       }
       // Lost races and foreign writes mean another consumer is active: back off a little so one
       // instance tends to stay active (and keep its cache hot), without starving failover.
-      this.#misses = attempts > 1 || cacheMissed ? Math.min(this.#misses + 1, 10) : 0;
+      // A message applied without a lost race or a cache miss shows this instance is the active
+      // one. An idle queue whose state another instance wrote meanwhile shows it is not: it was
+      // woken by messages another consumer applied. Forgetting its misses there put the two on
+      // equal terms at the next wake-up, and consumers took turns burst by burst on PostgreSQL.
+      if (attempts > 1 || cacheMissed || (outcome.kind === "idle" && outcome.foreign)) {
+        this.#misses = Math.min(this.#misses + 1, 10);
+      } else if (outcome.kind === "processed" || outcome.kind === "failed") this.#misses = 0;
       switch (outcome.kind) {
         case "processed":
           this.stats.processed += outcome.count;
