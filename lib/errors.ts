@@ -238,6 +238,44 @@ export class ServerGoneError extends DGenError {
 }
 
 /**
+ * A definition's `migrate` failed (threw or rejected) converting a stored state written by an
+ * older version; nothing was written. The original error is the `cause`.
+ *
+ * @example
+ * ```ts
+ * import { MigrationError } from "./errors.ts";
+ * const e = new MigrationError("counter", "counter", 1, 2, new Error("no field 'n'"));
+ * console.log(e.code, e.fromVersion, e.toVersion); // "migration" 1 2
+ * ```
+ */
+export class MigrationError extends DGenError {
+  /** The version that wrote the stored state. */
+  readonly fromVersion: number;
+  /** The definition's version, which `migrate` was converting to. */
+  readonly toVersion: number;
+  /**
+   * Creates the error.
+   *
+   * @param id The server id.
+   * @param name The definition's name.
+   * @param fromVersion The stored state's version.
+   * @param toVersion The definition's version.
+   * @param cause What `migrate` threw.
+   */
+  constructor(id: string, name: string, fromVersion: number, toVersion: number, cause: unknown) {
+    super(
+      "migration",
+      `migrate of '${name}' failed converting the state of server '${id}' from version ${fromVersion} to ${toVersion}: ${
+        errorMessage(cause)
+      }`,
+      { cause },
+    );
+    this.fromVersion = fromVersion;
+    this.toVersion = toVersion;
+  }
+}
+
+/**
  * A lock holder lost its lease (another consumer took over); its write-back was refused.
  *
  * @example

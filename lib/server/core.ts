@@ -23,6 +23,7 @@ import {
   DGenError,
   LimitExceededError,
   LockLostError,
+  MigrationError,
   ServerGoneError,
   ValidationError,
 } from "../errors.ts";
@@ -115,6 +116,8 @@ export interface Loaded {
   cacheHit: boolean;
   /** Whether a migration produced it (so it must be written). */
   migrated: boolean;
+  /** When the server was first created (kept in the meta record a migration rewrites). */
+  created?: number;
 }
 
 /** A handler failed (threw, returned something invalid, or its outcome could not be stored). */
@@ -220,7 +223,11 @@ export async function loadStoredState(
   let state = stored.state;
   let migrated = false;
   if (meta.version < rt.def.version) {
-    state = await rt.def.migrate!(meta.version, state);
+    try {
+      state = await rt.def.migrate!(meta.version, state);
+    } catch (e) {
+      throw new MigrationError(rt.id, rt.def.name, meta.version, rt.def.version, e);
+    }
     migrated = true;
   } else if (meta.version > rt.def.version) {
     throw new CodecError(
@@ -229,7 +236,14 @@ export async function loadStoredState(
     );
   }
   checkState(rt, state);
-  return { state: rt.codec.freeze(state), stored, version, cacheHit: false, migrated };
+  return {
+    state: rt.codec.freeze(state),
+    stored,
+    version,
+    cacheHit: false,
+    migrated,
+    created: meta.created,
+  };
 }
 
 /** Reads the meta record. */
@@ -277,7 +291,7 @@ export function writeState(
   loaded.stored = stored;
   loaded.state = next;
   if (loaded.migrated) {
-    tx.set(rt.keys.meta, encodeRecord(metaRecord(rt)));
+    tx.set(rt.keys.meta, encodeRecord(metaRecord(rt, loaded.created)));
     loaded.migrated = false;
   } else if (stats.keysWritten + stats.keysCleared === 0) {
     // Nothing to store: what is stored equals `next`. A handler may still have changed the
@@ -304,9 +318,9 @@ export function bumpChange(tx: Transaction, rt: Runtime): void {
   tx.setVersionstampedValue(rt.keys.change, EMPTY_BYTES);
 }
 
-/** The meta record this instance writes. */
-export function metaRecord(rt: Runtime): MetaRecord {
-  return { version: rt.def.version, created: rt.now(), name: rt.def.name };
+/** The meta record this instance writes; `created` is kept from the first start. */
+export function metaRecord(rt: Runtime, created: number = rt.now()): MetaRecord {
+  return { version: rt.def.version, created, name: rt.def.name };
 }
 
 // ---------------------------------------------------------------------------------------------

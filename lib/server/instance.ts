@@ -455,7 +455,9 @@ const startOptionsSchema = v.strictObject({
   deadLetterThreshold: v.optional(
     v.union([positiveInt, v.literal(Infinity)], "Expected a positive integer or Infinity"),
   ),
-  lockLease: v.optional(v.pipe(positiveInt, v.minValue(50))),
+  // At most 2^31 - 1 ms (about 24.8 days): the lease is a timer's delay, and longer ones
+  // overflow to 1 ms (the lease was then renewed every millisecond).
+  lockLease: v.optional(v.pipe(positiveInt, v.minValue(50), v.maxValue(2 ** 31 - 1))),
 });
 const timeoutSchema = v.optional(
   v.strictObject({
@@ -656,10 +658,31 @@ class Instance {
           message:
             `Expected '${meta.name}': server '${rt.id}' of tenant '${rt.tenant.name}' was started from the definition '${meta.name}', not '${rt.def.name}' (use another id, or kill() the server first to replace it)`,
         }]);
-      } else if (this.#reset || meta.version !== rt.def.version) {
-        // Reset, or migrate (loadState refuses a state written by newer code).
+      } else if (this.#reset) {
+        // The stored state is replaced unread: not decoded, not migrated, whatever version of
+        // the code wrote it, so a state that a broken migrate or a corrupt value makes
+        // unreadable can still be replaced.
+        tx.clearRange(rt.keys.state, subtreeEnd(rt.keys.state));
+        if (meta.version !== rt.def.version) {
+          tx.set(rt.keys.meta, encodeRecord(metaRecord(rt, meta.created)));
+        }
+        writeState(
+          tx,
+          rt,
+          {
+            state: undefined,
+            stored: { found: false },
+            version: undefined,
+            cacheHit: false,
+            migrated: false,
+          },
+          initial,
+          effects,
+        );
+      } else if (meta.version !== rt.def.version) {
+        // Migrate (loadState refuses a state written by newer code).
         const loaded = await loadState(tx, rt);
-        writeState(tx, rt, loaded, this.#reset ? initial : loaded.state, effects);
+        writeState(tx, rt, loaded, loaded.state, effects);
       }
       // Otherwise the stored state wins and is not even read: a start does not contend with
       // busy consumers of the same server.

@@ -2,6 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
   defineServer,
+  MigrationError,
   noreply,
   reply,
   ServerGoneError,
@@ -11,6 +12,8 @@ import {
 } from "../../mod.ts";
 import { MEMBERSHIP, ServerKeys } from "../../lib/server/keys.ts";
 import { equalBytes } from "../../lib/bytes.ts";
+import { decodeMeta } from "../../lib/server/records.ts";
+import { subtreeEnd } from "../../lib/tuple.ts";
 import { backends, fresh } from "./_backends.ts";
 import { Counter, Ledger, Typed } from "./_defs.ts";
 import { waitFor } from "../_helpers.ts";
@@ -262,6 +265,105 @@ for (const b of backends) {
       assert.equal(await again.call("get"), 70, "migrated once, stored with the new version");
       await again.stop();
       await assert.rejects(start(V1, [], { tenant }), { code: "codec" });
+      await backend.close();
+    });
+
+    it("reports a failed migrate as a MigrationError, writes nothing, and keeps the creation time", async () => {
+      const { backend, tenant } = await fresh(b);
+      const name = "mig";
+      const V1 = defineServer({
+        name,
+        init: () => 7,
+        handleCall: { get: (_: undefined, _f, s: unknown) => reply(s, s) },
+      });
+      await (await start(V1, [], { tenant })).stop();
+      const keys = new ServerKeys(name);
+      const snapshot = () => tenant.transact((tx) => tx.getRange(keys.root, subtreeEnd(keys.root)));
+      const meta = async () =>
+        decodeMeta((await tenant.transact((tx) => tx.get(keys.meta)))!, keys.meta);
+      const before = await snapshot();
+      const created = (await meta()).created;
+      const failing = (migrate: (from: number, old: unknown) => unknown) =>
+        defineServer({
+          name,
+          version: 2,
+          init: () => 0,
+          migrate,
+          handleCall: { get: (_: undefined, _f, s: unknown) => reply(s, s) },
+        });
+      for (
+        const migrate of [
+          () => {
+            throw new Error("no field 'n'");
+          },
+          () => {
+            throw "a string";
+          },
+          () => Promise.reject(new TypeError("async")),
+        ]
+      ) {
+        await assert.rejects(
+          start(failing(migrate), [], { tenant }),
+          (e) =>
+            e instanceof MigrationError && e.code === "migration" && e.fromVersion === 1 &&
+            e.toVersion === 2 && e.message.includes(`server '${name}'`) && e.cause !== undefined,
+        );
+        assert.deepEqual(await snapshot(), before, "nothing written");
+      }
+      // A migration rewrites the meta record with the new version, not a new creation time.
+      const ok = await start(failing((_from, old) => ({ n: old })), [], { tenant });
+      assert.deepEqual(await ok.call("get"), { n: 7 });
+      await ok.stop();
+      assert.equal((await meta()).version, 2);
+      assert.equal((await meta()).created, created);
+      await backend.close();
+    });
+
+    it("replaces the state with reset: true without reading it (unmigratable or newer)", async () => {
+      const { backend, tenant } = await fresh(b);
+      const name = "rst";
+      const def = (version: number, migrate?: () => number) =>
+        defineServer({
+          name,
+          version,
+          init: (n: number = version * 100) => n,
+          migrate,
+          handleCall: { get: (_: undefined, _f, s: number) => reply(s, s) },
+        });
+      const broken = (): number => {
+        throw new Error("cannot migrate");
+      };
+      await (await start(def(1), [], { tenant })).stop();
+      await assert.rejects(start(def(2, broken), [], { tenant }), MigrationError);
+      let migrated = 0;
+      const counting = def(2, () => {
+        migrated++;
+        return broken();
+      });
+      const r2 = await start(counting, [5], { tenant, reset: true });
+      assert.equal(await r2.call("get"), 5);
+      assert.equal(migrated, 0, "the discarded state was not migrated");
+      await r2.stop();
+      // A state written by newer code is replaced too; the meta record takes this version.
+      await (await start(def(3, () => 0), [], { tenant })).stop();
+      await assert.rejects(start(def(2, broken), [], { tenant }), { code: "codec" });
+      const r3 = await start(def(2, broken), [6], { tenant, reset: true });
+      assert.equal(await r3.call("get"), 6);
+      await r3.stop();
+      const again = await start(def(2, broken), [], { tenant });
+      assert.equal(await again.call("get"), 6, "stored with version 2");
+      await again.stop();
+      await backend.close();
+    });
+
+    it("refuses a lock lease longer than a timer can wait", async () => {
+      const { backend, tenant } = await fresh(b);
+      await assert.rejects(
+        start(Counter, [], { tenant, lockLease: 2 ** 31 }),
+        (e) => e instanceof ValidationError && /options\.lockLease/.test(e.message),
+      );
+      const ok = await start(Counter, [], { tenant, lockLease: 2 ** 31 - 1 });
+      await ok.stop();
       await backend.close();
     });
 
