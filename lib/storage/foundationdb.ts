@@ -712,18 +712,24 @@ class FdbTransactionAdapter implements Transaction, WatchedBody<FdbTransactionAd
     native.promise.then(
       (changed) => {
         nativeSettled = true;
+        this.backend.watchFailures = 0;
         if (changed) handle.fire();
         else handle.cancel();
       },
       () => {
-        // An error (too_many_watches, a lost connection) wakes the watcher, which re-reads and
-        // watches again: the contract allows spurious fires, and a watcher told `false` would
-        // stop watching for good.
+        // An error (too_many_watches, a lost connection, future_version) wakes the watcher,
+        // which re-reads and watches again: the contract allows spurious fires, and a watcher
+        // told `false` would stop watching for good. Not at once: a cluster that refuses every
+        // watch (past its max_watches) made each idle consumer re-read and re-watch in a hot
+        // loop (10,003 transactions in 474 ms). The delay doubles with each consecutive
+        // failure, from 100 ms up to 5 s, and resets when a watch works again.
         nativeSettled = true;
-        handle.fire();
+        errorTimer = setTimeout(() => handle.fire(), this.backend.watchFailed());
       },
     );
+    let errorTimer: ReturnType<typeof setTimeout> | undefined;
     handle.onSettle = () => {
+      if (errorTimer !== undefined) clearTimeout(errorTimer);
       this.backend.watches.delete(handle);
       if (!nativeSettled) {
         try {
@@ -777,6 +783,8 @@ class FoundationdbBackend implements Backend {
   readonly kind = "foundationdb";
   closed = false;
   readonly watches = new Set<WatchHandle>();
+  /** Watches failed in a row since one last worked (see {@link watchFailed}). */
+  watchFailures = 0;
   /** Key prefix of the directory partition the backend is confined to (empty: none). */
   prefix: Uint8Array = EMPTY_BYTES;
   /** Where subspaces are allocated: the root directory layer or the partition. */
@@ -784,6 +792,11 @@ class FoundationdbBackend implements Backend {
   readonly #tnOptions: FdbTransactionOptions;
   /** Fails bodies that never settle (see {@link BodyWatchdog}). */
   readonly #watchdog: BodyWatchdog<FdbTransactionAdapter>;
+
+  /** Counts a failed watch; returns how long its watcher waits before it is woken (ms). */
+  watchFailed(): number {
+    return Math.min(5_000, 100 * 2 ** Math.min(this.watchFailures++, 6));
+  }
 
   constructor(
     readonly api: FdbApi,
@@ -850,11 +863,13 @@ class FoundationdbBackend implements Backend {
     if (this.closed) throw closedError();
     const tn = this.db.rawCreateTransaction(tnOptions);
     const tx = new FdbTransactionAdapter(this, tn, opts.readOnly ?? false);
+    let committing = false;
     try {
       const result = await (watch ? this.#watchdog.run(tx, fn(tx)) : fn(tx));
       tx.check();
       // An abort during the body keeps this attempt from committing.
       opts.signal?.throwIfAborted();
+      committing = true;
       await tn.rawCommit();
       tx.committed();
       return result;
@@ -864,6 +879,17 @@ class FoundationdbBackend implements Backend {
       if (fdb === undefined) {
         tn.rawCancel();
         throw e;
+      }
+      if (committing && fdb.code === 1031) {
+        // The time limit struck while the commit was in flight: FoundationDB may still apply
+        // it, even after this client's later commits (apple/foundationdb#3038). Its outcome is
+        // unknown, not "did not commit": retried as such (the runtime's request records make
+        // the retry idempotent), never charged to a message as a transaction over its limit.
+        tn.rawCancel();
+        throw new CommitUnknownResultError(
+          `Commit result unknown: the transaction's ${this.limits.maxTransactionDuration} ms limit struck while its commit was in flight, and it may have been applied (FoundationDB error 1031: ${fdb.message})`,
+          { cause: e },
+        );
       }
       let retryable = true;
       try {

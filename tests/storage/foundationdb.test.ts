@@ -213,7 +213,8 @@ describe("FoundationDB errors and the retry loop (simulated bindings)", () => {
           e instanceof TransactionError && e.code === "transaction_too_old" && e.retryable],
         [1009, (e) =>
           e instanceof TransactionError && e.code === "future_version" && e.retryable],
-        [1031, (e) => e instanceof LimitExceededError && e.code === "transaction_timeout"],
+        // At commit, the time limit leaves the outcome unknown (the commit may still apply).
+        [1031, (e) => e instanceof CommitUnknownResultError && e.maybeCommitted && e.retryable],
         [2101, (e) => e instanceof LimitExceededError && e.code === "transaction_too_large"],
         [2102, (e) => e instanceof LimitExceededError && e.code === "key_too_large"],
         [2103, (e) => e instanceof LimitExceededError && e.code === "value_too_large"],
@@ -236,7 +237,7 @@ describe("FoundationDB errors and the retry loop (simulated bindings)", () => {
   it("does not retry limits and errors on_error rejects", () =>
     withSim(async (sim, open) => {
       const b = await open();
-      for (const code of [1031, 2101, 2004]) {
+      for (const code of [2101, 2004]) {
         let runs = 0;
         sim.failNextCommit(code);
         await assert.rejects(b.transact((tx) => {
@@ -265,6 +266,78 @@ describe("FoundationDB errors and the retry loop (simulated bindings)", () => {
           e.cause instanceof ConflictError,
       );
     }));
+
+  it("reports a commit that the time limit struck in flight as unknown, and retries it", () =>
+    withSim(async (sim, open) => {
+      const b = await open();
+      // FoundationDB may apply a commit that failed with 1031 (apple/foundationdb#3038).
+      sim.failNextCommit(1031, true);
+      await assert.rejects(
+        b.transact((tx) => tx.add(k("timed"), 1), { maxRetries: 0 }),
+        (e) =>
+          e instanceof CommitUnknownResultError && e.maybeCommitted &&
+          ((e as Error).cause as { code: number }).code === 1031,
+      );
+      assert.equal(readInt64LE(await b.transact((tx) => tx.get(k("timed")))), 1n);
+      let runs = 0;
+      sim.failNextCommit(1031);
+      await b.transact((tx) => {
+        runs++;
+        tx.set(k("timed2"), k("1"));
+      });
+      assert.equal(runs, 2, "retried once");
+    }));
+
+  it("wakes a watcher whose watch failed after a delay that grows, not at once", async () => {
+    const sim = createSimulation();
+    let refuse = true;
+    const refusing = (tn: object): object =>
+      new Proxy(tn, {
+        get(target, p) {
+          const v = Reflect.get(target, p);
+          if (p !== "watch" || !refuse) return typeof v === "function" ? v.bind(target) : v;
+          return (key: Uint8Array) => {
+            (target as { watch(key: Uint8Array): { cancel(): void } }).watch(key).cancel();
+            // As the client reports a watch past max_watches: the future fails with 1032.
+            const promise = Promise.reject(new sim.bindings.FDBError("Too many watches", 1032));
+            promise.catch(() => {});
+            return { promise, cancel() {} };
+          };
+        },
+      });
+    const bindings = {
+      ...sim.bindings,
+      open(clusterFile?: string) {
+        const db = sim.bindings.open(clusterFile);
+        return {
+          rawCreateTransaction: (o: never) => refusing(db.rawCreateTransaction(o)),
+          close: () => db.close(),
+        };
+      },
+    } as typeof sim.bindings;
+    const b = await openFoundationdbBackendWith(createDriver(() => Promise.resolve(bindings)), {});
+    try {
+      const wake = async () => {
+        const t0 = performance.now();
+        const w = await b.transact((tx) => tx.watch(k("w")));
+        assert.equal(await w.promise, true, "a failed watch wakes its watcher");
+        return performance.now() - t0;
+      };
+      // Timers may fire a millisecond early; the delays are 100 ms, then 200 ms.
+      assert.ok((await wake()) >= 95, "first failure: about 100 ms");
+      assert.ok((await wake()) >= 190, "second failure in a row: about 200 ms");
+      // A watch that works resets the delay.
+      refuse = false;
+      const w = await b.transact((tx) => tx.watch(k("w")));
+      await b.transact((tx) => tx.set(k("w"), k("1")));
+      assert.equal(await w.promise, true);
+      refuse = true;
+      const again = await wake();
+      assert.ok(again >= 95 && again < 190, `after a working watch: about 100 ms, not ${again}`);
+    } finally {
+      await b.close();
+    }
+  });
 
   it("runs each attempt in a fresh transaction carrying the timeout and size limit", () =>
     withSim(async (sim, open) => {
