@@ -179,6 +179,14 @@ interface Send {
 
 const IGNORE = (): void => {};
 
+/** What an action that did not settle within actionTimeout counts as (never seen outside). */
+const ACTION_TIMED_OUT: unique symbol = Symbol("action timed out");
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return (typeof x === "object" && x !== null || typeof x === "function") &&
+    typeof (x as { then?: unknown }).then === "function";
+}
+
 /** How often the deadlines of inline calls in flight are checked, ms. */
 const INLINE_TICK_MS = 10;
 
@@ -236,6 +244,12 @@ export interface StartOptions {
   deadLetterThreshold?: number;
   /** Lease of the lock while `handleLocked` runs, ms; renewed at a third of it. @default 10000 */
   lockLease?: number;
+  /**
+   * Time limit of each action and of each `handleDeadLetter` run, ms, or `Infinity`. One that
+   * has not settled by then counts as failed (`stats.actionErrors`; the message's remaining
+   * actions are skipped) and the instance goes on; it is not cancelled. @default 30000
+   */
+  actionTimeout?: number;
 }
 
 /**
@@ -350,7 +364,9 @@ export interface DeadLetters {
 export interface InstanceStats {
   /** Standard messages this instance applied. */
   processed: number;
-  /** Actions that threw. */
+  /**
+   * Actions and `handleDeadLetter` runs that threw or did not settle within `actionTimeout`.
+   */
   actionErrors: number;
   /** Messages this instance dead-lettered. */
   deadLettered: number;
@@ -458,6 +474,13 @@ const startOptionsSchema = v.strictObject({
   // At most 2^31 - 1 ms (about 24.8 days): the lease is a timer's delay, and longer ones
   // overflow to 1 ms (the lease was then renewed every millisecond).
   lockLease: v.optional(v.pipe(positiveInt, v.minValue(50), v.maxValue(2 ** 31 - 1))),
+  // A timer's delay too (see lockLease), unless Infinity.
+  actionTimeout: v.optional(
+    v.union(
+      [v.pipe(positiveInt, v.maxValue(2 ** 31 - 1)), v.literal(Infinity)],
+      "Expected a positive integer of at most 2147483647 (ms), or Infinity",
+    ),
+  ),
 });
 const timeoutSchema = v.optional(
   v.strictObject({
@@ -572,6 +595,7 @@ class Instance {
   readonly #abort = new AbortController();
   readonly #consume: boolean;
   readonly #reset: boolean;
+  readonly #actionTimeout: number;
   #resolveStopped!: (reason: string) => void;
   #state: "starting" | "running" | "stopping" | "stopped" = "starting";
   #loop: Promise<void> | undefined;
@@ -602,6 +626,7 @@ class Instance {
     this.instance = timeOrderedId();
     this.#consume = opts.consume ?? true;
     this.#reset = opts.reset ?? false;
+    this.#actionTimeout = opts.actionTimeout ?? 30_000;
     this.stopped = new Promise((r) => this.#resolveStopped = r);
     this.#rt = {
       def,
@@ -784,6 +809,8 @@ class Instance {
     // handlers runs, and nothing of it commits, after stop() resolves.
     await this.#quiesced();
     await Promise.allSettled([...this.#tasks]);
+    // And the actions and dead-letter hooks in flight (each within actionTimeout).
+    await this.#after;
     if (!erase) {
       try {
         await this.#rt.tenant.backend.transact((tx) => {
@@ -829,9 +856,10 @@ class Instance {
 
   /**
    * Runs a body in a transaction with fresh effects per attempt; after commit, updates the
-   * cache and runs actions and dead-letter hooks. With `deadline` (an inline call's), the
-   * promise rejects with a CallTimeoutError once the deadline passes, and the transaction goes
-   * on: if it commits, what the call left to do is still done (see #carryOut).
+   * cache, settles, and queues its dead-letter hooks and actions on the instance's chain (see
+   * #queueAfter): the caller is answered at commit, not after them. With `deadline` (an inline
+   * call's), the promise rejects with a CallTimeoutError once the deadline passes, and the
+   * transaction goes on: if it commits, what the call left to do is still done (see #carryOut).
    */
   #transact<T>(
     body: (tx: Transaction, effects: TxEffects) => Promise<T>,
@@ -878,11 +906,15 @@ class Instance {
         this.#settled();
         const version = stamped?.[committedStamp]() ?? stamp;
         const done = () => {
-          if (deadline?.expired) return this.#carryOut(value as InlineOutcome);
-          if (deadline !== undefined) this.#dropDeadline(deadline);
-          resolve({ value, effects: effects!, attempts });
+          const e = effects!;
+          if (deadline?.expired) this.#carryOut(value as InlineOutcome);
+          else {
+            if (deadline !== undefined) this.#dropDeadline(deadline);
+            resolve({ value, effects: e, attempts });
+          }
+          if (e.deadLetters.length !== 0 || e.actions.length !== 0) this.#queueAfter(e);
         };
-        // The common case (no dead letters, no actions) ends without another await.
+        // The common case (no version to wait for) ends without another await.
         const more = this.#updateCache(effects!, version);
         if (more === undefined) done();
         else more.then(done, fail);
@@ -952,7 +984,7 @@ class Instance {
     else if (outcome.kind === "stopped") void this.#shutdown(outcome.reason);
   }
 
-  /** Updates the state cache after a commit; a promise if anything is left to await. */
+  /** Updates the state cache after a commit; a promise if its version is still to come. */
   #updateCache(
     effects: TxEffects,
     version: Uint8Array | Promise<Uint8Array> | undefined,
@@ -970,43 +1002,105 @@ class Instance {
         rt.cache = { version: effects.readVersion, stored: effects.observed };
       }
     }
-    if (effects.deadLetters.length === 0 && effects.actions.length === 0) return undefined;
-    return this.#afterCommit(effects);
+    return undefined;
   }
 
-  /** Runs the dead-letter hooks and the actions of a committed transaction. */
-  async #afterCommit(effects: TxEffects): Promise<void> {
+  /**
+   * The after-commit work of this instance (dead-letter hooks, actions) in flight: one chain,
+   * so the actions of successive transactions run one after another, never interleaved
+   * (whether the consumer, an inline call or a priority message committed them). Undefined
+   * when there is none. It never rejects. The consumer waits for it after each of its commits
+   * (a slow action slows consumption, as in gen_server); callers are answered at commit and do
+   * not wait; stop() waits for it.
+   */
+  #after: Promise<void> | undefined;
+
+  /** Queues a committed transaction's dead-letter hooks and actions on #after. */
+  #queueAfter(effects: TxEffects): void {
     this.stats.deadLettered += effects.deadLetters.length;
-    for (const d of effects.deadLetters) {
-      const hook = this.#def.handleDeadLetter;
-      if (!hook) continue;
-      const message: DeadLetterMessage = {
-        kind: d.message.kind,
-        name: d.message.name,
-        arg: d.message.arg,
-      };
-      try {
-        await hook(message, d.attempts, errorFromStored(d.error));
-      } catch (e) {
-        this.stats.actionErrors++;
-        console.error(`dgen: handleDeadLetter of '${this.id}' threw:`, e);
+    const prev = this.#after;
+    const run = prev === undefined
+      ? this.#afterCommit(effects)
+      : prev.then(() => this.#afterCommit(effects));
+    const tail: Promise<void> = run.then(
+      () => {
+        if (this.#after === tail) this.#after = undefined;
+      },
+      (e) => {
+        // Only a crash point's hook (fault tests) throws out of #afterCommit.
+        if (this.#after === tail) this.#after = undefined;
+        console.error(`dgen: the actions of '${this.id}' stopped:`, e);
+      },
+    );
+    this.#after = tail;
+  }
+
+  /** Runs the dead-letter hooks and the actions of a committed transaction, in order. */
+  async #afterCommit(effects: TxEffects): Promise<void> {
+    const hook = this.#def.handleDeadLetter;
+    if (hook !== undefined) {
+      for (const d of effects.deadLetters) {
+        const message: DeadLetterMessage = {
+          kind: d.message.kind,
+          name: d.message.name,
+          arg: d.message.arg,
+        };
+        try {
+          await this.#withinLimit(hook(message, d.attempts, errorFromStored(d.error)));
+        } catch (e) {
+          this.stats.actionErrors++;
+          if (e === ACTION_TIMED_OUT) {
+            console.error(
+              `dgen: handleDeadLetter of '${this.id}' did not settle within ${this.#actionTimeout} ms (actionTimeout); left running, the instance goes on`,
+            );
+          } else console.error(`dgen: handleDeadLetter of '${this.id}' threw:`, e);
+        }
       }
     }
     if (effects.actions.length > 0) crashPoint("committed");
     for (const action of effects.actions) {
       try {
-        const r = await action(effects.state);
+        const r = await this.#withinLimit(action(effects.state));
         crashPoint("between-actions");
         if (r === "halt") break;
       } catch (e) {
         this.stats.actionErrors++;
-        console.error(
-          `dgen: an action of '${this.id}' threw; the remaining actions were skipped:`,
-          e,
-        );
+        if (e === ACTION_TIMED_OUT) {
+          console.error(
+            `dgen: an action of '${this.id}' did not settle within ${this.#actionTimeout} ms (actionTimeout); left running, the remaining actions were skipped`,
+          );
+        } else {
+          console.error(
+            `dgen: an action of '${this.id}' threw; the remaining actions were skipped:`,
+            e,
+          );
+        }
         break;
       }
     }
+  }
+
+  /**
+   * What an action (or hook) returned, settled within actionTimeout: a promise that has not
+   * settled by then rejects with ACTION_TIMED_OUT and is left to settle on its own (its
+   * rejection, if any, is handled here, so it is never reported as unhandled).
+   */
+  #withinLimit(r: unknown): unknown {
+    if (!isThenable(r)) return r;
+    const ms = this.#actionTimeout;
+    if (ms === Infinity) return r;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(ACTION_TIMED_OUT), ms);
+      // The action's own work keeps the process alive if it has any; the limit does not.
+      unrefTimer(timer);
+      Promise.resolve(r).then((v) => {
+        clearTimeout(timer);
+        resolve(v);
+      }, (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
   }
 
   // ---- consuming -----------------------------------------------------------------------------
@@ -1056,6 +1150,8 @@ class Instance {
         failing = undefined;
         narrow = false;
         transientDelay = 0;
+        // Its actions (and those queued before them) before the next message: back-pressure.
+        if (this.#after !== undefined) await this.#after;
       } catch (e) {
         if (signal.aborted) break;
         if (e instanceof HandlerFailure) {
@@ -1103,7 +1199,11 @@ class Instance {
       switch (outcome.kind) {
         case "processed":
           this.stats.processed += outcome.count;
-          if (outcome.lock) await this.#runLocked(outcome.lock);
+          if (outcome.lock) {
+            await this.#runLocked(outcome.lock);
+            // The write-back's actions, as after a commit of this loop.
+            if (this.#after !== undefined) await this.#after;
+          }
           if (outcome.stopped !== undefined) {
             void this.#shutdown(outcome.stopped);
             return;
