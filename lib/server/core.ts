@@ -19,12 +19,14 @@ import {
   readInt64LENumber,
 } from "../bytes.ts";
 import {
+  BackendUnavailableError,
   CodecError,
   DGenError,
   LimitExceededError,
   LockLostError,
   MigrationError,
   ServerGoneError,
+  TransactionError,
   ValidationError,
 } from "../errors.ts";
 import type { StateCodec, StoredState } from "../codec/types.ts";
@@ -135,6 +137,22 @@ export class HandlerFailure extends Error {
     readonly attempts?: number,
   ) {
     super(errorMessage(error), { cause: error });
+  }
+
+  /**
+   * What a handler's error becomes: a storage error that a handler's reads or writes through
+   * `ctx.tx` met and that retrying the transaction can cure (a conflict, an unknown commit
+   * result, FoundationDB's `future_version` or `process_behind`, an unreachable backend) is
+   * the transaction's, not the message's: it passes through to the backend's retry loop (or the
+   * consumer's outage back-off) and costs the message no attempt. Anything else is a failure
+   * of the message.
+   */
+  static wrap(queueKey: Uint8Array | undefined, error: unknown, attempts?: number): Error {
+    if (
+      (error instanceof TransactionError && error.retryable) ||
+      error instanceof BackendUnavailableError
+    ) return error;
+    return new HandlerFailure(queueKey, error, attempts);
   }
 }
 
@@ -878,7 +896,7 @@ export async function consumeStep(
       result = await runHandler(rt, tx, m.kind, m.name, m.arg, from, state, "standard");
       checkState(rt, result.state);
     } catch (e) {
-      throw new HandlerFailure(entry.key, e, m.attempts);
+      throw HandlerFailure.wrap(entry.key, e, m.attempts);
     }
     state = result.state;
     count++;

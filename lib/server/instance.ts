@@ -1565,6 +1565,9 @@ class Instance {
         result = await runHandler(rt, tx, "cast", m.name, m.arg, undefined, state, "standard");
         checkState(rt, result.state);
       } catch (e) {
+        const failure = HandlerFailure.wrap(undefined, e);
+        // A retryable storage error is the transaction's: retried, no attempt counted.
+        if (!(failure instanceof HandlerFailure)) throw failure;
         throw new QueueFrom(i, true, e);
       }
       if (result.kind !== "noreply") throw new QueueFrom(i, false, undefined);
@@ -1783,7 +1786,7 @@ class Instance {
       result = r instanceof Promise ? await r : r;
       checkState(rt, result.state);
     } catch (e) {
-      throw new HandlerFailure(undefined, e);
+      throw HandlerFailure.wrap(undefined, e);
     }
     writeState(tx, rt, loaded, result.state, effects);
     const state = loaded.state;
