@@ -1827,6 +1827,13 @@ class Instance {
         checkFirst = false;
       } else {
         r = await waitWatch(watch, left, this.#abort.signal);
+        if (r === "aborted") {
+          // This instance is stopping: its own consumer (and any handleLocked it runs) may
+          // still apply this call and write its reply. Read the slot once they have finished,
+          // so the caller gets that reply instead of being told it was not answered.
+          await this.#loop;
+          await Promise.allSettled([...this.#tasks]);
+        }
       }
       const timedOut = r === "timeout" || (Number.isFinite(timeout) && left <= 0);
       // Read without writing, so that a retry after an unknown commit result still finds the
@@ -1886,7 +1893,7 @@ class Instance {
         case "abandoned":
           if (r === "aborted") {
             throw new ServerStoppedError(
-              `Instance ${this.instance} stopped before '${name}' was answered`,
+              `Instance ${this.instance} stopped before '${name}' was answered (the call stays queued: another consuming instance may still apply it)`,
             );
           }
           throw new CallTimeoutError(

@@ -4,6 +4,7 @@ import {
   type Backend,
   CallTimeoutError,
   defineServer,
+  lock,
   noreply,
   reply,
   start,
@@ -311,6 +312,51 @@ for (const b of backends) {
       // Taking turns message by message would split them about evenly.
       assert.ok(Math.max(...served) >= 0.7 * total, `messages per consumer: ${served}`);
       await Promise.all([...consumers, sender].map((r) => r.stop()));
+      await backend.close();
+    });
+
+    it("gives a call through a stopping instance the reply its own consumer writes meanwhile", async () => {
+      const { backend, tenant } = await fresh(b);
+      const gates = { hold: Promise.resolve(), slow: Promise.resolve() };
+      const opened = { hold: () => {}, slow: () => {} };
+      const close = (g: "hold" | "slow") => gates[g] = new Promise((r) => opened[g] = r);
+      let runs = 0;
+      const Slow = defineServer({
+        name: "slow",
+        init: () => 0,
+        handleCall: {
+          slow: async (_: undefined, _f, n: number) => {
+            runs++;
+            await gates.slow;
+            return reply(`applied ${n + 1}`, n + 1);
+          },
+          locked: (_: undefined, _f, n: number) => lock(n),
+        },
+        handleCast: { hold: async (_: undefined, n: number) => (await gates.hold, noreply(n)) },
+        handleLocked: async (_event, n: number) => {
+          runs++;
+          await gates.slow;
+          return reply(`locked ${n + 1}`, n + 1);
+        },
+      });
+      for (const name of ["slow", "locked"] as const) {
+        runs = 0;
+        close("hold");
+        close("slow");
+        const consumer = await start(Slow, [], { tenant });
+        const sender = await start(Slow, [], { tenant, consume: false });
+        // A cast the consumer holds on keeps the queue busy, so the call is queued behind it
+        // (not handled inline) and its caller waits on its reply slot.
+        await sender.cast("hold");
+        const answer = consumer.call(name, undefined, { timeout: 20_000 });
+        opened.hold();
+        await waitFor(() => Promise.resolve(runs === 1), 10_000, "the handler never ran");
+        const stopping = consumer.stop();
+        opened.slow();
+        await stopping;
+        assert.match(String(await answer), /^(applied|locked) \d+$/, `${name}: its reply`);
+        await sender.stop();
+      }
       await backend.close();
     });
 
