@@ -39,9 +39,11 @@ import { freshKeys, planKeys } from "./collection.ts";
 import { child, ROOT_PATH, type ValuePath } from "./path.ts";
 import type { StateCodec, StoredState, WriteStats } from "./types.ts";
 import {
-  checkNoSymbolKeys,
+  checkArrayProperties,
+  checkOwnKeys,
   checkString,
   cycle,
+  dataValue,
   decodeValue,
   encodeValue,
   isMutableLeaf,
@@ -267,10 +269,12 @@ class Codec implements StateCodec {
     let shape: Shape;
     if (Array.isArray(x)) shape = this.arrayShape(x, path);
     else {
-      checkNoSymbolKeys(x, path);
+      const keys = Object.keys(x);
+      checkOwnKeys(x, keys, path);
       let seg = 0;
-      for (const k of Object.keys(x)) {
+      for (const k of keys) {
         checkString(k, path, "A property name");
+        dataValue(x, k, path); // throws for an accessor
         const len = packedLength(k);
         if (len > seg) seg = len;
       }
@@ -695,6 +699,9 @@ class Writer {
       }
     } else {
       const arr = obj as Array<{ id: string }>;
+      // Written in full: its properties other than items are refused here (a diff of a stored
+      // collection does not look for them: see checkArrayProperties).
+      checkArrayProperties(arr, path);
       this.set(node, COLLECTION_MARK.slice());
       const keys = freshKeys(arr.length);
       for (let j = 0; j < arr.length; j++) {
@@ -846,7 +853,12 @@ class Writer {
     // Immutable values encode as they were stored (unless stored before the nesting limit, too
     // deep to encode now: then what is stored is unknown, and rewritten).
     try {
-      return { x, bytes: encodeValue(x, ROOT_PATH).bytes, committed: true };
+      // Trusted: it was checked when written (or decoded), and it is frozen since.
+      return {
+        x,
+        bytes: encodeValue(x, ROOT_PATH, undefined, undefined, true).bytes,
+        committed: true,
+      };
     } catch {
       return { x, bytes: undefined, committed: false };
     }

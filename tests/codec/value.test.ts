@@ -77,14 +77,15 @@ describe("value encoding", () => {
       [new Set([1, new WeakMap()]), /WeakMap/, "state.values()[1]"],
       [new Int16Array(2), /Int16Array/, "state"],
       [Object.assign(Object.create(null), { e: new Error("x") }), /Error/, "state.e"],
-      // Values that throw while being read: a getter, a revoked Proxy, a throwing trap.
+      // A getter is refused before it is called (even one that would throw).
       [
         {
           a: [1, Object.defineProperty({}, "g", { get: () => JSON.parse("{"), enumerable: true })],
         },
-        /Reading this value threw/,
+        /A getter \(accessor property 'g'\)/,
         "state.a[1].g",
       ],
+      // Values that throw while being read: a revoked Proxy, a throwing trap.
       [new Map([[1, revoked()]]), /Reading this value threw/, "state.get(1)"],
       [
         new Set([
