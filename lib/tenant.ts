@@ -57,7 +57,10 @@ export interface Tenant {
 export const tenantSchema: v.GenericSchema<Tenant> = v.custom<Tenant>(
   (t) =>
     typeof t === "object" && t !== null && typeof (t as Tenant).name === "string" &&
-    typeof (t as Tenant).transact === "function" && (t as Tenant).prefix instanceof Uint8Array,
+    typeof (t as Tenant).transact === "function" && (t as Tenant).prefix instanceof Uint8Array &&
+    typeof (t as Tenant).backend === "object" && (t as Tenant).backend !== null &&
+    typeof (t as Tenant).backend.transact === "function" &&
+    typeof (t as Tenant).backend.limits?.maxKeySize === "number",
   "Expected a Tenant (from openTenant or sandboxOpen)",
 );
 

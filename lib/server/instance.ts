@@ -526,9 +526,41 @@ export async function start<D extends AnyServerDefinition>(
     throw new ValidationError([{ path: "args", message: "Expected an array of init arguments" }]);
   }
   const opts = parse(startOptionsSchema, options, "options");
+  checkIdFits(opts.id ?? definition.name, opts.tenant);
   const instance = new Instance(definition, opts);
   await instance.init(args);
   return instance as unknown as ServerRef<D>;
+}
+
+/**
+ * Room the runtime's longest fixed key needs past a reply slot's key: the reply value's own
+ * prefix and the root of the value the codec writes under it (a few bytes of path and a chunk
+ * number). A state's deeper keys are the codec's to check (a CodecError names their path).
+ */
+const REPLY_VALUE_ROOM = 16;
+
+/**
+ * Refuses a server id whose keys would not fit the backend's key limit, before anything is
+ * written: the id is in every key of the server, and its limit is in encoded bytes (1,000
+ * characters of CJK text are 3,000), so the schema's length alone cannot tell.
+ */
+function checkIdFits(id: string, tenant: Tenant): void {
+  const keys = new ServerKeys(id, tenant.prefix);
+  const sample = timeOrderedId();
+  const longest = Math.max(
+    keys.reply(sample).length + REPLY_VALUE_ROOM,
+    keys.request(sample).length,
+    keys.instance(sample).length,
+  );
+  const limit = tenant.backend.limits.maxKeySize;
+  if (longest > limit) {
+    throw new ValidationError([{
+      path: "options.id",
+      message: `Expected an id whose keys fit this backend's ${limit}-byte keys: with this one (${
+        new TextEncoder().encode(id).length
+      } bytes in UTF-8) the server's longest key would be ${longest} bytes`,
+    }]);
+  }
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

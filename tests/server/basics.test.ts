@@ -14,6 +14,8 @@ import { MEMBERSHIP, ServerKeys } from "../../lib/server/keys.ts";
 import { equalBytes } from "../../lib/bytes.ts";
 import { decodeMeta } from "../../lib/server/records.ts";
 import { subtreeEnd } from "../../lib/tuple.ts";
+
+const MAX_KEY = new Uint8Array([0xff, 0xff]);
 import { backends, fresh } from "./_backends.ts";
 import { Counter, Ledger, Typed } from "./_defs.ts";
 import { waitFor } from "../_helpers.ts";
@@ -353,6 +355,42 @@ for (const b of backends) {
       const again = await start(def(2, broken), [], { tenant });
       assert.equal(await again.call("get"), 6, "stored with version 2");
       await again.stop();
+      await backend.close();
+    });
+
+    it("refuses an id whose keys would not fit the backend's, naming options.id", async () => {
+      const { backend, tenant } = await fresh(b);
+      const limit = backend.limits.maxKeySize;
+      // 1,000 characters pass the schema's length; in UTF-8 they may be 3,000 bytes or more.
+      const tooLong = "漢".repeat(Math.min(1000, Math.ceil(limit / 3)));
+      if (new TextEncoder().encode(tooLong).length > limit - 40) {
+        await assert.rejects(
+          start(Counter, [], { tenant, id: tooLong }),
+          (e) => e instanceof ValidationError && /options\.id/.test(e.message),
+        );
+        const rows = await tenant.transact((tx) => tx.getRange(new Uint8Array(), MAX_KEY));
+        assert.deepEqual(rows, [], "nothing written");
+      }
+      // An id as long as fits works on every path that writes keys with it.
+      let n = Math.min(1000, Math.floor(limit / 3));
+      while (n > 0) {
+        const id = "漢".repeat(n);
+        try {
+          const ref = await start(Counter, [], { tenant, id });
+          const sender = await start(Counter, [], { tenant, id, consume: false });
+          await sender.cast("bump", 1);
+          assert.equal(await sender.call("add", 1), 2, "a queued call with a reply slot");
+          assert.equal(await ref.call("add", 1), 3, "an inline call");
+          assert.equal(await ref.priorityCall("value"), 3);
+          await sender.stop();
+          await ref.stop();
+          break;
+        } catch (e) {
+          if (!(e instanceof ValidationError)) throw e;
+          n -= 5;
+        }
+      }
+      assert.ok(n > 0);
       await backend.close();
     });
 
