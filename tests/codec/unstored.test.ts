@@ -229,6 +229,13 @@ describe("value encoding (messages, replies): what would be lost is refused", ()
     ok[2] = 3;
     encode({ ok, o: { a: 1 } }, "message");
   });
+
+  it("looks for an array's properties up to 1,000 elements only (documented)", () => {
+    const numbers = (n: number) => Object.assign(Array.from({ length: n }, (_, i) => i), { o: 1 });
+    assert.throws(() => encode(numbers(1000), "message"), CodecError);
+    // Longer arrays cost 2-5 times their encoding to list: the property is dropped, unchecked.
+    encode(numbers(1001), "message");
+  });
 });
 
 /** A server whose `set` call returns a state with each kind of value. */
