@@ -122,6 +122,12 @@ export interface Loaded {
   created?: number;
 }
 
+/**
+ * The stored state was written by a newer version of the definition than this code's: this
+ * code cannot read it (a CodecError, code `codec`), and a consumer running it steps aside.
+ */
+export class NewerStateError extends CodecError {}
+
 /** A handler failed (threw, returned something invalid, or its outcome could not be stored). */
 export class HandlerFailure extends Error {
   /**
@@ -248,7 +254,7 @@ export async function loadStoredState(
     }
     migrated = true;
   } else if (meta.version > rt.def.version) {
-    throw new CodecError(
+    throw new NewerStateError(
       `State was written by version ${meta.version} of '${rt.def.name}', newer than this code's ${rt.def.version}`,
       `server '${rt.id}'`,
     );

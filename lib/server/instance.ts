@@ -47,6 +47,7 @@ import {
   lockedWork,
   lockFrom,
   metaRecord,
+  NewerStateError,
   openReplySlot,
   type QueueEntry,
   queueLength,
@@ -1211,6 +1212,14 @@ class Instance {
         }
         if (e instanceof ServerGoneError) {
           void this.#shutdown("killed", true);
+          break;
+        }
+        if (e instanceof NewerStateError) {
+          // Newer code migrated the state (a rolling upgrade): this instance can neither read
+          // it nor apply messages, so it stops (stopped resolves with "superseded") instead of
+          // failing on every message; the newer instances serve the server.
+          console.error(`dgen: consumer ${this.instance} of '${this.id}' stops: ${e.message}`);
+          void this.#shutdown("superseded");
           break;
         }
         // Storage unavailable, corrupt stored state, … : report and back off, never spin.

@@ -18,7 +18,7 @@ import { subtreeEnd } from "../../lib/tuple.ts";
 const MAX_KEY = new Uint8Array([0xff, 0xff]);
 import { backends, fresh } from "./_backends.ts";
 import { Counter, Ledger, Typed } from "./_defs.ts";
-import { waitFor } from "../_helpers.ts";
+import { deadline, waitFor } from "../_helpers.ts";
 
 for (const b of backends) {
   describe(`server basics on ${b.name}`, { skip: b.skip }, () => {
@@ -318,6 +318,48 @@ for (const b of backends) {
       await ok.stop();
       assert.equal((await meta()).version, 2);
       assert.equal((await meta()).created, created);
+      await backend.close();
+    });
+
+    it("stops a consumer of older code once newer code migrated its server ('superseded')", async () => {
+      const { backend, tenant } = await fresh(b);
+      const V1 = defineServer({
+        name: "up",
+        init: () => 0,
+        handleCall: { get: (_: undefined, _f, s: number) => reply(s, s) },
+        handleCast: { bump: (_: undefined, s: number) => noreply(s + 1) },
+      });
+      const V2 = defineServer({
+        name: "up",
+        version: 2,
+        init: () => ({ count: 0 }),
+        migrate: (_from, old) => ({ count: old as number }),
+        handleCall: { get: (_: undefined, _f, s: { count: number }) => reply(s, s) },
+        handleCast: {
+          bump: (_: undefined, s: { count: number }) => noreply({ count: s.count + 1 }),
+        },
+      });
+      const old = await start(V1, [], { tenant });
+      await old.cast("bump");
+      assert.equal(await old.call("get"), 1);
+      // A rolling upgrade: the new code's first instance migrates; the old consumer still runs.
+      const sender = await start(V2, [], { tenant, consume: false });
+      await sender.cast("bump");
+      const logged = console.error;
+      console.error = () => {};
+      try {
+        assert.equal(
+          await deadline(old.stopped, 10_000, "the old consumer kept going"),
+          "superseded",
+        );
+      } finally {
+        console.error = logged;
+      }
+      const neu = await start(V2, [], { tenant });
+      assert.deepEqual(await neu.call("get", undefined, { timeout: 10_000 }), { count: 2 });
+      await assert.rejects(old.call("get"), ServerStoppedError);
+      await neu.stop();
+      await sender.stop();
       await backend.close();
     });
 
