@@ -47,7 +47,8 @@
  *   watch records the key's row versions (`xmin`) as its transaction saw them: it ignores
  *   notifications of writes it saw (or made), and compares the versions again once it listens
  *   and after every reconnection of the listener, so writes made while nobody listened are not
- *   missed.
+ *   missed. The listener checks its connection every 5 s, so one that died silently is
+ *   replaced within about 10 s.
  * - **Tenants** are tuple prefixes, as on the memory backend.
  * - **Connection loss**: an error before the commit was sent fails the attempt, retryably, with
  *   nothing applied; an error once it was sent is `CommitUnknownResultError`. Either way the
@@ -148,10 +149,61 @@ export interface PostgresBackendOptions {
 
 const positiveInt = v.pipe(v.number(), v.integer(), v.minValue(1));
 
+/**
+ * Parses a connection URL as npm:postgres does (several hosts, `h1:5432,h2:5433`, are replaced
+ * by the first before the URL is parsed, and the others' ports must be numbers), so that one it
+ * would refuse is a `ValidationError` here. Undefined when it does not parse.
+ */
+function parseConnectionUrl(url: string): URL | undefined {
+  try {
+    let host = url.slice(url.indexOf("://") + 3).split(/[?/]/)[0]!;
+    host = decodeURIComponent(host.slice(host.indexOf("@") + 1));
+    const [first, ...others] = host.split(",");
+    for (const other of others) {
+      const port = other.split(":")[1];
+      if (port !== undefined && !(/^\d{1,5}$/.test(port) && Number(port) <= 65_535)) return;
+    }
+    return new URL(url.replace(host, first!));
+  } catch {
+    return undefined;
+  }
+}
+
+/** A connection URL with its password (if any) replaced by `***`, for messages. */
+function redactUrl(url: string): string {
+  const start = url.indexOf("://");
+  const at = url.lastIndexOf("@");
+  if (start < 0 || at < start) return url;
+  const colon = url.indexOf(":", start + 3);
+  if (colon < 0 || colon > at) return url;
+  return `${url.slice(0, colon + 1)}***${url.slice(at)}`;
+}
+
+/** `text` with every occurrence of the URL's password (raw or decoded) replaced by `***`. */
+function redactPassword(text: string, url: string): string {
+  const parsed = parseConnectionUrl(url);
+  if (parsed === undefined || parsed.password === "") return text;
+  let out = text.replaceAll(parsed.password, "***");
+  try {
+    const decoded = decodeURIComponent(parsed.password);
+    if (decoded !== "") out = out.replaceAll(decoded, "***");
+  } catch {
+    // Not percent-encoded text: the raw form was replaced.
+  }
+  return out;
+}
+
 const optionsSchema = v.strictObject({
   url: v.pipe(
     v.string(),
     v.regex(/^postgres(ql)?:\/\//, "Expected a postgres:// or postgresql:// URL"),
+    v.check(
+      (url) => parseConnectionUrl(url) !== undefined,
+      (issue) =>
+        `Expected a URL postgres://user:password@host:port/database that parses (a port from 0 to 65535, an IPv6 host in brackets, reserved characters of the user and password percent-encoded), received ${
+          JSON.stringify(redactUrl(String(issue.input)))
+        }`,
+    ),
   ),
   schema: v.optional(
     v.pipe(
@@ -197,6 +249,8 @@ interface PgSql {
 interface PgHooks {
   onnotify?: (channel: string, payload: string) => void;
   onclose?: () => void;
+  /** Receives the socket once it is connected. */
+  onsocket?: (socket: { destroy(): void }) => void;
 }
 /** Where npm:postgres asks its `socket` option to connect (from the parsed URL). */
 interface SocketTarget {
@@ -255,12 +309,46 @@ const STAMPS_KEPT = 1024;
 const RESPONSE_GRACE_MS = 10_000;
 /** Longest wait for a TCP connection to the server. */
 const CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * How often the listener checks that its connection still answers, and how long an answer may
+ * take: a connection that died silently is replaced within about 10 s.
+ */
+const LISTEN_CHECK_INTERVAL_MS = 5_000;
+const LISTEN_CHECK_TIMEOUT_MS = 5_000;
+/**
+ * A connection idle this long is closed, unless a transaction may still be open on it (see
+ * {@link idleTimeoutSeconds}).
+ */
+const IDLE_TIMEOUT_S = 60;
+/**
+ * A pool connection older than this (30 to 60 minutes, drawn per connection, as npm:postgres's
+ * own `max_lifetime`) is closed when its transaction ends, never in the middle of one.
+ */
+function connectionLifetimeMs(): number {
+  return 60_000 * (30 + Math.random() * 30);
+}
+
+/**
+ * The idle time-out of transaction connections, in seconds. npm:postgres counts a connection
+ * idle whenever no statement is in flight, even inside a transaction, and closes it then: the
+ * time-out must outlast any pause between two statements of a transaction, which the watchdog
+ * bounds by the duration limit. So it is 60 s, or the limit plus the response grace (the
+ * server's `idle_in_transaction_session_timeout`) and one second when that is longer.
+ */
+function idleTimeoutSeconds(limits: BackendLimits): number {
+  return Math.max(
+    IDLE_TIMEOUT_S,
+    Math.ceil((limits.maxTransactionDuration + RESPONSE_GRACE_MS) / 1000) + 1,
+  );
+}
 
 // ---------------------------------------------------------------------------------------------
 // Errors.
 
 /** SQLSTATEs that mean "run the transaction again": serialization failure, deadlock, lock wait. */
 const CONFLICT_STATES = new Set(["40001", "40P01", "55P03"]);
+/** SQLSTATE out_of_shared_memory: full lock tables, a retryable failure (see mapError). */
+const OUT_OF_SHARED_MEMORY = "53200";
 /** SQLSTATEs after which the session is gone: shutdown, crash, start-up, too many clients. */
 const CONNECTION_STATES = new Set(["57P01", "57P02", "57P03", "53300", "25P03"]);
 
@@ -287,6 +375,18 @@ function mapError(e: unknown, commitSent: boolean, closed: boolean): unknown {
   if (e instanceof TransactionError || e instanceof BackendUnavailableError) return e;
   if (isPostgresError(e) && CONFLICT_STATES.has(e.code)) {
     return new ConflictError(`PostgreSQL ${e.code}: ${e.message}`, { cause: e });
+  }
+  if (isPostgresError(e) && e.code === OUT_OF_SHARED_MEMORY) {
+    // The server ran out of room for the locks of its concurrent transactions (predicate locks
+    // under SSI, most often): the transaction was rolled back, the session lives on, and the
+    // attempt may succeed once others end.
+    return new TransactionError(
+      "resource_exhausted",
+      `PostgreSQL ${e.code}: ${e.message}${
+        (e as { hint?: string }).hint ? ` (${(e as { hint?: string }).hint})` : ""
+      }`,
+      { cause: e, retryable: true },
+    );
   }
   if (closed) return new BackendUnavailableError("The PostgreSQL backend is closed", { cause: e });
   if (isConnectionError(e)) {
@@ -383,7 +483,16 @@ function statements(schema: string) {
   const upsertedOrDropped = "(select key from w union all select key from d) u";
   return {
     setup: [
-      `create schema if not exists ${s}`,
+      // Not `create schema if not exists`: PostgreSQL checks CREATE on the database before it
+      // looks for the schema, so a role granted CREATE and USAGE on a schema made for it could
+      // not open it. A schema created meanwhile by someone else (not a dgen backend: those
+      // hold setup's lock) is fine too.
+      `do $$ begin
+        if not exists (select 1 from pg_namespace where nspname = '${schema}') then
+          create schema ${s};
+        end if;
+      exception when duplicate_schema or unique_violation then null;
+      end $$`,
       `create table if not exists ${s}.meta (id int primary key, format int not null)`,
       `insert into ${s}.meta (id, format) values (1, ${FORMAT}) on conflict do nothing`,
       `create table if not exists ${kv} (key bytea not null, seq bigint not null, value bytea not null, primary key (key, seq))`,
@@ -471,6 +580,8 @@ class Session {
   /** The connection is gone (or given up on): nothing more can be sent on it. */
   broken = false;
   readonly sql: PgSql;
+  /** When the pool retires this connection (see {@link connectionLifetimeMs}). */
+  readonly retireAt = performance.now() + connectionLifetimeMs();
   readonly #pending = new Set<PromiseWithResolvers<PgResult>>();
 
   constructor(connect: PgConnect) {
@@ -538,7 +649,9 @@ class SessionPool {
   }
 
   release(s: Session): void {
-    if (s.broken || this.#closed) {
+    // An old connection is retired between transactions (npm:postgres's own max_lifetime,
+    // switched off, would close it whenever no statement is in flight, even mid-transaction).
+    if (s.broken || this.#closed || performance.now() > s.retireAt) {
       this.#all.delete(s);
       s.destroy();
       const w = this.#closed ? undefined : this.#waiters.shift();
@@ -598,12 +711,20 @@ class Pauser {
  * The connection that LISTENs for the backend's notifications. It reconnects by itself, with
  * back-off, as long as the backend is open, and reports each reconnection so that watches are
  * checked again for writes made while it was away.
+ *
+ * A connection can also die silently (its packets dropped: the server's host vanished, a
+ * failover, a partition) and then closes only when TCP keep-alive gives up, minutes later; a
+ * listener on it would hear nothing meanwhile. So the listener checks its own connection: a
+ * `select 1` every {@link LISTEN_CHECK_INTERVAL_MS} that must answer within
+ * {@link LISTEN_CHECK_TIMEOUT_MS}, or the connection is dropped and replaced, as if it had
+ * closed.
  */
 class Listener {
-  #sql: PgSql | undefined;
+  #conn: ListenConnection | undefined;
   #listening = false;
   #closed = false;
   #ready: Promise<void> | undefined;
+  #check: ReturnType<typeof setTimeout> | undefined;
   readonly #pauser = new Pauser();
 
   constructor(
@@ -622,21 +743,34 @@ class Listener {
   async #connect(reconnecting: boolean): Promise<void> {
     let delay = 20;
     while (!this.#closed) {
-      const sql: PgSql = this.connect({
-        onnotify: (_channel, payload) => {
-          if (sql === this.#sql) this.onNotify(payload);
-        },
-        onclose: () => this.#lost(sql),
-      });
-      this.#sql = sql;
+      const conn: ListenConnection = {
+        sql: this.connect({
+          onnotify: (_channel, payload) => {
+            if (conn === this.#conn) this.onNotify(payload);
+          },
+          onclose: () => this.#lost(conn),
+          onsocket: (socket) => {
+            conn.socket = socket;
+            // Dropped while it connected: it must not go on connecting.
+            if (conn.dropped) socket.destroy();
+          },
+        }),
+      };
+      this.#conn = conn;
       try {
-        await sql.unsafe(`listen "${this.channel}"`);
+        // Connecting has its own time-out; the LISTEN, like every check, must answer in time.
+        await withTimeout(
+          conn.sql.unsafe(`listen "${this.channel}"`),
+          CONNECT_TIMEOUT_MS + LISTEN_CHECK_TIMEOUT_MS,
+          "LISTEN",
+        );
         if (this.#closed) break;
         this.#listening = true;
+        this.#schedule(conn);
         if (reconnecting) this.onReconnect();
         return;
       } catch {
-        sql.end({ timeout: 0 }).catch(noop);
+        drop(conn);
         await this.#pauser.pause(delay);
         delay = Math.min(delay * 2, 1_000);
       }
@@ -644,10 +778,27 @@ class Listener {
     throw new BackendUnavailableError("The PostgreSQL backend is closed");
   }
 
-  #lost(sql: PgSql): void {
-    if (sql !== this.#sql || !this.#listening || this.#closed) return;
+  /** Checks the connection after the interval, and again after each answer. */
+  #schedule(conn: ListenConnection): void {
+    this.#check = setTimeout(async () => {
+      this.#check = undefined;
+      if (conn !== this.#conn || this.#closed) return;
+      try {
+        await withTimeout(conn.sql.unsafe("select 1"), LISTEN_CHECK_TIMEOUT_MS, "select 1");
+      } catch {
+        this.#lost(conn);
+        return;
+      }
+      if (conn === this.#conn && !this.#closed) this.#schedule(conn);
+    }, LISTEN_CHECK_INTERVAL_MS);
+  }
+
+  #lost(conn: ListenConnection): void {
+    if (conn !== this.#conn || !this.#listening || this.#closed) return;
     this.#listening = false;
-    sql.end({ timeout: 0 }).catch(noop);
+    clearTimeout(this.#check);
+    this.#check = undefined;
+    drop(conn);
     this.#ready = this.#connect(true);
     this.#ready.catch(noop);
   }
@@ -655,10 +806,42 @@ class Listener {
   async close(): Promise<void> {
     this.#closed = true;
     this.#pauser.wake();
-    const sql = this.#sql;
-    this.#sql = undefined;
-    await sql?.end({ timeout: 0 }).catch(noop);
+    clearTimeout(this.#check);
+    this.#check = undefined;
+    const conn = this.#conn;
+    this.#conn = undefined;
+    if (conn !== undefined) await drop(conn);
   }
+}
+
+/** The listener's connection, and its socket once open (to close it even if it is silent). */
+interface ListenConnection {
+  sql: PgSql;
+  socket?: { destroy(): void };
+  dropped?: boolean;
+}
+
+/** Closes a connection at once: ends the client and destroys its socket. */
+async function drop(conn: ListenConnection): Promise<void> {
+  conn.dropped = true;
+  const ended = conn.sql.end({ timeout: 0 }).catch(noop);
+  // npm:postgres ends a socket politely (a Terminate message, then FIN), which on a silent
+  // connection would linger until TCP gives up.
+  conn.socket?.destroy();
+  await ended;
+}
+
+/** `p`, or a rejection coded RESPONSE_TIMEOUT if it takes longer than `ms`. */
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(connectionError("RESPONSE_TIMEOUT", `No answer to ${what} within ${ms} ms`)),
+      ms,
+    );
+  });
+  p.catch(noop);
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1630,6 +1813,7 @@ export async function openPostgresBackend(
     ...opts.limits,
   };
   const schema = opts.schema ?? "dgen";
+  const idleSeconds = idleTimeoutSeconds(limits);
   let postgres: PostgresFactory;
   try {
     const mod = await import("postgres");
@@ -1655,10 +1839,12 @@ export async function openPostgresBackend(
       // Each client gets exactly one connection. npm:postgres would otherwise reconnect after a
       // connection loss and run the statements still queued for the lost transaction (its
       // writes, even its COMMIT) on the new connection, outside any transaction.
-      socket: (target: SocketTarget) => {
+      socket: async (target: SocketTarget) => {
         if (used) throw connectionError("CONNECTION_LOST", "This connection was lost");
         used = true;
-        return openSocket(net, target, CONNECT_TIMEOUT_MS);
+        const socket = await openSocket(net, target, CONNECT_TIMEOUT_MS);
+        hooks.onsocket?.(socket as { destroy(): void });
+        return socket;
       },
       // The array types are never needed (arrays are sent as text literals), and skipping
       // their lookup saves a round trip per connection.
@@ -1666,9 +1852,12 @@ export async function openPostgresBackend(
       onnotice: noop,
       onnotify: hooks.onnotify,
       onclose: hooks.onclose,
-      // The listener must stay connected; transaction connections may idle out and come back.
-      idle_timeout: hooks.onnotify ? null : 60,
-      ...(hooks.onnotify ? { max_lifetime: null } : {}),
+      // The listener must stay connected; transaction connections may idle out and come back,
+      // but never in the middle of a transaction (see idleTimeoutSeconds). npm:postgres's
+      // max_lifetime would end a connection mid-transaction too: the pool retires old
+      // connections itself, between transactions.
+      idle_timeout: hooks.onnotify ? null : idleSeconds,
+      max_lifetime: null,
       connection: {
         application_name: hooks.onnotify ? "dgen-listen" : "dgen",
         // Sequential scans take relation-wide predicate locks, which make every concurrent
@@ -1683,7 +1872,7 @@ export async function openPostgresBackend(
     });
   };
   const sql = statements(schema);
-  await setup(connect, sql, schema);
+  await setup(connect, sql, schema, opts.url);
   return new PostgresBackend(
     connect,
     sql,
@@ -1695,14 +1884,20 @@ export async function openPostgresBackend(
 }
 
 /** Creates the schema's tables if missing; several processes may race here, hence the lock. */
-async function setup(connect: PgConnect, sql: Statements, schema: string): Promise<void> {
-  const conn = connect();
+async function setup(
+  connect: PgConnect,
+  sql: Statements,
+  schema: string,
+  url: string,
+): Promise<void> {
+  let conn: PgSql | undefined;
   try {
+    conn = connect();
     const all = [
       "begin",
       `select pg_advisory_xact_lock(hashtext('dgen setup ${schema}'))`,
       ...sql.setup,
-    ].map((text) => conn.unsafe(text));
+    ].map((text) => conn!.unsafe(text));
     const format = conn.unsafe(sql.format).values();
     const commit = conn.unsafe("commit");
     await Promise.all([...all, format, commit]);
@@ -1715,10 +1910,10 @@ async function setup(connect: PgConnect, sql: Statements, schema: string): Promi
   } catch (e) {
     if (e instanceof BackendUnavailableError) throw e;
     throw new BackendUnavailableError(
-      `Cannot open PostgreSQL schema "${schema}": ${errorMessage(e)}`,
+      `Cannot open PostgreSQL schema "${schema}": ${redactPassword(errorMessage(e), url)}`,
       { cause: e },
     );
   } finally {
-    await conn.end({ timeout: 1 }).catch(noop);
+    await conn?.end({ timeout: 1 }).catch(noop);
   }
 }

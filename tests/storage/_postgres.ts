@@ -137,3 +137,78 @@ function pgCtl(args: string[]): Promise<void> {
     });
   });
 }
+
+/** A connection through a {@link PostgresProxy}. */
+export interface ProxiedConnection {
+  /** The `application_name` of the client's start-up message (`dgen`, `dgen-listen`). */
+  applicationName: string | undefined;
+  /**
+   * Stops forwarding bytes either way while both sockets stay open: the connection goes silent,
+   * as when the other host vanishes or a partition drops its packets (no FIN, no RST).
+   */
+  silence(): void;
+}
+
+/** A TCP proxy in front of the test server, for fault injection. */
+export interface PostgresProxy {
+  /** `DGEN_PG_URL` with the proxy's address instead of the server's. */
+  readonly url: string;
+  /** Every connection accepted so far, in order. */
+  readonly connections: readonly ProxiedConnection[];
+  /** Closes the proxy and every connection through it. */
+  close(): Promise<void>;
+}
+
+/** Starts a {@link PostgresProxy} on the loopback. */
+export async function startPostgresProxy(): Promise<PostgresProxy> {
+  if (postgresUrl === undefined) throw new Error(postgresSkip);
+  const net = await import("node:net");
+  const target = new URL(postgresUrl);
+  const targetPort = Number(target.port || 5432);
+  const targetHost = target.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1";
+  const connections: ProxiedConnection[] = [];
+  const sockets = new Set<import("node:net").Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(targetPort, targetHost);
+    let silent = false;
+    const conn: ProxiedConnection = {
+      applicationName: undefined,
+      silence: () => silent = true,
+    };
+    connections.push(conn);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => sockets.delete(s));
+    }
+    client.on("data", (d: Uint8Array) => {
+      if (conn.applicationName === undefined) {
+        const text = new TextDecoder("latin1").decode(d);
+        const at = text.indexOf("application_name\0");
+        if (at >= 0) {
+          conn.applicationName = text.slice(at + 17, text.indexOf("\0", at + 17));
+        }
+      }
+      if (!silent) upstream.write(d);
+    });
+    upstream.on("data", (d: Uint8Array) => {
+      if (!silent) client.write(d);
+    });
+    // A silent connection stays open on the side still there, as a vanished peer's would.
+    client.on("close", () => silent || upstream.destroy());
+    upstream.on("close", () => silent || client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as import("node:net").AddressInfo).port;
+  const url = new URL(postgresUrl);
+  url.hostname = "127.0.0.1";
+  url.port = String(port);
+  return {
+    url: url.href,
+    connections,
+    close() {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

@@ -14,8 +14,11 @@ import {
 import { registerConformance } from "./conformance.ts";
 import {
   type AdminSql,
+  dropTestSchema,
   openTestPostgres,
   postgresSkip,
+  postgresUrl,
+  startPostgresProxy,
   testSchemaName,
   withAdmin,
 } from "./_postgres.ts";
@@ -55,6 +58,25 @@ describe("openPostgresBackend", () => {
       openPostgresBackend({ url: "postgres://x", nope: 1 } as never),
       (e) => e instanceof ValidationError && /options\.nope/.test(e.message),
     );
+  });
+
+  it("refuses a URL that does not parse as options.url, never showing its password", async () => {
+    const cases = [
+      "postgres://app:s3cretPW@127.0.0.1:99999/app", // port out of range
+      "postgres://app:s3cretPW@127.0.0.1:notaport/app",
+      "postgres://app:s3cretPW@[::1/app", // unclosed IPv6 bracket
+      "postgres://app:s3cretPW@h1:5432,h2:x/app", // a second host's port
+    ];
+    for (const url of cases) {
+      await assert.rejects(openPostgresBackend({ url }), (e) => {
+        assert.ok(e instanceof ValidationError, `${url}: ${e}`);
+        assert.match(e.message, /options\.url/);
+        assert.match(e.message, /Expected a URL postgres:\/\/user:password@host:port\/database/);
+        assert.match(e.message, /app:\*\*\*@/);
+        assert.doesNotMatch(e.message, /s3cretPW/);
+        return true;
+      });
+    }
   });
 
   it("fails with BackendUnavailableError when no server listens", async () => {
@@ -437,6 +459,121 @@ describe("postgres backend", { skip: postgresSkip }, () => {
         await b.close();
       }
     });
+
+    it("replaces a listening connection that went silent, waking watches within about 10 s", async () => {
+      // The listener's packets vanish (no FIN, no RST): only its own checks can notice.
+      const proxy = await startPostgresProxy();
+      const schema = testSchemaName();
+      const b = await openPostgresBackend({ url: proxy.url, schema });
+      try {
+        await b.transact((tx) => tx.set(k("w"), k("0")));
+        const w = await b.transact(async (tx) => {
+          await tx.get(k("w"));
+          return tx.watch(k("w"));
+        });
+        await waitFor(
+          () =>
+            withAdmin(async (sql) =>
+              (await sql.unsafe(
+                `select 1 from pg_stat_activity where application_name = 'dgen-listen' and query like '%dgen_${schema}%'`,
+              )).length === 1
+            ),
+          5_000,
+          "the listener did not connect",
+          10,
+        );
+        const listeners = () =>
+          proxy.connections.filter((c) => c.applicationName === "dgen-listen");
+        assert.equal(listeners().length, 1);
+        listeners()[0]!.silence();
+        const silenced = performance.now();
+        await b.transact((tx) => tx.set(k("w"), k("1")));
+        assert.equal(await deadline(w.promise, 15_000, "the watch missed the write"), true);
+        const took = performance.now() - silenced;
+        assert.ok(took < 13_000, `the watch fired after ${Math.round(took)} ms`);
+        assert.equal(listeners().length, 2, "the listener did not reconnect");
+        // The new listener hears commits as usual.
+        const again = await b.transact(async (tx) => {
+          await tx.get(k("w"));
+          return tx.watch(k("w"));
+        });
+        await new Promise((r) => setTimeout(r, 100));
+        await b.transact((tx) => tx.set(k("w"), k("2")));
+        assert.equal(await deadline(again.promise, 3_000, "the new listener missed a write"), true);
+      } finally {
+        await b.close();
+        await proxy.close();
+        await dropTestSchema(schema);
+      }
+    });
+  });
+
+  it("opens a schema made beforehand for a role with only CREATE and USAGE on it", async () => {
+    const schema = testSchemaName();
+    const role = `${schema}_app`;
+    await withAdmin(async (sql) => {
+      await sql.unsafe(`create role "${role}" login`);
+      await sql.unsafe(`create schema "${schema}"`);
+      await sql.unsafe(`grant create, usage on schema "${schema}" to "${role}"`);
+    });
+    try {
+      const url = new URL(postgresUrl!);
+      url.username = role;
+      url.password = "";
+      // The role has no CREATE on the database (only PUBLIC's CONNECT and TEMPORARY).
+      const b = await openPostgresBackend({ url: url.href, schema });
+      try {
+        await b.transact((tx) => tx.set(k("a"), k("1")));
+        assert.deepEqual(await b.transact((tx) => tx.get(k("a"))), k("1"));
+      } finally {
+        await b.close();
+      }
+    } finally {
+      await dropTestSchema(schema);
+      await withAdmin(async (sql) => {
+        await sql.unsafe(`drop owned by "${role}"`);
+        await sql.unsafe(`drop role "${role}"`);
+      });
+    }
+  });
+
+  it("retries a transaction that ran out of shared memory (53200), as a transient failure", async () => {
+    const schema = testSchemaName();
+    const b = await openTestPostgres({ schema });
+    try {
+      // A trigger that fails the first write of key "f" as a full predicate lock table would.
+      await withAdmin(async (sql) => {
+        await sql.unsafe(`create sequence "${schema}".faults`);
+        await sql.unsafe(`create function "${schema}".fault() returns trigger language plpgsql as $$
+          begin
+            if nextval('"${schema}".faults') = 1 then
+              raise exception 'out of shared memory' using errcode = '53200',
+                hint = 'You might need to increase max_pred_locks_per_transaction.';
+            end if;
+            return new;
+          end $$`);
+        await sql.unsafe(
+          `create trigger fault before insert on "${schema}".kv for each row when (new.key = '\\x66'::bytea) execute function "${schema}".fault()`,
+        );
+      });
+      await assert.rejects(
+        b.transact((tx) => tx.set(k("f"), k("1")), { maxRetries: 0 }),
+        (e) =>
+          e instanceof TransactionError && e.code === "resource_exhausted" && e.retryable &&
+          !e.maybeCommitted && /53200/.test(e.message),
+      );
+      assert.equal(await b.transact((tx) => tx.get(k("f"))), undefined);
+      await withAdmin((sql) => sql.unsafe(`alter sequence "${schema}".faults restart`));
+      let runs = 0;
+      await b.transact((tx) => {
+        runs++;
+        tx.set(k("f"), k("2"));
+      });
+      assert.equal(runs, 2);
+      assert.deepEqual(await b.transact((tx) => tx.get(k("f"))), k("2"));
+    } finally {
+      await b.close();
+    }
   });
 
   it("does not wake a watch for its own transaction's write", async () => {
