@@ -122,11 +122,17 @@ export interface Loaded {
   created?: number;
 }
 
+/** CodecErrors saying the stored state was written by newer code (see {@link isNewerState}). */
+const newerState = new WeakSet<Error>();
+
 /**
- * The stored state was written by a newer version of the definition than this code's: this
- * code cannot read it (a CodecError, code `codec`), and a consumer running it steps aside.
+ * Whether `e` says the stored state was written by a newer version of the definition than this
+ * code's: this code cannot read it (a plain CodecError to callers, code `codec`), and a
+ * consumer running it steps aside.
  */
-export class NewerStateError extends CodecError {}
+export function isNewerState(e: unknown): boolean {
+  return e instanceof Error && newerState.has(e);
+}
 
 /** A handler failed (threw, returned something invalid, or its outcome could not be stored). */
 export class HandlerFailure extends Error {
@@ -254,10 +260,12 @@ export async function loadStoredState(
     }
     migrated = true;
   } else if (meta.version > rt.def.version) {
-    throw new NewerStateError(
+    const e = new CodecError(
       `State was written by version ${meta.version} of '${rt.def.name}', newer than this code's ${rt.def.version}`,
       `server '${rt.id}'`,
     );
+    newerState.add(e);
+    throw e;
   }
   checkState(rt, state);
   return {

@@ -8,6 +8,7 @@
  */
 
 import * as v from "valibot";
+import { errorMessage } from "../describe.ts";
 import { compareBytes, readInt64LENumber, strinc } from "../bytes.ts";
 import { subtreeEnd } from "../tuple.ts";
 import { TickedList } from "../ticked.ts";
@@ -38,6 +39,7 @@ import {
   enqueue,
   failedAttempt,
   HandlerFailure,
+  isNewerState,
   isPoison,
   loadState,
   loadStoredState,
@@ -47,7 +49,6 @@ import {
   lockedWork,
   lockFrom,
   metaRecord,
-  NewerStateError,
   openReplySlot,
   type QueueEntry,
   queueLength,
@@ -1214,11 +1215,13 @@ class Instance {
           void this.#shutdown("killed", true);
           break;
         }
-        if (e instanceof NewerStateError) {
+        if (isNewerState(e)) {
           // Newer code migrated the state (a rolling upgrade): this instance can neither read
           // it nor apply messages, so it stops (stopped resolves with "superseded") instead of
           // failing on every message; the newer instances serve the server.
-          console.error(`dgen: consumer ${this.instance} of '${this.id}' stops: ${e.message}`);
+          console.error(
+            `dgen: consumer ${this.instance} of '${this.id}' stops: ${errorMessage(e)}`,
+          );
           void this.#shutdown("superseded");
           break;
         }
