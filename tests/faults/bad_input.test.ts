@@ -253,6 +253,21 @@ const cases: Case[] = [
   },
   {
     area: "options",
+    input: "`openPostgresBackend` with a URL that does not parse (port 99999, a password)",
+    error: "ValidationError",
+    code: "validation",
+    names: "options.url",
+    act: async () => {
+      try {
+        return await openPostgresBackend({ url: "postgres://app:s3cretPW@127.0.0.1:99999/app" });
+      } catch (e) {
+        assert.ok(!String((e as Error).message).includes("s3cretPW"), "the password is not shown");
+        throw e;
+      }
+    },
+  },
+  {
+    area: "options",
     input: "`openFoundationdbBackend({ clusterFile: 5 })`",
     error: "ValidationError",
     code: "validation",
@@ -370,6 +385,54 @@ const cases: Case[] = [
     code: "validation",
     names: "options.lockLease",
     act: (e) => start(Subject, [], { tenant: e.tenant, lockLease: 10 }),
+  },
+  {
+    area: "options",
+    input: "`start` with `lockLease: 2 ** 31` (longer than a timer can wait)",
+    error: "ValidationError",
+    code: "validation",
+    names: "options.lockLease",
+    act: (e) => start(Subject, [], { tenant: e.tenant, lockLease: 2 ** 31 }),
+  },
+  {
+    area: "options",
+    input: "`start` with `actionTimeout: -1`",
+    error: "ValidationError",
+    code: "validation",
+    names: "options.actionTimeout",
+    act: (e) => start(Subject, [], { tenant: e.tenant, actionTimeout: -1 }),
+  },
+  {
+    area: "state",
+    input: "`start` of a new version whose `migrate` throws",
+    error: "MigrationError",
+    code: "migration",
+    names: /server 'subject' from version 1 to 2/,
+    act: (e) =>
+      start(
+        defineServer({
+          name: "subject",
+          version: 2,
+          init: () => 0,
+          migrate: (): number => {
+            throw new Error("cannot convert");
+          },
+        }),
+        [],
+        { tenant: e.tenant },
+      ),
+  },
+  {
+    area: "messages",
+    input: "`call` with a getter inside its argument",
+    error: "ValidationError",
+    code: "validation",
+    names: "arg of call 'get'",
+    act: (e) =>
+      e.ref.call(
+        "get",
+        Object.defineProperty({}, "g", { get: () => 1, enumerable: true }) as never,
+      ),
   },
   {
     area: "options",
