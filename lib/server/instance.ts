@@ -9,6 +9,7 @@
 
 import * as v from "valibot";
 import { errorMessage } from "../describe.ts";
+import { StateConflictError } from "./merge.ts";
 import { compareBytes, readInt64LENumber, strinc } from "../bytes.ts";
 import { subtreeEnd } from "../tuple.ts";
 import { TickedList } from "../ticked.ts";
@@ -614,6 +615,7 @@ function errorFromStored(e: StoredError): Error {
     return new DeadLetterError(e.message, e.attempts ?? 0, { cause });
   }
   if (e.code === "server_stopped") return new ServerStoppedError(e.message);
+  if (e.code === "state_conflict" && e.path !== undefined) return new StateConflictError(e.path);
   return new DGenError(e.code, e.message);
 }
 

@@ -104,12 +104,15 @@ export interface StoredError {
   attempts?: number;
   /** For a dead-lettered call's reply: the last failure's code and message. */
   cause?: { code: string; message: string };
+  /** For a `StateConflictError`: where the two sides disagree. */
+  path?: string;
 }
 
 const storedErrorSchema = v.object({
   code: v.string(),
   message: v.string(),
   attempts: v.optional(v.number()),
+  path: v.optional(v.string()),
   cause: v.optional(v.object({ code: v.string(), message: v.string() })),
 });
 
@@ -301,5 +304,12 @@ export function idTime(id: string): number {
 export function toStoredError(e: unknown, attempts?: number): StoredError {
   const code = errorCode(e) ?? "handler";
   const message = errorMessage(e);
-  return attempts === undefined ? { code, message } : { code, message, attempts };
+  const stored: StoredError = attempts === undefined
+    ? { code, message }
+    : { code, message, attempts };
+  // A state conflict keeps its path, so that it can be given back as a StateConflictError.
+  if (code === "state_conflict" && typeof (e as { path?: unknown }).path === "string") {
+    stored.path = (e as { path: string }).path;
+  }
+  return stored;
 }

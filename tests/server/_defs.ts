@@ -103,7 +103,7 @@ export interface Job {
  * A server whose `work` call locks; `handleLocked` records the instance, fencing token and
  * signal it ran with, and waits on a gate the test opens.
  */
-export function jobServer() {
+export function jobServer(onDeadLetter?: (error: unknown) => void) {
   const gates: PromiseWithResolvers<void>[] = [];
   const started: string[] = [];
   const tokens: bigint[] = [];
@@ -131,6 +131,7 @@ export function jobServer() {
       const task = event.arg as string;
       return reply(`done ${task}`, { ...s, status: "idle", results: [...s.results, task] });
     },
+    handleDeadLetter: (_message, _attempts, error) => onDeadLetter?.(error),
   });
   return { def, gates, started, tokens, signals };
 }

@@ -1,6 +1,15 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { defineServer, lock, noreply, reply, ServerStoppedError, start } from "../../mod.ts";
+import {
+  DeadLetterError,
+  defineServer,
+  lock,
+  noreply,
+  reply,
+  ServerStoppedError,
+  start,
+  StateConflictError,
+} from "../../mod.ts";
 import { testHooks } from "../../lib/server/instance.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
 import { decodeLock } from "../../lib/server/records.ts";
@@ -66,7 +75,8 @@ for (const b of backends) {
 
     it("fails the write-back loudly when handleLocked and a priority message both changed a field", async () => {
       const { backend, tenant } = await fresh(b);
-      const j = jobServer();
+      const hooked: unknown[] = [];
+      const j = jobServer((e) => hooked.push(e));
       const ref = await start(j.def, [], { tenant, deadLetterThreshold: 1 });
       const errors = console.error;
       console.error = () => {};
@@ -77,8 +87,15 @@ for (const b of backends) {
         j.gates[0]!.resolve();
         await assert.rejects(
           done,
-          (e) => (e as Error).message.includes("both changed state.status"),
+          (e) =>
+            e instanceof DeadLetterError && e.message.includes("both changed state.status") &&
+            (e.cause as { code?: string }).code === "state_conflict",
         );
+        // handleDeadLetter gets the failure as the class it was thrown as, with its path.
+        await waitFor(() => hooked.length === 1, 5000, "handleDeadLetter did not run");
+        const failure = hooked[0];
+        assert.ok(failure instanceof StateConflictError, String(failure));
+        assert.equal(failure.path, "state.status");
       } finally {
         console.error = errors;
       }
