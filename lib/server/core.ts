@@ -223,6 +223,17 @@ export async function loadState(tx: Transaction, rt: Runtime): Promise<Loaded> {
   return cachedState(rt, version) ?? await loadStoredState(tx, rt, version);
 }
 
+/** What {@link writeState} starts from when no state is stored (or the stored one is cleared). */
+export function nothingStored(): Loaded {
+  return {
+    state: undefined,
+    stored: { found: false },
+    version: undefined,
+    cacheHit: false,
+    migrated: false,
+  };
+}
+
 /** The cached state, if `version` (the stored state's version) is the cache's. */
 export function cachedState(rt: Runtime, version: Uint8Array | undefined): Loaded | undefined {
   const cache = rt.cache;

@@ -50,6 +50,7 @@ import {
   lockedWork,
   lockFrom,
   metaRecord,
+  nothingStored,
   openReplySlot,
   type QueueEntry,
   queueLength,
@@ -529,7 +530,6 @@ export async function start<D extends AnyServerDefinition>(
     throw new ValidationError([{ path: "args", message: "Expected an array of init arguments" }]);
   }
   const opts = parse(startOptionsSchema, options, "options");
-  checkIdFits(opts.id ?? definition.name, opts.tenant);
   const instance = new Instance(definition, opts);
   await instance.init(args);
   return instance as unknown as ServerRef<D>;
@@ -547,8 +547,8 @@ const REPLY_VALUE_ROOM = 16;
  * written: the id is in every key of the server, and its limit is in encoded bytes (1,000
  * characters of CJK text are 3,000), so the schema's length alone cannot tell.
  */
-function checkIdFits(id: string, tenant: Tenant): void {
-  const keys = new ServerKeys(id, tenant.prefix);
+function checkIdFits(keys: ServerKeys, tenant: Tenant): void {
+  const id = keys.id;
   const sample = timeOrderedId();
   const longest = Math.max(
     keys.reply(sample).length + REPLY_VALUE_ROOM,
@@ -680,6 +680,7 @@ class Instance {
       now: () => Date.now(),
       idempotent: opts.tenant.backend.unknownCommitOutcomes !== false,
     };
+    checkIdFits(this.#rt.keys, opts.tenant);
     this.deadLetters = {
       list: () => this.#listDeadLetters(),
       requeue: (key) => this.#requeueDeadLetter(key),
@@ -699,19 +700,7 @@ class Instance {
         tx.set(rt.keys.meta, encodeRecord(metaRecord(rt)));
         tx.set(rt.keys.index, encodeRecord({ created: rt.now() }));
         tx.add(rt.keys.membership, 1);
-        writeState(
-          tx,
-          rt,
-          {
-            state: undefined,
-            stored: { found: false },
-            version: undefined,
-            cacheHit: false,
-            migrated: false,
-          },
-          initial,
-          effects,
-        );
+        writeState(tx, rt, nothingStored(), initial, effects);
       } else if (meta.name !== rt.def.name) {
         // Another definition's handlers would run on this state (and its on ours).
         throw new ValidationError([{
@@ -727,19 +716,7 @@ class Instance {
         if (meta.version !== rt.def.version) {
           tx.set(rt.keys.meta, encodeRecord(metaRecord(rt, meta.created)));
         }
-        writeState(
-          tx,
-          rt,
-          {
-            state: undefined,
-            stored: { found: false },
-            version: undefined,
-            cacheHit: false,
-            migrated: false,
-          },
-          initial,
-          effects,
-        );
+        writeState(tx, rt, nothingStored(), initial, effects);
       } else if (meta.version !== rt.def.version) {
         // Migrate (loadState refuses a state written by newer code).
         const loaded = await loadState(tx, rt);

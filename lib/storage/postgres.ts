@@ -759,10 +759,11 @@ class Listener {
       this.#conn = conn;
       try {
         // Connecting has its own time-out; the LISTEN, like every check, must answer in time.
+        const ms = CONNECT_TIMEOUT_MS + LISTEN_CHECK_TIMEOUT_MS;
         await withTimeout(
           conn.sql.unsafe(`listen "${this.channel}"`),
-          CONNECT_TIMEOUT_MS + LISTEN_CHECK_TIMEOUT_MS,
-          "LISTEN",
+          ms,
+          `No answer to LISTEN within ${ms} ms`,
         );
         if (this.#closed) break;
         this.#listening = true;
@@ -784,7 +785,11 @@ class Listener {
       this.#check = undefined;
       if (conn !== this.#conn || this.#closed) return;
       try {
-        await withTimeout(conn.sql.unsafe("select 1"), LISTEN_CHECK_TIMEOUT_MS, "select 1");
+        await withTimeout(
+          conn.sql.unsafe("select 1"),
+          LISTEN_CHECK_TIMEOUT_MS,
+          `No answer to select 1 within ${LISTEN_CHECK_TIMEOUT_MS} ms`,
+        );
       } catch {
         this.#lost(conn);
         return;
@@ -831,14 +836,11 @@ async function drop(conn: ListenConnection): Promise<void> {
   await ended;
 }
 
-/** `p`, or a rejection coded RESPONSE_TIMEOUT if it takes longer than `ms`. */
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+/** `p`, or a rejection coded RESPONSE_TIMEOUT (with `message`) if it takes longer than `ms`. */
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(connectionError("RESPONSE_TIMEOUT", `No answer to ${what} within ${ms} ms`)),
-      ms,
-    );
+    timer = setTimeout(() => reject(connectionError("RESPONSE_TIMEOUT", message)), ms);
   });
   p.catch(noop);
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
@@ -1517,15 +1519,7 @@ class PostgresBackend implements Backend {
    */
   withDeadline<T>(p: Promise<T>): Promise<T> {
     const ms = this.limits.maxTransactionDuration + RESPONSE_GRACE_MS;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const e = new Error(`No response from PostgreSQL within ${ms} ms`);
-        (e as Error & { code: string }).code = "RESPONSE_TIMEOUT";
-        reject(e);
-      }, ms);
-    });
-    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+    return withTimeout(p, ms, `No response from PostgreSQL within ${ms} ms`);
   }
 
   async transact<T>(
