@@ -878,10 +878,13 @@ class Instance {
     body: (tx: Transaction, effects: TxEffects) => Promise<T>,
     options?: TransactOptions,
     deadline?: CallDeadline,
+    call = false,
   ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
     // Made by each attempt: the last one's are the committed transaction's.
     let effects: TxEffects | undefined;
     let attempts = 0;
+    // A call's retries hold this instance's cast flushes and consume steps (see #takeTurn).
+    let turn: (() => void) | undefined;
     // The stamp of a state write: read from the committed transaction where the backend
     // allows it, else asked for before the commit (an attempt that fails to commit rejects its
     // promise; only the last one is awaited).
@@ -890,7 +893,10 @@ class Instance {
     this.#inFlight++;
     const committed = this.#rt.tenant.backend.transact(async (tx) => {
       if (this.#crashed) throw new ServerStoppedError("Instance crashed (test hook)");
-      if (++attempts > 1) this.#forgetChangedCache();
+      if (++attempts > 1) {
+        this.#forgetChangedCache();
+        if (call && turn === undefined) turn = this.#holdOthers();
+      }
       effects = new TxEffects();
       const r = await body(tx, effects);
       stamp = stamped = undefined;
@@ -917,6 +923,7 @@ class Instance {
         // Settled at its commit, before its actions run: an action may stop this instance,
         // and stop() waits for the transactions in flight.
         this.#settled();
+        turn?.();
         const version = stamped?.[committedStamp]() ?? stamp;
         const done = () => {
           const e = effects!;
@@ -933,9 +940,39 @@ class Instance {
         else more.then(done, fail);
       }, (e) => {
         this.#settled();
+        turn?.();
         fail(e);
       });
     });
+  }
+
+  /**
+   * Calls of this instance whose transaction lost a race and is being retried. Its own cast
+   * flushes and consume steps let them go first (see #takeTurn): they touch the same keys,
+   * and on a backend where a stream of them commits back to back (PostgreSQL: every one is
+   * stamped) a call could lose every race until the stream paused.
+   */
+  readonly #retryingCalls = new Set<Promise<void>>();
+
+  /** Registers a retrying call; the returned function ends its turn. */
+  #holdOthers(): () => void {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#retryingCalls.add(promise);
+    return () => {
+      this.#retryingCalls.delete(promise);
+      resolve();
+    };
+  }
+
+  /**
+   * Before a cast flush's or a consume step's transaction: waits for the calls retrying now to
+   * settle (committed or failed; each is bounded by its retry budget). Only those: calls that
+   * start retrying meanwhile wait for the next turn, so a stream of calls cannot starve the
+   * casts either. Nothing retrying, nothing awaited.
+   */
+  #takeTurn(): Promise<unknown> | undefined {
+    if (this.#retryingCalls.size === 0) return undefined;
+    return Promise.all(this.#retryingCalls);
   }
 
   /** Transactions of this instance in flight (see #transact), and who waits for none. */
@@ -1138,6 +1175,11 @@ class Instance {
     const seen: { head?: QueueEntry } = {};
     let transientDelay = 0;
     while (!signal.aborted) {
+      const turn = this.#takeTurn();
+      if (turn !== undefined) {
+        await turn;
+        if (signal.aborted) break;
+      }
       let outcome;
       let attempts = 0;
       let cacheMissed = false;
@@ -1478,6 +1520,8 @@ class Instance {
       for (let i = 0; i < CAST_JOIN_TURNS; i++) await null;
       const queue = this.#castQueue;
       while (queue.length > 0) {
+        const turn = this.#takeTurn();
+        if (turn !== undefined) await turn;
         const many = queue[0]!.many;
         let batch: Send[];
         if (many !== null) {
@@ -1976,7 +2020,7 @@ class Instance {
     deadline?: CallDeadline,
   ): Promise<{ value: T; effects: TxEffects; attempts: number }> {
     if (this.#slotsToClear.length === 0 || this.#clearing !== undefined) {
-      return this.#transact(body, undefined, deadline);
+      return this.#transact(body, undefined, deadline, true);
     }
     return this.#transactClearingSlots(body, deadline);
   }
@@ -1994,6 +2038,7 @@ class Instance {
         },
         undefined,
         deadline,
+        true,
       );
     } catch (e) {
       this.#clearSlotLater(...ids);

@@ -189,20 +189,7 @@ for (const b of backends) {
       );
     }
 
-    // On PostgreSQL the call's own transaction competes with the instance's later cast flushes
-    // (every one of them conflicts with it: all are stamped) and can lose until the stream ends:
-    // measured, the call applied after 3,000-10,000 of the 15,000 casts and once after all of
-    // them (CI, under the whole suite's load), on this session's code and on the code before it.
-    // A known starvation, not the waiting this test is about; see docs/postgres.md.
-    const streamSkip = b.name === "postgres" && !b.skip
-      ? "on PostgreSQL the call can be starved by its instance's own cast flushes (known; docs/postgres.md)"
-      : false;
-    if (streamSkip) {
-      console.log(`calls on ${b.name}: 'stream of later casts' test skipped: ${streamSkip}`);
-    }
-    it("a call waits only for the casts made before it, not for a stream of later ones", {
-      skip: streamSkip,
-    }, async () => {
+    it("a call waits only for the casts made before it, not for a stream of later ones", async () => {
       const { backend, tenant } = await fresh(b);
       // Casts past the first `batchSize` of a flush go through the queue: 64 keeps it short.
       const ref = await start(Counter, [], { tenant, batchSize: 64 });
@@ -229,6 +216,10 @@ for (const b of backends) {
       // wait for the producers to run dry (before the fix it answered only at CAP).
       assert.ok(seen >= before, `the call saw ${seen} of the ${before} casts made before it`);
       assert.ok(seen < CAP, `the call waited for all ${seen - before} later casts`);
+      // Nor did it lose race after race to the instance's later flushes: at most the two that
+      // its first attempts may meet (1,000 casts each) land before it, then the flushes wait
+      // for it. Before they did, on PostgreSQL 8 of 26 runs applied it 2,500-9,000 casts late.
+      assert.ok(seen <= before + 2_000, `the call was applied ${seen - before} casts late`);
       assert.equal(await ref.call("value", undefined, { timeout: 30_000 }), sent);
       await ref.stop();
       await backend.close();
