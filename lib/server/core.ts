@@ -17,6 +17,7 @@ import {
   keyAfter,
   readInt64LE,
   readInt64LENumber,
+  strinc,
 } from "../bytes.ts";
 import {
   BackendUnavailableError,
@@ -53,10 +54,12 @@ import {
   decodeEnvelope,
   decodeLock,
   decodeMeta,
+  decodePresence,
   decodeReplySlot,
   decodeRequest,
   encodeRecord,
   type Envelope,
+  isLive,
   type LockRecord,
   type MetaRecord,
   type StoredError,
@@ -816,7 +819,8 @@ export type ConsumeOutcome =
   | { kind: "locked"; watch: Watch; lock: LockRecord }
   | { kind: "expired"; lock: LockRecord }
   | { kind: "processed"; count: number; lock?: LockedWork; stopped?: string }
-  | { kind: "failed"; result: "retry" | "dead" };
+  | { kind: "failed"; result: "retry" | "dead" }
+  | { kind: "yielded"; head: Uint8Array };
 
 /** A watch that fires when any of `watches` fires; cancelling cancels them all. */
 export function anyWatch(...watches: Watch[]): Watch {
@@ -845,7 +849,9 @@ export function lockFrom(rt: Runtime, bytes: Uint8Array | undefined): LockRecord
  *
  * `isExpired` judges another holder's lease (by the observer's own clock). `limit` caps the
  * batch (the caller narrows it to 1 to find the message behind a failure that {@link isPoison}
- * names), and `seen.head` receives the first queued entry the step found.
+ * names), and `seen.head` receives the first queued entry the step found. With `standby`
+ * (a consumer that keeps meeting other instances' writes), the step applies nothing and
+ * reports `yielded` unless the head is the one `standby` names (`null`: none seen yet).
  */
 export async function consumeStep(
   tx: Transaction,
@@ -855,6 +861,7 @@ export async function consumeStep(
   isExpired: (lock: LockRecord) => boolean,
   limit: number = rt.batchSize,
   seen?: { head?: QueueEntry },
+  standby?: Uint8Array | null,
 ): Promise<ConsumeOutcome> {
   const held = await readLock(tx, rt);
   if (held !== undefined) {
@@ -868,6 +875,16 @@ export async function consumeStep(
   }
   const entries = await queueHead(tx, rt, limit);
   if (seen !== undefined) seen.head = entries[0];
+  // A standby leaves the queue to the active consumer while it makes progress: it takes the
+  // head only if that is the head it saw at its last look (nobody consumed meanwhile), or if
+  // no other consuming instance is there (its misses came from priority messages, say).
+  if (
+    standby !== undefined && entries.length > 0 &&
+    (standby === null || !equalBytes(standby, entries[0]!.key)) &&
+    await otherConsumer(tx, rt)
+  ) {
+    return { kind: "yielded", head: entries[0]!.key };
+  }
   if (entries.length === 0) {
     if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
     // Whether another instance wrote the state since this one cached it: the queue was drained
@@ -952,6 +969,16 @@ export async function consumeStep(
   writeState(tx, rt, loaded, state, effects);
   crashPoint("handled");
   return done({ kind: "processed", count });
+}
+
+/** Whether another consuming instance of the server has a live presence (snapshot read). */
+async function otherConsumer(tx: Transaction, rt: Runtime): Promise<boolean> {
+  const now = rt.now();
+  const rows = await tx.snapshot.getRange(rt.keys.instances, strinc(rt.keys.instances));
+  return rows.some((row) => {
+    const p = decodePresence(row.value, row.key);
+    return p.consuming && p.instance !== rt.instance && isLive(p, now);
+  });
 }
 
 /** Takes the lock for the message at `queueKey`, with the next fencing token. */

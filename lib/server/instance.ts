@@ -140,6 +140,15 @@ const GC_EVERY = 6;
  * keeps losing the race for the head of the queue backs off instead).
  */
 const CONSUME_RETRIES = 3;
+/**
+ * Steps in a row that found the state written by another instance (a cache miss, or an idle
+ * queue another instance drained) after which a consumer is a standby: it looks at the queue
+ * every {@link STANDBY_LOOK}–2× that ms and takes a message only when the head has not moved
+ * since its last look (the active consumer stalled or died). Lost races alone do not count:
+ * on PostgreSQL an active consumer loses them to enqueues.
+ */
+const STANDBY_AFTER = 3;
+const STANDBY_LOOK = 50;
 /** Most casts enqueued in one transaction, and their most argument bytes. */
 const CAST_BATCH = 1_000;
 const CAST_BATCH_BYTES = 2_000_000;
@@ -641,6 +650,8 @@ class Instance {
   readonly #runningLocks = new Set<bigint>();
   #lockSeen: { token: bigint; renewals: number; at: number } | undefined;
   #misses = 0;
+  /** Consume steps in a row that met another instance's state writes (see STANDBY_AFTER). */
+  #foreignSteps = 0;
   #since = Date.now();
   #crashed = false;
   readonly [TEST_HOOKS]: TestHooks = {
@@ -1174,6 +1185,8 @@ class Instance {
     let narrow = false;
     const seen: { head?: QueueEntry } = {};
     let transientDelay = 0;
+    // The head a standby saw at its last look (null: none yet; see STANDBY_AFTER).
+    let lastHead: Uint8Array | null = null;
     while (!signal.aborted) {
       const turn = this.#takeTurn();
       if (turn !== undefined) {
@@ -1184,6 +1197,10 @@ class Instance {
       let attempts = 0;
       let cacheMissed = false;
       const limit = narrow ? 1 : this.#rt.batchSize;
+      const standby = failing === undefined && this.#foreignSteps >= STANDBY_AFTER
+        ? lastHead
+        : undefined;
+      lastHead = null;
       try {
         const r = await this.#transact(async (tx, effects) => {
           const hadCache = this.#rt.cache !== undefined;
@@ -1196,6 +1213,7 @@ class Instance {
             this.#isExpired,
             limit,
             seen,
+            standby,
           );
           cacheMissed = hadCache && effects.loadedFromStorage;
           return o;
@@ -1258,10 +1276,22 @@ class Instance {
       // one. An idle queue whose state another instance wrote meanwhile shows it is not: it was
       // woken by messages another consumer applied. Forgetting its misses there put the two on
       // equal terms at the next wake-up, and consumers took turns burst by burst on PostgreSQL.
-      if (attempts > 1 || cacheMissed || (outcome.kind === "idle" && outcome.foreign)) {
+      // A standby that found the queue stalled for a look takes over: it is the active one now
+      // (were two to, they meet each other's writes and one becomes a standby again).
+      const foreign = cacheMissed || (outcome.kind === "idle" && outcome.foreign);
+      if (standby !== undefined && outcome.kind === "processed") {
+        this.#misses = 0;
+        this.#foreignSteps = 0;
+      } else if (attempts > 1 || foreign) {
         this.#misses = Math.min(this.#misses + 1, 10);
       } else if (outcome.kind === "processed" || outcome.kind === "failed") this.#misses = 0;
+      if (foreign) this.#foreignSteps = Math.min(this.#foreignSteps + 1, STANDBY_AFTER);
+      else if (outcome.kind === "processed" || outcome.kind === "failed") this.#foreignSteps = 0;
       switch (outcome.kind) {
+        case "yielded":
+          lastHead = outcome.head;
+          await sleep(STANDBY_LOOK * (1 + Math.random()), signal);
+          break;
         case "processed":
           this.stats.processed += outcome.count;
           if (outcome.lock) {

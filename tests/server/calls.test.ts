@@ -13,6 +13,7 @@ import {
 } from "../../mod.ts";
 import { openTenant } from "../../mod.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
+import { testHooks } from "../../lib/server/instance.ts";
 import { strinc } from "../../lib/bytes.ts";
 import { backends, fresh } from "./_backends.ts";
 import { Counter, Ledger } from "./_defs.ts";
@@ -316,6 +317,31 @@ for (const b of backends) {
       // Taking turns message by message would split them about evenly.
       assert.ok(Math.max(...served) >= 0.7 * total, `messages per consumer: ${served}`);
       await Promise.all([...consumers, sender].map((r) => r.stop()));
+      await backend.close();
+    });
+
+    it("keeps one of six consuming instances active, the others standing by (SPEC 5.7)", async () => {
+      const { backend, tenant } = await fresh(b);
+      const sender = await start(Counter, [], { tenant, consume: false });
+      for (let i = 0; i < 3; i++) {
+        await sender.castMany(Array.from({ length: 200 }, () => ["bump", 1] as const));
+      }
+      const consumers = await Promise.all(
+        Array.from({ length: 6 }, () => start(Counter, [], { tenant })),
+      );
+      const value = () => sender.call("value", undefined, { timeout: 20_000 });
+      await waitFor(async () => await value() === 600, 30_000, "the casts were not applied");
+      const served = consumers.map((c) => c.stats.processed);
+      // Stealing a message every back-off, standbys took turns with the active one: on SQLite
+      // the six split them evenly (100 each) and drained at a tenth of one consumer's rate.
+      assert.ok(Math.max(...served) >= 0.7 * 600, `messages per consumer: ${served}`);
+      // The active one dies without a word (its presence stays for a while): a standby sees the
+      // queue stall and takes over.
+      const active = consumers[served.indexOf(Math.max(...served))]!;
+      testHooks(active).crash();
+      await Promise.all(Array.from({ length: 50 }, () => sender.cast("bump", 1)));
+      await waitFor(async () => await value() === 650, 10_000, "no standby took over");
+      await Promise.all([...consumers.filter((c) => c !== active), sender].map((r) => r.stop()));
       await backend.close();
     });
 
