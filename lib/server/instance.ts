@@ -938,7 +938,7 @@ class Instance {
         const version = stamped?.[committedStamp]() ?? stamp;
         const done = () => {
           const e = effects!;
-          if (deadline?.expired) this.#carryOut(value as InlineOutcome);
+          if (deadline?.expired) this.#carryOutLate(value as InlineOutcome, deadline);
           else {
             if (deadline !== undefined) this.#dropDeadline(deadline);
             resolve({ value, effects: e, attempts });
@@ -1034,6 +1034,19 @@ class Instance {
   #dropDeadline(d: CallDeadline): void {
     this.#deadlines.remove(d);
     d.settle = IGNORE;
+  }
+
+  /**
+   * What an inline call committed after its caller timed out: carried out, and its reply slot
+   * (queued behind a busy queue, or waiting for `handleLocked`) cleared, since nobody waits
+   * for it; the reply that comes later is dropped, as for a caller that timed out waiting.
+   */
+  #carryOutLate(outcome: InlineOutcome, deadline: CallDeadline): void {
+    this.#carryOut(outcome);
+    if (outcome.kind === "queued" || outcome.kind === "locked") {
+      outcome.watch.cancel();
+      this.#clearSlotLater(deadline.message.callId!);
+    }
   }
 
   /**
@@ -1779,8 +1792,12 @@ class Instance {
    */
   #lateFailure(deadline: CallDeadline, e: unknown): void {
     if (!(e instanceof HandlerFailure) && !isPoison(e)) return;
+    const error = e instanceof HandlerFailure ? e.error : e;
+    // No reply slot: nobody waits for it (its reply is dropped, as for a timed-out caller).
     this.#track(
-      this.#queueFailedCall(deadline.message, e, deadline.deadlineAt).catch((e) => {
+      this.#transact((tx, effects) =>
+        this.#enqueueFailedCall(tx, deadline.message, error, undefined, effects)
+      ).catch((e) => {
         console.error(`dgen: a failed call to '${this.id}' could not be queued:`, e);
       }),
     );
@@ -1793,21 +1810,22 @@ class Instance {
   async #queueFailedCall(m: Envelope, e: unknown, deadlineAt: number | null): Promise<Watch> {
     const error = e instanceof HandlerFailure ? e.error : e;
     const r = await this.#transact((tx, effects) =>
-      this.#enqueueFailedCall(tx, m, error, deadlineAt, effects)
+      this.#enqueueFailedCall(tx, m, error, { deadlineAt }, effects)
     );
-    return r.value;
+    return r.value!;
   }
 
+  /** Queues the failed call; with `slot`, opens its reply slot and returns a watch on it. */
   async #enqueueFailedCall(
     tx: Transaction,
     m: Envelope,
     error: unknown,
-    deadlineAt: number | null,
+    slot: { deadlineAt: number | null } | undefined,
     effects: TxEffects,
-  ): Promise<Watch> {
+  ): Promise<Watch | undefined> {
     const rt = this.#rt;
     if (await readRequest(tx, rt, m.request) === undefined) {
-      openReplySlot(tx, rt, m.callId!, deadlineAt);
+      if (slot !== undefined) openReplySlot(tx, rt, m.callId!, slot.deadlineAt);
       const result = await recordFailure(tx, rt, undefined, m, error, effects);
       if (result === "retry") {
         await enqueue(tx, rt, [failedAttempt(rt, m, error)], effects);
@@ -1815,7 +1833,7 @@ class Instance {
         writeRequest(tx, rt, m.request, { at: rt.now(), outcome: "queued" });
       }
     }
-    return tx.watch(rt.keys.reply(m.callId!));
+    return slot === undefined ? undefined : tx.watch(rt.keys.reply(m.callId!));
   }
 
   /** The inline fast path: handle a call in the caller's own transaction when the queue is idle. */

@@ -6,6 +6,7 @@ import {
   defineServer,
   lock,
   noreply,
+  readServerView,
   reply,
   start,
   type Transaction,
@@ -138,7 +139,56 @@ for (const b of backends) {
       assert.deepEqual(letters.map((l) => [l.name, l.attempts, l.error.message]), [
         ["boom", 2, "boom"],
       ]);
+      // Queued without a reply slot: its caller is gone (before: a slot was opened for it and
+      // held its dead-letter error until garbage collection, ten minutes on).
+      assert.equal((await replySlots(tenant, "failing")).length, 0);
       await ref.stop();
+      await backend.close();
+    });
+
+    it("clears the reply slot of an inline call queued after its caller timed out", async () => {
+      const { backend, tenant } = await fresh(b);
+      const gate = Promise.withResolvers<void>();
+      const Held = defineServer({
+        name: "held",
+        init: () => 0,
+        handleCall: {
+          rec: (_: undefined, _from, n: number) => reply(n + 1, n + 1),
+          value: (_: undefined, _from, n: number) => reply(n, n),
+        },
+        handleCast: { hold: (_: undefined, n: number) => lock(n) },
+        handleLocked: async (_event, n: number) => (await gate.promise, noreply(n)),
+      });
+      const holder = await start(Held, [], { tenant });
+      await holder.cast("hold");
+      await waitFor(
+        async () => (await readServerView(tenant, "held"))?.lock != null,
+        5_000,
+        "no lock",
+      );
+      // An instance whose transactions start 200 ms late: its inline call times out at 50 ms,
+      // then commits, queued behind the lock, with a reply slot that nobody waits for.
+      const slowTenant = await openTenant(
+        withFaults(backend, { seed: 1, latency: [200, 200] }),
+        tenant.name,
+      );
+      const slow = await start(Held, [], { tenant: slowTenant });
+      await assert.rejects(slow.call("rec", undefined, { timeout: 50 }), CallTimeoutError);
+      await waitFor(
+        async () => (await readServerView(tenant, "held"))?.queue.length === 1,
+        5_000,
+        "the late call was not queued",
+      );
+      gate.resolve();
+      await waitFor(async () => await holder.call("value") === 1, 10_000, "the late call");
+      // Before: answered, and left until garbage collection (ten minutes on).
+      await waitFor(
+        async () => (await replySlots(tenant, "held")).length === 0,
+        5_000,
+        "the late call's reply slot was left",
+      );
+      await slow.stop();
+      await holder.stop();
       await backend.close();
     });
 
