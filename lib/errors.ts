@@ -176,23 +176,43 @@ export class CodecError extends DGenError {
 }
 
 /**
+ * Options of {@link BackendUnavailableError}.
+ *
+ * @example
+ * ```ts
+ * import { BackendUnavailableError, type BackendUnavailableOptions } from "./errors.ts";
+ * const options: BackendUnavailableOptions = { closed: true };
+ * console.log(new BackendUnavailableError("The backend is closed", options).closed); // true
+ * ```
+ */
+export interface BackendUnavailableOptions extends DGenErrorOptions {
+  /** The backend was closed by its `close()`: it will not come back. @default false */
+  closed?: boolean;
+}
+
+/**
  * A storage backend cannot be used: its native library is missing, or it is closed.
+ * An instance whose backend was closed stops (its `stopped` resolves with "backend closed").
  *
  * @example
  * ```ts
  * import { BackendUnavailableError } from "./errors.ts";
- * const e = new BackendUnavailableError("The backend is closed");
- * console.log(e.code); // "backend_unavailable"
+ * const e = new BackendUnavailableError("The backend is closed", { closed: true });
+ * console.log(e.code, e.closed); // "backend_unavailable" true
  * ```
  */
 export class BackendUnavailableError extends DGenError {
+  /** The backend was closed by its `close()` (not merely out of reach): it will not come back. */
+  readonly closed: boolean;
+
   /**
    * Creates the error.
    * @param message What is missing and how to get it.
-   * @param options The cause, if any.
+   * @param options The cause, if any, and whether the backend was closed.
    */
-  constructor(message: string, options?: DGenErrorOptions) {
+  constructor(message: string, options?: BackendUnavailableOptions) {
     super("backend_unavailable", message, options);
+    this.closed = options?.closed ?? false;
   }
 }
 

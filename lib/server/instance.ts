@@ -14,6 +14,7 @@ import { compareBytes, readInt64LENumber, strinc } from "../bytes.ts";
 import { subtreeEnd } from "../tuple.ts";
 import { TickedList } from "../ticked.ts";
 import {
+  BackendUnavailableError,
   CallTimeoutError,
   CodecError,
   DeadLetterError,
@@ -588,12 +589,17 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** Whether `e` says the backend was closed by its `close()`. */
+function isClosedBackend(e: unknown): boolean {
+  return e instanceof BackendUnavailableError && e.closed;
+}
+
 /** Waits for `watch`, `ms` (if finite) or `signal`, cancelling the watch on the way out. */
 async function waitWatch(
   watch: Watch,
   ms: number,
   signal: AbortSignal,
-): Promise<"fired" | "timeout" | "aborted"> {
+): Promise<"fired" | "timeout" | "aborted" | "cancelled"> {
   if (signal.aborted) {
     watch.cancel();
     return "aborted";
@@ -605,8 +611,9 @@ async function waitWatch(
     ? new Promise<"timeout">((r) => timer = setTimeout(() => r("timeout"), Math.max(0, ms)))
     : new Promise<never>(() => {});
   try {
+    // A watch resolves false when cancelled: by the abort, or by its backend (closed).
     const r = await Promise.race([
-      watch.promise.then((f): "fired" | "aborted" => (f ? "fired" : "aborted")),
+      watch.promise.then((f): "fired" | "cancelled" => (f ? "fired" : "cancelled")),
       timeout,
     ]);
     if (r === "timeout") watch.cancel();
@@ -771,6 +778,7 @@ class Instance {
         if (gc) await this.#collectGarbage(tx);
       }).catch((e) => {
         if (e instanceof ServerGoneError) return;
+        if (isClosedBackend(e)) return void this.#shutdown("backend closed");
         console.error(`dgen: heartbeat of ${this.id}/${this.instance} failed:`, e);
       }),
     );
@@ -842,7 +850,10 @@ class Instance {
           bumpChange(tx, this.#rt);
         });
       } catch (e) {
-        console.error(`dgen: could not remove presence of ${this.instance}:`, e);
+        // Closed: the presence expires by itself (PRESENCE_TTL).
+        if (!isClosedBackend(e)) {
+          console.error(`dgen: could not remove presence of ${this.instance}:`, e);
+        }
       }
     }
     this.#state = "stopped";
@@ -1265,6 +1276,12 @@ class Instance {
         }
         if (e instanceof ServerGoneError) {
           void this.#shutdown("killed", true);
+          break;
+        }
+        if (isClosedBackend(e)) {
+          // Closed under it (close() before stop()): it will not come back. Stop, instead of
+          // reporting the same failure every few seconds for ever.
+          void this.#shutdown("backend closed");
           break;
         }
         if (isNewerState(e)) {
@@ -1936,7 +1953,7 @@ class Instance {
     let watch = first;
     for (;;) {
       const left = timeout - (performance.now() - started);
-      let r: "fired" | "timeout" | "aborted" = "fired";
+      let r: "fired" | "timeout" | "aborted" | "cancelled" = "fired";
       if (checkFirst) {
         watch.cancel();
         checkFirst = false;

@@ -773,7 +773,7 @@ class FdbTransactionAdapter implements Transaction, WatchedBody<FdbTransactionAd
 }
 
 function closedError(): BackendUnavailableError {
-  return new BackendUnavailableError("The FoundationDB backend is closed");
+  return new BackendUnavailableError("The FoundationDB backend is closed", { closed: true });
 }
 
 // ---------------------------------------------------------------------------------------------

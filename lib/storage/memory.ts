@@ -265,7 +265,9 @@ class MemoryTransaction implements Transaction, WatchedBody<MemoryTransaction> {
    */
   check(clock: "commit" | "read" | "write" = "read"): void {
     if (this.done) throw new TransactionError("transaction_done", "Transaction already finished");
-    if (this.store.closed) throw new BackendUnavailableError("The memory backend is closed");
+    if (this.store.closed) {
+      throw new BackendUnavailableError("The memory backend is closed", { closed: true });
+    }
     if (clock === "write" || (clock === "read" && (++this.#reads & 7) !== 0)) return;
     const elapsed = performance.now() - this.started;
     const limit = this.limits.maxTransactionDuration;
@@ -654,7 +656,9 @@ class MemoryBackend implements Backend {
       return Promise.reject(e);
     }
     if (this.#store.closed) {
-      return Promise.reject(new BackendUnavailableError("The memory backend is closed"));
+      return Promise.reject(
+        new BackendUnavailableError("The memory backend is closed", { closed: true }),
+      );
     }
     if (opts.signal?.aborted) return Promise.reject(opts.signal.reason);
     // The first attempt runs outside the retry loop (one async function and one await fewer

@@ -388,7 +388,12 @@ function mapError(e: unknown, commitSent: boolean, closed: boolean): unknown {
       { cause: e, retryable: true },
     );
   }
-  if (closed) return new BackendUnavailableError("The PostgreSQL backend is closed", { cause: e });
+  if (closed) {
+    return new BackendUnavailableError("The PostgreSQL backend is closed", {
+      cause: e,
+      closed: true,
+    });
+  }
   if (isConnectionError(e)) {
     const message = errorMessage(e);
     const mapped = commitSent
@@ -636,7 +641,9 @@ class SessionPool {
 
   acquire(): Promise<Session> {
     if (this.#closed) {
-      return Promise.reject(new BackendUnavailableError("The PostgreSQL backend is closed"));
+      return Promise.reject(
+        new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true }),
+      );
     }
     let idle: Session | undefined;
     while ((idle = this.#idle.pop()) !== undefined) {
@@ -672,7 +679,7 @@ class SessionPool {
   async close(): Promise<void> {
     this.#closed = true;
     for (const w of this.#waiters.splice(0)) {
-      w.reject(new BackendUnavailableError("The PostgreSQL backend is closed"));
+      w.reject(new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true }));
     }
     this.#idle.length = 0;
     const all = [...this.#all];
@@ -776,7 +783,7 @@ class Listener {
         delay = Math.min(delay * 2, 1_000);
       }
     }
-    throw new BackendUnavailableError("The PostgreSQL backend is closed");
+    throw new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true });
   }
 
   /** Checks the connection after the interval, and again after each answer. */
@@ -954,7 +961,9 @@ class PgTransaction implements Transaction, WatchedBody<PgTransaction> {
 
   #check(): void {
     if (this.#done) throw new TransactionError("transaction_done", "Transaction already finished");
-    if (this.backend.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
+    if (this.backend.closed) {
+      throw new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true });
+    }
     const elapsed = performance.now() - this.#started;
     const limit = this.#limits.maxTransactionDuration;
     if (elapsed > limit) throw timeoutError(elapsed, limit);
@@ -1527,9 +1536,13 @@ class PostgresBackend implements Backend {
     options?: TransactOptions,
   ): Promise<T> {
     const opts = checkTransactOptions(options);
-    if (this.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
+    if (this.closed) {
+      throw new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true });
+    }
     return await retryLoop(async () => {
-      if (this.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
+      if (this.closed) {
+        throw new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true });
+      }
       const tx = new PgTransaction(this, opts.readOnly ?? false);
       try {
         const result = await this.#watchdog.run(tx, fn(tx));
@@ -1568,7 +1581,9 @@ class PostgresBackend implements Backend {
     const deadline = performance.now() + this.#reconnectTimeout;
     let delay = 20;
     for (;;) {
-      if (this.closed) throw new BackendUnavailableError("The PostgreSQL backend is closed");
+      if (this.closed) {
+        throw new BackendUnavailableError("The PostgreSQL backend is closed", { closed: true });
+      }
       const sql = this.#connect();
       try {
         await this.withDeadline(sql.unsafe("select 1"));

@@ -585,7 +585,9 @@ class SqliteTransaction implements Transaction, WatchedBody<SqliteTransaction> {
 
   check(): void {
     if (this.done) throw new TransactionError("transaction_done", "Transaction already finished");
-    if (this.backend.closed) throw new BackendUnavailableError("The SQLite backend is closed");
+    if (this.backend.closed) {
+      throw new BackendUnavailableError("The SQLite backend is closed", { closed: true });
+    }
     const elapsed = performance.now() - this.started;
     const limit = this.backend.limits.maxTransactionDuration;
     if (elapsed > limit) throw timeoutError(elapsed, limit);
@@ -1001,14 +1003,20 @@ class SqliteBackendImpl implements SqliteBackend {
   }
 
   #checkOpen(): void {
-    if (this.closed) throw new BackendUnavailableError("The SQLite backend is closed");
+    if (this.closed) {
+      throw new BackendUnavailableError("The SQLite backend is closed", { closed: true });
+    }
   }
 
   // ---- Write transactions: the queue and group commit ----
 
   #write<T>(fn: (tx: Transaction) => T | Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      if (this.closed) return reject(new BackendUnavailableError("The SQLite backend is closed"));
+      if (this.closed) {
+        return reject(
+          new BackendUnavailableError("The SQLite backend is closed", { closed: true }),
+        );
+      }
       if (signal?.aborted) return reject(signal.reason);
       const req: PendingWrite = {
         fn: fn as (tx: Transaction) => unknown,
@@ -1051,7 +1059,7 @@ class SqliteBackendImpl implements SqliteBackend {
       this.#contended = false;
       this.#updateWatcher();
       if (this.closed && this.#queue.length > 0) {
-        const err = new BackendUnavailableError("The SQLite backend is closed");
+        const err = new BackendUnavailableError("The SQLite backend is closed", { closed: true });
         for (const req of this.#queue.splice(0)) req.reject(err);
       }
       this.#checkDrained();
@@ -1464,7 +1472,7 @@ class SqliteBackendImpl implements SqliteBackend {
     return new Promise((resolve, reject) => {
       this.#readerWaiters.push((c) =>
         c === undefined
-          ? reject(new BackendUnavailableError("The SQLite backend is closed"))
+          ? reject(new BackendUnavailableError("The SQLite backend is closed", { closed: true }))
           : resolve(c)
       );
     });
@@ -1696,7 +1704,7 @@ class SqliteBackendImpl implements SqliteBackend {
 
   async #close(): Promise<void> {
     this.closed = true;
-    const err = new BackendUnavailableError("The SQLite backend is closed");
+    const err = new BackendUnavailableError("The SQLite backend is closed", { closed: true });
     for (const req of this.#queue.splice(0)) req.reject(err);
     for (const wake of [...this.#lockWaiters]) wake();
     for (const next of this.#readerWaiters.splice(0)) next(undefined);

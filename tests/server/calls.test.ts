@@ -2,6 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
   type Backend,
+  BackendUnavailableError,
   CallTimeoutError,
   defineServer,
   lock,
@@ -190,6 +191,43 @@ for (const b of backends) {
       await slow.stop();
       await holder.stop();
       await backend.close();
+    });
+
+    it("rejects a waiting call at once when its backend is closed; the instance stops", async () => {
+      const { backend, tenant } = await fresh(b);
+      const gate = Promise.withResolvers<void>();
+      const Held = defineServer({
+        name: "held",
+        init: () => 0,
+        handleCall: { rec: (_: undefined, _from, n: number) => reply(n + 1, n + 1) },
+        handleCast: { hold: (_: undefined, n: number) => lock(n) },
+        handleLocked: async (_event, n: number) => (await gate.promise, noreply(n)),
+      });
+      const holder = await start(Held, [], { tenant });
+      const idle = await start(Held, [], { tenant, id: "idle" });
+      await holder.cast("hold");
+      await waitFor(
+        async () => (await readServerView(tenant, "held"))?.lock != null,
+        5_000,
+        "no lock",
+      );
+      const call = holder.call("rec", undefined, { timeout: 20_000 });
+      await waitFor(
+        async () => (await readServerView(tenant, "held"))?.queue.length === 1,
+        5_000,
+        "the call was not queued",
+      );
+      const outcome = call.then(() => undefined, (e) => e);
+      const closedAt = performance.now();
+      await backend.close();
+      // Before: the call waited (past its timeout) until the instance was stopped, and the idle
+      // consumer reported the closed backend every few seconds for ever.
+      const e = await deadline(outcome, 5_000, "the call still waits");
+      assert.ok(e instanceof BackendUnavailableError && e.closed, `call rejected with ${e}`);
+      assert.ok(performance.now() - closedAt < 2_000);
+      assert.equal(await deadline(idle.stopped, 10_000, "idle did not stop"), "backend closed");
+      gate.resolve();
+      await holder.stop();
     });
 
     for (const consume of [true, false]) {
