@@ -887,13 +887,16 @@ export async function consumeStep(
   }
   if (entries.length === 0) {
     if (await readMeta(tx, rt) === undefined) throw new ServerGoneError(rt.id);
-    // Whether another instance wrote the state since this one cached it: the queue was drained
-    // by someone else, which tells a consumer that another one is active (it then backs off).
-    const cache = rt.useCache ? rt.cache : undefined;
+    // Whether another instance wrote the state since this one cached it (or a state it never
+    // cached: caching, it caches what it writes): the queue was drained by someone else, which
+    // tells a consumer that another one is active (it then backs off).
     let foreign = false;
-    if (cache !== undefined) {
+    if (rt.useCache) {
       const version = await tx.get(rt.keys.stateVersion);
-      foreign = version === undefined || !equalBytes(version, cache.version);
+      const cached = rt.cache?.version;
+      foreign = cached === undefined
+        ? version !== undefined
+        : version === undefined || !equalBytes(version, cached);
     }
     // The meta key too: a kill clears it, and an idle consumer must notice.
     return {

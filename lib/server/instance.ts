@@ -10,7 +10,7 @@
 import * as v from "valibot";
 import { errorMessage } from "../describe.ts";
 import { StateConflictError } from "./merge.ts";
-import { compareBytes, readInt64LENumber, strinc } from "../bytes.ts";
+import { compareBytes, equalBytes, readInt64LENumber, strinc } from "../bytes.ts";
 import { subtreeEnd } from "../tuple.ts";
 import { TickedList } from "../ticked.ts";
 import {
@@ -1269,9 +1269,18 @@ class Instance {
         if (e instanceof RetriesExhaustedError) {
           // Another consumer keeps winning the head of the queue (or commits keep reporting
           // unknown results): step back for a while so one instance tends to stay active,
-          // instead of fighting for every message; the message is simply tried again.
+          // instead of fighting for every message; the message is simply tried again. Races
+          // lost while nobody else writes the state are lost to senders (on PostgreSQL every
+          // enqueue conflicts with a consume step): the active consumer must not step back
+          // then, or the other takes over at the next burst.
           this.#misses = Math.min(this.#misses + 1, 10);
-          await sleep(Math.random() * Math.min(25 * this.#misses, 250), signal);
+          if (await this.#writtenElsewhere()) {
+            this.#foreignSteps = Math.min(this.#foreignSteps + 1, STANDBY_AFTER);
+          }
+          await sleep(
+            Math.random() * Math.min(25 * (this.#foreignSteps === 0 ? 1 : this.#misses), 250),
+            signal,
+          );
           continue;
         }
         if (e instanceof ServerGoneError) {
@@ -1315,8 +1324,9 @@ class Instance {
       } else if (attempts > 1 || foreign) {
         this.#misses = Math.min(this.#misses + 1, 10);
       } else if (outcome.kind === "processed" || outcome.kind === "failed") this.#misses = 0;
+      // An idle queue whose state this instance wrote last shows it is the active one too.
       if (foreign) this.#foreignSteps = Math.min(this.#foreignSteps + 1, STANDBY_AFTER);
-      else if (outcome.kind === "processed" || outcome.kind === "failed") this.#foreignSteps = 0;
+      else if (outcome.kind !== "yielded" && outcome.kind !== "locked") this.#foreignSteps = 0;
       switch (outcome.kind) {
         case "yielded":
           lastHead = outcome.head;
@@ -1359,6 +1369,26 @@ class Instance {
           break;
         }
       }
+    }
+  }
+
+  /**
+   * Whether the state was written by another instance since this one cached it (a consume step
+   * that kept losing races learns nothing else): a stored state this instance has not cached
+   * (caching, it caches what it writes). Read-only; false with `cache: false` or on error.
+   */
+  async #writtenElsewhere(): Promise<boolean> {
+    const rt = this.#rt;
+    if (!rt.useCache) return false;
+    try {
+      const version = await rt.tenant.backend.transact(
+        (tx) => tx.snapshot.get(rt.keys.stateVersion),
+        { readOnly: true, maxRetries: 0 },
+      );
+      const cached = rt.cache?.version;
+      return version !== undefined && (cached === undefined || !equalBytes(version, cached));
+    } catch {
+      return false;
     }
   }
 
