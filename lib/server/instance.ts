@@ -152,6 +152,12 @@ const STANDBY_AFTER = 3;
 const STANDBY_LOOK = 50;
 /** Most casts enqueued in one transaction, and their most argument bytes. */
 const CAST_BATCH = 1_000;
+/**
+ * A cast flush's transaction options: more retries than the default 100. A cast has no timeout,
+ * and on PostgreSQL one server's flushes from several instances conflict with each other and
+ * with its consume steps; with 100, whole flushes failed with RetriesExhaustedError.
+ */
+const CAST_TX = { maxRetries: 1_000 };
 const CAST_BATCH_BYTES = 2_000_000;
 /** What an inline call's transaction did. */
 type InlineOutcome =
@@ -1617,7 +1623,7 @@ class Instance {
         if (many !== null) {
           batch = queue.splice(0, 1);
           try {
-            await this.#transact((tx, effects) => enqueue(tx, this.#rt, many, effects));
+            await this.#transact((tx, effects) => enqueue(tx, this.#rt, many, effects), CAST_TX);
             batch[0]!.resolve();
           } catch (e) {
             batch[0]!.reject(e);
@@ -1635,7 +1641,12 @@ class Instance {
           const messages = batch.map((c) => c.m);
           try {
             if (this.#consume) await this.#castInline(messages);
-            else await this.#transact((tx, effects) => enqueue(tx, this.#rt, messages, effects));
+            else {
+              await this.#transact(
+                (tx, effects) => enqueue(tx, this.#rt, messages, effects),
+                CAST_TX,
+              );
+            }
             for (const c of batch) c.resolve();
           } catch (e) {
             for (const c of batch) c.reject(e);
@@ -1669,8 +1680,9 @@ class Instance {
     let failed: QueueFrom | undefined;
     for (;;) {
       try {
-        const r = await this.#transact((tx, effects) =>
-          this.#inlineCasts(tx, messages, inline, failed, effects)
+        const r = await this.#transact(
+          (tx, effects) => this.#inlineCasts(tx, messages, inline, failed, effects),
+          CAST_TX,
         );
         this.stats.processed += r.value;
         return;
