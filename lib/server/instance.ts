@@ -340,26 +340,54 @@ export interface DeadLetter {
 /**
  * The dead-letter list of a server.
  *
+ * `list` reads in pages, each in its own read-only transaction and bounded by count and bytes
+ * (a few MB at most, whatever the number of letters), so it stays within the backend's
+ * transaction limits. A listing of several pages is therefore not one snapshot: a letter
+ * requeued or purged while it reads may be missing, and letters dead-lettered after it began
+ * are left out (they sort after it). `purge` reads no letters.
+ *
  * @example
  * ```ts
  * import { defineServer, noreply, openMemoryBackend, openTenant, start } from "../../mod.ts";
- * const Counter = defineServer({
- *   name: "counter",
+ * const Picky = defineServer({
+ *   name: "picky",
  *   init: () => 0,
- *   handleCast: { bump: (by: number, n: number) => noreply(n + by) },
+ *   handleCast: {
+ *     take: (n: number, s: number) => {
+ *       if (n < 0) throw new Error("negative");
+ *       return noreply(s + n);
+ *     },
+ *   },
  * });
- * const ref = await start(Counter, [], { tenant: await openTenant(openMemoryBackend(), "demo") });
- * console.log((await ref.deadLetters.list()).length, await ref.deadLetters.purge()); // 0 0
+ * const ref = await start(Picky, [], {
+ *   tenant: await openTenant(openMemoryBackend(), "demo"),
+ *   deadLetterThreshold: 1,
+ * });
+ * for (const n of [-1, -2, -3]) await ref.cast("take", n);
+ * // One page at a time: pass the last key of a page as `after` to get the next.
+ * const first = await ref.deadLetters.list({ limit: 2 });
+ * const rest = await ref.deadLetters.list({ limit: 2, after: first.at(-1)!.key });
+ * console.log(first.map((d) => d.arg), rest.map((d) => d.arg)); // [-1, -2] [-3]
+ * console.log((await ref.deadLetters.list()).length, await ref.deadLetters.purge()); // 3 3
  * await ref.stop();
  * await ref.tenant.backend.close();
  * ```
  */
 export interface DeadLetters {
-  /** The dead letters, oldest first. */
-  list(): Promise<DeadLetter[]>;
+  /**
+   * The dead letters, oldest first: all of them, or at most `options.limit`, starting after
+   * the letter `options.after` (a `key` from an earlier `list`, which need not still exist).
+   * Read in pages of bounded size, each in its own transaction (see {@link DeadLetters}).
+   * Throws `ValidationError` for a `limit` that is not a positive integer or an `after` that is
+   * not a dead-letter key.
+   */
+  list(options?: { limit?: number; after?: string }): Promise<DeadLetter[]>;
   /** Puts a dead letter back at the tail of the queue with its attempts reset; false if gone. */
   requeue(key: string): Promise<boolean>;
-  /** Removes every dead letter; resolves with how many there were. */
+  /**
+   * Removes every dead letter, without reading them; resolves with how many it removed (read
+   * from the dead-letter count in the same transaction: exact).
+   */
   purge(): Promise<number>;
 }
 
@@ -706,7 +734,7 @@ class Instance {
     };
     checkIdFits(this.#rt.keys, opts.tenant);
     this.deadLetters = {
-      list: () => this.#listDeadLetters(),
+      list: (options) => this.#listDeadLetters(options),
       requeue: (key) => this.#requeueDeadLetter(key),
       purge: () => this.#purgeDeadLetters(),
     };
@@ -2237,24 +2265,94 @@ class Instance {
 
   // ---- dead letters --------------------------------------------------------------------------
 
-  async #listDeadLetters(): Promise<DeadLetter[]> {
-    const rt = this.#rt;
-    const rows = await rt.tenant.backend.transact(
-      (tx) => tx.getRange(rt.keys.deadLetters, rt.keys.deadLettersEnd),
-      { readOnly: true },
+  /** Most bytes (keys and largest values) one page of `deadLetters.list` may read. */
+  static readonly #DEAD_LETTER_PAGE_BYTES = 4_000_000;
+  /** Most letters one page of `deadLetters.list` reads, however small the values. */
+  static readonly #DEAD_LETTER_PAGE_MAX = 1_000;
+  static readonly #deadLetterListSchema = v.optional(
+    v.strictObject({
+      limit: v.optional(positiveInt),
+      after: v.optional(
+        v.pipe(v.string(), v.regex(/^[0-9a-f]{24}$/, "Expected a dead-letter key from list()")),
+      ),
+    }),
+    {},
+  );
+
+  /** The least key after `key` (dead-letter keys all have the same length). */
+  static #keyAfter(key: Uint8Array): Uint8Array {
+    const next = new Uint8Array(key.length + 1);
+    next.set(key);
+    return next;
+  }
+
+  async #listDeadLetters(options?: { limit?: number; after?: string }): Promise<DeadLetter[]> {
+    const { limit = Infinity, after } = parse(
+      Instance.#deadLetterListSchema,
+      options,
+      "options",
     );
-    return rows.map((row) => {
-      const d = decodeDeadLetter(row.value, row.key);
-      return {
-        key: toHex(row.key.subarray(rt.keys.deadLetters.length)),
-        kind: d.message.kind,
-        name: d.message.name,
-        arg: d.message.arg,
-        attempts: d.attempts,
-        error: d.error,
-        at: d.at,
-      };
-    });
+    const rt = this.#rt;
+    const prefix = rt.keys.deadLetters;
+    let begin = prefix;
+    if (after !== undefined) {
+      const key = new Uint8Array(prefix.length + 12);
+      key.set(prefix);
+      for (let i = 0; i < 12; i++) {
+        key[prefix.length + i] = parseInt(after.slice(i * 2, i * 2 + 2), 16);
+      }
+      begin = Instance.#keyAfter(key);
+    }
+    let end = rt.keys.deadLettersEnd;
+    // Sized for letters of the largest value the backend stores (a stored letter is never
+    // larger), so no page reads more than a few MB whatever the letters hold: well within
+    // FoundationDB's 5 s and every backend's declared limits (one letter less than the bytes
+    // allow: the first page may also read the newest letter, below).
+    const largest = rt.tenant.backend.limits.maxValueSize + prefix.length + 12;
+    const pageSize = Math.max(
+      1,
+      Math.min(
+        Instance.#DEAD_LETTER_PAGE_MAX,
+        Math.floor(Instance.#DEAD_LETTER_PAGE_BYTES / largest) - 1,
+      ),
+    );
+    const letters: DeadLetter[] = [];
+    let first = true;
+    while (letters.length < limit) {
+      const want = Math.min(pageSize, limit - letters.length);
+      const more = letters.length + want < limit;
+      const page = await rt.tenant.backend.transact(async (tx) => {
+        const rows = await tx.getRange(begin, end, { limit: want });
+        // More pages to come: the listing ends at the newest letter there is now, so letters
+        // dead-lettered meanwhile (whose keys sort after it) cannot keep it going for ever.
+        const last = first && more && rows.length === want
+          ? (await tx.getRange(begin, end, { limit: 1, reverse: true }))[0]?.key
+          : undefined;
+        return { rows, last };
+      }, { readOnly: true });
+      first = false;
+      for (const row of page.rows) {
+        const d = decodeDeadLetter(row.value, row.key);
+        letters.push({
+          key: toHex(row.key.subarray(prefix.length)),
+          kind: d.message.kind,
+          name: d.message.name,
+          arg: d.message.arg,
+          attempts: d.attempts,
+          error: d.error,
+          at: d.at,
+        });
+      }
+      const lastRead = page.rows[page.rows.length - 1]?.key;
+      if (
+        page.rows.length < want || (page.last !== undefined && equalBytes(page.last, lastRead!))
+      ) {
+        break;
+      }
+      if (page.last !== undefined) end = Instance.#keyAfter(page.last);
+      begin = Instance.#keyAfter(lastRead!);
+    }
+    return letters;
   }
 
   async #requeueDeadLetter(key: string): Promise<boolean> {
@@ -2291,11 +2389,18 @@ class Instance {
   async #purgeDeadLetters(): Promise<number> {
     const rt = this.#rt;
     return await rt.tenant.backend.transact(async (tx) => {
-      const rows = await tx.getRange(rt.keys.deadLetters, rt.keys.deadLettersEnd);
+      // The count, not the letters: one small read, and a range clear however many there are.
+      // The count is kept with the letters (each dead-lettering adds 1, each requeue -1, in the
+      // same transaction), and read here with a conflict, so the result is exactly what this
+      // purge removed even while messages are being dead-lettered: a letter dead-lettered (or
+      // requeued) concurrently either makes the purge conflict and run again, then counted and
+      // removed, or is ordered after it (PostgreSQL may do so instead), then kept, and counted
+      // by the count key, not by this result.
+      const count = readInt64LENumber(await tx.get(rt.keys.deadLetterCount));
       tx.clearRange(rt.keys.deadLetters, rt.keys.deadLettersEnd);
       tx.clear(rt.keys.deadLetterCount);
-      if (rows.length > 0) bumpChange(tx, rt);
-      return rows.length;
+      if (count !== 0) bumpChange(tx, rt);
+      return count;
     });
   }
 }

@@ -662,6 +662,22 @@ const cases: Case[] = [
     names: "key",
     act: (e) => e.ref.deadLetters.requeue("zz"),
   },
+  {
+    area: "options",
+    input: "`deadLetters.list({ limit: 0 })` (not a positive integer)",
+    error: "ValidationError",
+    code: "validation",
+    names: "options.limit",
+    act: (e) => e.ref.deadLetters.list({ limit: 0 }),
+  },
+  {
+    area: "options",
+    input: '`deadLetters.list({ after: "zz" })` (not a key from `list()`)',
+    error: "ValidationError",
+    code: "validation",
+    names: "options.after",
+    act: (e) => e.ref.deadLetters.list({ after: "zz" }),
+  },
   // ---- state
   {
     area: "state",
