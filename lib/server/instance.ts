@@ -10,7 +10,16 @@
 import * as v from "valibot";
 import { errorMessage } from "../describe.ts";
 import { StateConflictError } from "./merge.ts";
-import { compareBytes, equalBytes, readInt64LENumber, strinc } from "../bytes.ts";
+import {
+  compareBytes,
+  concatBytes,
+  equalBytes,
+  fromHex,
+  keyAfter,
+  readInt64LENumber,
+  strinc,
+  toHex,
+} from "../bytes.ts";
 import { subtreeEnd } from "../tuple.ts";
 import { TickedList } from "../ticked.ts";
 import {
@@ -99,7 +108,6 @@ import {
   timeOrderedId,
 } from "./records.ts";
 import { encodedSize } from "../codec/value.ts";
-import { toHex } from "../bytes.ts";
 
 /**
  * Thrown inside an inline-cast attempt to abandon it (nothing commits): the cast at `index`
@@ -2279,11 +2287,9 @@ class Instance {
     {},
   );
 
-  /** The least key after `key` (dead-letter keys all have the same length). */
-  static #keyAfter(key: Uint8Array): Uint8Array {
-    const next = new Uint8Array(key.length + 1);
-    next.set(key);
-    return next;
+  /** The stored key of the dead letter whose `key` (as `list` gives it) is `hex`. */
+  #deadLetterKey(hex: string): Uint8Array {
+    return concatBytes(this.#rt.keys.deadLetters, fromHex(hex));
   }
 
   async #listDeadLetters(options?: { limit?: number; after?: string }): Promise<DeadLetter[]> {
@@ -2294,15 +2300,7 @@ class Instance {
     );
     const rt = this.#rt;
     const prefix = rt.keys.deadLetters;
-    let begin = prefix;
-    if (after !== undefined) {
-      const key = new Uint8Array(prefix.length + 12);
-      key.set(prefix);
-      for (let i = 0; i < 12; i++) {
-        key[prefix.length + i] = parseInt(after.slice(i * 2, i * 2 + 2), 16);
-      }
-      begin = Instance.#keyAfter(key);
-    }
+    let begin = after === undefined ? prefix : keyAfter(this.#deadLetterKey(after));
     let end = rt.keys.deadLettersEnd;
     // Sized for letters of the largest value the backend stores (a stored letter is never
     // larger), so no page reads more than a few MB whatever the letters hold: well within
@@ -2349,8 +2347,8 @@ class Instance {
       ) {
         break;
       }
-      if (page.last !== undefined) end = Instance.#keyAfter(page.last);
-      begin = Instance.#keyAfter(lastRead!);
+      if (page.last !== undefined) end = keyAfter(page.last);
+      begin = keyAfter(lastRead!);
     }
     return letters;
   }
@@ -2363,11 +2361,7 @@ class Instance {
       }]);
     }
     const rt = this.#rt;
-    const bytes = new Uint8Array(rt.keys.deadLetters.length + 12);
-    bytes.set(rt.keys.deadLetters);
-    for (let i = 0; i < 12; i++) {
-      bytes[rt.keys.deadLetters.length + i] = parseInt(key.slice(i * 2, i * 2 + 2), 16);
-    }
+    const bytes = this.#deadLetterKey(key);
     const request = timeOrderedId();
     const r = await this.#transact(async (tx, effects) => {
       const value = await tx.get(bytes);
