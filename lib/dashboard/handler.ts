@@ -72,9 +72,14 @@ function sameSecret(given: string, expected: string): boolean {
   return diff === 0;
 }
 
+/**
+ * The token a request presents: a Bearer `Authorization` header, else `?token=`. Another
+ * scheme (a reverse proxy's Basic credentials, which the browser then sends on every request,
+ * EventSource included) is not a token and does not hide the query's.
+ */
 function presentedToken(request: Request, url: URL): string | null {
   const auth = request.headers.get("authorization");
-  if (auth !== null) {
+  if (auth !== null && /^Bearer(?:[ \t]|$)/i.test(auth)) {
     const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(auth);
     return m === null ? "" : m[1]!;
   }

@@ -652,6 +652,19 @@ describe("dashboard HTTP and event stream", () => {
     });
     await waitFor(() => snapshotOf(byHeaderStream), 5000, "no snapshot with the header token");
     await byHeaderStream.close();
+    // Behind a proxy with Basic auth the browser sends its credentials on every request: the
+    // query token still counts (before: 401 'Wrong token'); a wrong one still does not.
+    const basic = { authorization: "Basic dXNlcjpwYXNz" };
+    const behindProxy = await fetch(`${new URL("api/tenants", base)}?token=s3cret-token`, {
+      headers: basic,
+    });
+    assert.equal(behindProxy.status, 200);
+    await behindProxy.body?.cancel();
+    const wrongBehindProxy = await fetch(`${new URL("api/tenants", base)}?token=s3cret`, {
+      headers: basic,
+    });
+    assert.equal(wrongBehindProxy.status, 401);
+    await wrongBehindProxy.body?.cancel();
     await t.done();
   });
 
