@@ -12,6 +12,7 @@ import { readServerView, type ServerView, watchTenant } from "../inspect.ts";
 import type { Tenant } from "../tenant.ts";
 import { sseComment, sseEvent } from "./sse.ts";
 import { errorMessage } from "../describe.ts";
+import { PRESENCE_TTL } from "../server/records.ts";
 
 /** Knobs of the feeds (internal: tests shorten them). */
 export interface FeedTuning {
@@ -92,6 +93,13 @@ class TenantFeed {
   #ready = false;
   #stopped = false;
   #lastFlush = -Infinity;
+  /** Runs the change batches one after another (watchTenant's, and the expiries' below). */
+  #tail: Promise<void> = Promise.resolve();
+  /**
+   * Re-reads the servers whose oldest instance presence expires next: an instance that died
+   * without stopping writes nothing, so no change marker would ever drop it from the views.
+   */
+  #expiry: { timer: ReturnType<typeof setTimeout>; at: number } | undefined;
   /** Settles when the watch loop has ended. */
   readonly done: Promise<void>;
 
@@ -111,7 +119,7 @@ class TenantFeed {
       tuning.heartbeatMs,
     );
     counters.watches++;
-    this.done = watchTenant(tenant, (ids) => this.#onChange(ids), this.#abort.signal)
+    this.done = watchTenant(tenant, (ids) => this.#serial(ids), this.#abort.signal)
       .catch((e) => {
         if (this.#abort.signal.aborted) return;
         console.error(`dgen dashboard: the feed of tenant '${tenant.name}' failed:`, e);
@@ -148,6 +156,45 @@ class TenantFeed {
     clearInterval(this.#heartbeat);
     this.#counters.timers--;
     this.#counters.feeds--;
+    this.#clearExpiry();
+  }
+
+  /** Runs `#onChange(ids)` after the batches before it. */
+  #serial(ids: string[]): Promise<void> {
+    const run = this.#tail.then(() => this.#onChange(ids));
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+
+  /** Sets the expiry timer for the earliest presence expiry among the views (if earlier). */
+  #scheduleExpiry(): void {
+    let at = Infinity;
+    for (const { view } of this.#views.values()) {
+      for (const i of view.instances) at = Math.min(at, i.lastSeen + PRESENCE_TTL);
+    }
+    if (at === Infinity || this.#stopped) return this.#clearExpiry();
+    if (this.#expiry !== undefined && this.#expiry.at === at) return;
+    this.#clearExpiry();
+    this.#counters.timers++;
+    // A little after, so that the read finds it expired by its own clock too.
+    const timer = setTimeout(() => {
+      this.#expiry = undefined;
+      this.#counters.timers--;
+      const now = Date.now();
+      const ids = [...this.#views.values()]
+        .filter(({ view }) => view.instances.some((i) => i.lastSeen + PRESENCE_TTL <= now))
+        .map(({ view }) => view.id);
+      if (ids.length > 0) void this.#serial(ids);
+      else this.#scheduleExpiry();
+    }, Math.max(0, at - Date.now()) + 50);
+    this.#expiry = { timer, at };
+  }
+
+  #clearExpiry(): void {
+    if (this.#expiry === undefined) return;
+    clearTimeout(this.#expiry.timer);
+    this.#expiry = undefined;
+    this.#counters.timers--;
   }
 
   async #onChange(ids: string[]): Promise<void> {
@@ -193,6 +240,7 @@ class TenantFeed {
       frames.push(sseEvent("server", view));
     }
     this.#ready = true;
+    this.#scheduleExpiry();
     for (const [client, entry] of this.#clients) {
       if (!entry.snapshotSent) this.#sendSnapshot(client, entry);
       else for (const frame of frames) client.send(frame);

@@ -24,7 +24,7 @@ import {
 } from "../../lib/dashboard/serve.ts";
 import { CLOSE_GRACE_MS } from "../../lib/runtime/http.ts";
 import { ServerKeys } from "../../lib/server/keys.ts";
-import { decodePresence, encodeRecord } from "../../lib/server/records.ts";
+import { decodePresence, encodeRecord, PRESENCE_TTL } from "../../lib/server/records.ts";
 import { strinc } from "../../lib/bytes.ts";
 import { Counter } from "../server/_defs.ts";
 import { deadline, waitFor } from "../_helpers.ts";
@@ -157,6 +157,17 @@ async function closeWithStalledClient(dropped: boolean): Promise<void> {
   await t.done();
 }
 
+/** The stored presence record of `instance` (with its key), for decodePresence. */
+async function presenceOf(
+  tenant: Awaited<ReturnType<typeof openTenant>>,
+  keys: ServerKeys,
+  instance: string,
+): Promise<[Uint8Array, Uint8Array]> {
+  const key = keys.instance(instance);
+  const value = await tenant.transact((tx) => tx.get(key));
+  return [value!, key];
+}
+
 describe("dashboard HTTP and event stream", () => {
   it("starts every stream with a snapshot of every server", async () => {
     const t = await setup();
@@ -272,6 +283,43 @@ describe("dashboard HTTP and event stream", () => {
     const ev = serverEvents(client, "a")[0]!;
     assert.equal(ev.state, 2);
     assert.equal(ev.instances.find((i) => i.instance === a.instance)?.lastSeen, lastSeen);
+    await t.done();
+  });
+
+  it("drops an instance that died without stopping once its presence expires", async () => {
+    const t = await setup();
+    const a = await start(Counter, [], { tenant: t.tenant, id: "a" });
+    const keys = new ServerKeys("a");
+    const ghost = decodePresence(...await presenceOf(t.tenant, keys, a.instance));
+    await a.stop(); // the server stays, with no instance (none beats to mark changes)
+    const dash = await serveDashboardWith({ tenants: [t.tenant] }, { coalesceMs: 10 });
+    t.later(() => dash.close());
+    const client = await SseClient.open(eventsUrl(dash, "acme/prod"));
+    t.later(() => client.close());
+    await waitFor(() => snapshotOf(client), 5000, "no snapshot");
+    // An instance killed long ago but for one second: its last heartbeat is about to expire,
+    // and it writes nothing more (before: it stayed on the page, and in every new client's
+    // snapshot, until some other change to the server).
+    ghost.lastSeen = Date.now() - PRESENCE_TTL + 1_000;
+    await t.tenant.transact((tx) => {
+      tx.set(keys.instance(ghost.instance), encodeRecord(ghost));
+      tx.setVersionstampedValue(keys.change, new Uint8Array());
+    });
+    const instancesOf = (ev: ServerView) => ev.instances.map((i) => i.instance);
+    await waitFor(
+      () => serverEvents(client, "a").some((ev) => instancesOf(ev).includes(ghost.instance)),
+      5000,
+      "the instance never showed",
+    );
+    await waitFor(
+      () => instancesOf(serverEvents(client, "a").at(-1)!).length === 0,
+      5000,
+      "the expired instance stayed",
+    );
+    const late = await SseClient.open(eventsUrl(dash, "acme/prod"));
+    t.later(() => late.close());
+    await waitFor(() => snapshotOf(late), 5000, "no snapshot for a new client");
+    assert.deepEqual(instancesOf(snapshotOf(late)!.servers.find((v) => v.id === "a")!), []);
     await t.done();
   });
 
