@@ -1016,10 +1016,11 @@ const cases: Case[] = [
   },
   {
     area: "HTTP",
-    input: "`GET /api/tenants` with `Authorization: Basic …`",
+    input: "`GET /api/tenants` with `Authorization: Basic …` and no token",
     error: "HTTP 401",
     code: "unauthorized",
-    names: /Wrong token/,
+    // Another scheme is not a token (a proxy's credentials): the token is missing.
+    names: /needs a token/,
     dashboard: true,
     act: (e) =>
       http(e, "/api/tenants", { token: null, headers: { authorization: "Basic czNjcmV0" } }),
