@@ -157,7 +157,7 @@ const CONSUME_RETRIES = 3;
  * on PostgreSQL an active consumer loses them to enqueues.
  */
 const STANDBY_AFTER = 3;
-const STANDBY_LOOK = 50;
+const STANDBY_LOOK = 25;
 /** Most casts enqueued in one transaction, and their most argument bytes. */
 const CAST_BATCH = 1_000;
 /**

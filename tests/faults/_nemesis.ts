@@ -38,6 +38,16 @@ const FIRST_FAULTS = [
 
 /** Clock slack between processes when judging real-time order, ms. */
 const MARGIN = 2;
+/**
+ * Configurations the linearizability search may explore per history before it gives up
+ * undecided (neither proved nor refuted). The search's cost swings with the history's timing:
+ * from 0.13 to 3.5 million configurations in ten runs of one seed range on 2026-12-08, and some
+ * runs of histories of 1,200-1,500 register operations passed 5 million (the checker's
+ * default), more often once consumers stood by (an operation waits up to a standby's look when
+ * the active consumer is stopped, so more of them overlap). Such a run took about 23 s in all
+ * and the test process peaked at 222 MB.
+ */
+const CHECK_BUDGET = 25_000_000;
 /** Operations of an extra round a finished client runs while the nemesis wants more faults. */
 const TOP_UP_OPS = 300;
 
@@ -465,9 +475,11 @@ export function checkKey(
   const verdict = model === "counter"
     ? checkLinearizable(counterModel, ops as Operation<CounterInput, number>[], {
       precedenceMargin: MARGIN,
+      budget: CHECK_BUDGET,
     })
     : checkLinearizable(registerModel, ops as Operation<RegisterInput, string | boolean>[], {
       precedenceMargin: MARGIN,
+      budget: CHECK_BUDGET,
     });
   if (!verdict.ok) assert.fail(`${key}: ${verdict.reason}`);
   return verdict.explored;
