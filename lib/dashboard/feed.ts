@@ -184,7 +184,9 @@ class TenantFeed {
       const ids = [...this.#views.values()]
         .filter(({ view }) => view.instances.some((i) => i.lastSeen + PRESENCE_TTL <= now))
         .map(({ view }) => view.id);
-      if (ids.length > 0) void this.#serial(ids);
+      // #onChange reports a server it cannot read itself; nothing else is expected to throw,
+      // and the next change reads those servers again anyway.
+      if (ids.length > 0) this.#serial(ids).catch(() => {});
       else this.#scheduleExpiry();
     }, Math.max(0, at - Date.now()) + 50);
     this.#expiry = { timer, at };
