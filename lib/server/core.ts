@@ -890,14 +890,7 @@ export async function consumeStep(
     // Whether another instance wrote the state since this one cached it (or a state it never
     // cached: caching, it caches what it writes): the queue was drained by someone else, which
     // tells a consumer that another one is active (it then backs off).
-    let foreign = false;
-    if (rt.useCache) {
-      const version = await tx.get(rt.keys.stateVersion);
-      const cached = rt.cache?.version;
-      foreign = cached === undefined
-        ? version !== undefined
-        : version === undefined || !equalBytes(version, cached);
-    }
+    const foreign = rt.useCache && writtenElsewhere(rt, await tx.get(rt.keys.stateVersion));
     // The meta key too: a kill clears it, and an idle consumer must notice.
     return {
       kind: "idle",
@@ -972,6 +965,18 @@ export async function consumeStep(
   writeState(tx, rt, loaded, state, effects);
   crashPoint("handled");
   return done({ kind: "processed", count });
+}
+
+/**
+ * Whether the stored state's version `version` says another instance wrote the state since
+ * this one cached it, or stored a state this one never cached (caching, it caches what it
+ * writes). Only meaningful with the cache on.
+ */
+export function writtenElsewhere(rt: Runtime, version: Uint8Array | undefined): boolean {
+  const cached = rt.cache?.version;
+  return cached === undefined
+    ? version !== undefined
+    : version === undefined || !equalBytes(version, cached);
 }
 
 /** Whether another consuming instance of the server has a live presence (snapshot read). */

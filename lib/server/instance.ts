@@ -77,6 +77,7 @@ import {
   writeBack,
   writeRequest,
   writeState,
+  writtenElsewhere,
 } from "./core.ts";
 import {
   type AnyServerDefinition,
@@ -1316,7 +1317,7 @@ class Instance {
           // enqueue conflicts with a consume step): the active consumer must not step back
           // then, or the other takes over at the next burst.
           this.#misses = Math.min(this.#misses + 1, 10);
-          if (await this.#writtenElsewhere()) {
+          if (await this.#stateWrittenElsewhere()) {
             this.#foreignSteps = Math.min(this.#foreignSteps + 1, STANDBY_AFTER);
           }
           await sleep(
@@ -1415,11 +1416,10 @@ class Instance {
   }
 
   /**
-   * Whether the state was written by another instance since this one cached it (a consume step
-   * that kept losing races learns nothing else): a stored state this instance has not cached
-   * (caching, it caches what it writes). Read-only; false with `cache: false` or on error.
+   * {@link writtenElsewhere}, read for a consume step that kept losing races (it learns
+   * nothing else). Read-only; false with `cache: false` or on error.
    */
-  async #writtenElsewhere(): Promise<boolean> {
+  async #stateWrittenElsewhere(): Promise<boolean> {
     const rt = this.#rt;
     if (!rt.useCache) return false;
     try {
@@ -1427,8 +1427,7 @@ class Instance {
         (tx) => tx.snapshot.get(rt.keys.stateVersion),
         { readOnly: true, maxRetries: 0 },
       );
-      const cached = rt.cache?.version;
-      return version !== undefined && (cached === undefined || !equalBytes(version, cached));
+      return writtenElsewhere(rt, version);
     } catch {
       return false;
     }

@@ -57,6 +57,30 @@ async function replySlots(tenant: Awaited<ReturnType<typeof fresh>>["tenant"], i
   return await tenant.transact((tx) => tx.getRange(keys.replies, strinc(keys.replies)));
 }
 
+/**
+ * A server "held" whose `hold` cast takes the lock until `release` settles, started on `tenant`
+ * with its lock taken (so that calls to it are queued behind the lock).
+ */
+async function holdLock(
+  tenant: Awaited<ReturnType<typeof fresh>>["tenant"],
+  release: Promise<void>,
+) {
+  const Held = defineServer({
+    name: "held",
+    init: () => 0,
+    handleCall: {
+      rec: (_: undefined, _from, n: number) => reply(n + 1, n + 1),
+      value: (_: undefined, _from, n: number) => reply(n, n),
+    },
+    handleCast: { hold: (_: undefined, n: number) => lock(n) },
+    handleLocked: async (_event, n: number) => (await release, noreply(n)),
+  });
+  const holder = await start(Held, [], { tenant });
+  await holder.cast("hold");
+  await waitFor(async () => (await readServerView(tenant, "held"))?.lock != null, 5_000, "no lock");
+  return { Held, holder };
+}
+
 for (const b of backends) {
   describe(`calls on ${b.name}`, { skip: b.skip }, () => {
     it("times out with CallTimeoutError and cleans its reply slot", async () => {
@@ -150,23 +174,7 @@ for (const b of backends) {
     it("clears the reply slot of an inline call queued after its caller timed out", async () => {
       const { backend, tenant } = await fresh(b);
       const gate = Promise.withResolvers<void>();
-      const Held = defineServer({
-        name: "held",
-        init: () => 0,
-        handleCall: {
-          rec: (_: undefined, _from, n: number) => reply(n + 1, n + 1),
-          value: (_: undefined, _from, n: number) => reply(n, n),
-        },
-        handleCast: { hold: (_: undefined, n: number) => lock(n) },
-        handleLocked: async (_event, n: number) => (await gate.promise, noreply(n)),
-      });
-      const holder = await start(Held, [], { tenant });
-      await holder.cast("hold");
-      await waitFor(
-        async () => (await readServerView(tenant, "held"))?.lock != null,
-        5_000,
-        "no lock",
-      );
+      const { Held, holder } = await holdLock(tenant, gate.promise);
       // An instance whose transactions start 200 ms late: its inline call times out at 50 ms,
       // then commits, queued behind the lock, with a reply slot that nobody waits for.
       const slowTenant = await openTenant(
@@ -196,21 +204,8 @@ for (const b of backends) {
     it("rejects a waiting call at once when its backend is closed; the instance stops", async () => {
       const { backend, tenant } = await fresh(b);
       const gate = Promise.withResolvers<void>();
-      const Held = defineServer({
-        name: "held",
-        init: () => 0,
-        handleCall: { rec: (_: undefined, _from, n: number) => reply(n + 1, n + 1) },
-        handleCast: { hold: (_: undefined, n: number) => lock(n) },
-        handleLocked: async (_event, n: number) => (await gate.promise, noreply(n)),
-      });
-      const holder = await start(Held, [], { tenant });
+      const { Held, holder } = await holdLock(tenant, gate.promise);
       const idle = await start(Held, [], { tenant, id: "idle" });
-      await holder.cast("hold");
-      await waitFor(
-        async () => (await readServerView(tenant, "held"))?.lock != null,
-        5_000,
-        "no lock",
-      );
       const call = holder.call("rec", undefined, { timeout: 20_000 });
       await waitFor(
         async () => (await readServerView(tenant, "held"))?.queue.length === 1,

@@ -60,6 +60,15 @@ interface DeadLetterReads {
   after?: () => Promise<void>;
 }
 
+/** A Doomed server (every cast dead-lettered at once) on a fresh tenant of a counting backend. */
+async function countedDoomed(b: TestBackend) {
+  const { backend: inner, tenant: plain } = await fresh(b);
+  const { backend, reads, watch } = counting(inner);
+  const tenant = await openTenant(backend, plain.name);
+  const ref = await start(Doomed, [], { tenant, deadLetterThreshold: 1 });
+  return { backend, reads, watch, tenant, ref };
+}
+
 /**
  * The backend, passing everything through, with the dead-letter range reads of server `id`
  * counted per transaction.
@@ -181,10 +190,7 @@ for (const b of all) {
     });
 
     it("lists more letters than one page, over several read-only transactions", async () => {
-      const { backend: inner, tenant: plain } = await fresh(b);
-      const { backend, reads, watch } = counting(inner);
-      const tenant = await openTenant(backend, plain.name);
-      const ref = await start(Doomed, [], { tenant, deadLetterThreshold: 1 });
+      const { backend, reads, watch, tenant, ref } = await countedDoomed(b);
       try {
         // Pages are sized for letters as large as the backend's values (100 KB): at most 40.
         assert.ok(backend.limits.maxValueSize >= 100_000);
@@ -217,10 +223,7 @@ for (const b of all) {
     });
 
     it("a listing leaves out letters dead-lettered after it began", async () => {
-      const { backend: inner, tenant: plain } = await fresh(b);
-      const { backend, reads, watch } = counting(inner);
-      const tenant = await openTenant(backend, plain.name);
-      const ref = await start(Doomed, [], { tenant, deadLetterThreshold: 1 });
+      const { backend, reads, watch, tenant, ref } = await countedDoomed(b);
       try {
         await deadLetter(ref, 50);
         watch(tenant, ref.id);
@@ -237,10 +240,7 @@ for (const b of all) {
     });
 
     it("purge returns how many it removed, leaves none, and reads no letter", async () => {
-      const { backend: inner, tenant: plain } = await fresh(b);
-      const { backend, reads, watch } = counting(inner);
-      const tenant = await openTenant(backend, plain.name);
-      const ref = await start(Doomed, [], { tenant, deadLetterThreshold: 1 });
+      const { backend, reads, watch, tenant, ref } = await countedDoomed(b);
       try {
         await deadLetter(ref, 45);
         watch(tenant, ref.id);
